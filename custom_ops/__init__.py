@@ -1,0 +1,10 @@
+"""Triton kernels registered as torch ops under the namespace `minference_flex`.
+
+One folder per op: `index.py` (device-side work lists), `kernel.py` (Triton), `op.py`
+(torch.library registration and fake kernel). Plain PyTorch references of every pattern live
+in `minference_flex.reference`.
+"""
+
+from . import vertical_slash
+
+__all__ = ["vertical_slash"]

@@ -1,0 +1,138 @@
+"""Device-side conversion of (vertical, slash) indices into what the Triton kernel walks.
+
+Offset space. For query tile m (rows [m*bs, e), e = (m+1)*bs) a slash offset s < e covers
+keys [e - s - bs, e - s) before clamping; in the distance u = e - j from the tile end that
+band is u in [s+1, s+bs], the same for every tile. So the union of bands is merged and cut
+into pieces of at most bs distances once per head, and tile m reads piece [u_lo, u_hi] as
+keys [e - u_hi, e - u_lo]. Bands with e - s < bs are clamped to keys [0, bs): for tiles with
+such an offset (`clamped`), keys below bs are served by one extra tile [0, bs) and masked out
+of the pieces. A column j is skipped in tile m when a band already covers it, read from a
+per-head bitmap `covered[u]`.
+
+Everything is fixed-shape tensor code (sort, cumsum, searchsorted, scatter): no host sync,
+traceable by torch.compile, the same on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+class VerticalSlashIndex(NamedTuple):
+    """Per-head work lists of the vertical-slash kernel (B, H as q; M = ceil(S/bs) tiles).
+
+    cols: [B, H, NV] int32, the distinct in-range columns ascending, padded with S.
+    col_count: [B, H, M] int32, how many of `cols` are < e of tile m.
+    piece_lo, piece_hi: [B, H, NS] int32, band pieces in offset space, u_lo ascending, each at
+        most bs long, padded with a large value.
+    piece_count: [B, H, M] int32, pieces with u_lo <= e (those that can reach key >= 0).
+    clamped: [B, H, M] int32, 1 when tile m also covers keys [0, bs) through a clamped band.
+    covered: [B, H, M*bs + 1] int8, covered[u] = 1 iff distance u is in the band union.
+    """
+
+    cols: torch.Tensor
+    col_count: torch.Tensor
+    piece_lo: torch.Tensor
+    piece_hi: torch.Tensor
+    piece_count: torch.Tensor
+    clamped: torch.Tensor
+    covered: torch.Tensor
+
+
+def _sorted_in_range(idx: torch.Tensor, seq_len: int, pad: int) -> torch.Tensor:
+    """Sort idx ascending with every value outside [0, S) replaced by `pad` (sorted last)."""
+    idx = idx.long()
+    idx = torch.where((idx >= 0) & (idx < seq_len), idx, pad)
+    return idx.sort(dim=-1).values
+
+
+def _distinct_columns(v_idx: torch.Tensor, seq_len: int) -> torch.Tensor:
+    cols = _sorted_in_range(v_idx, seq_len, seq_len)
+    repeated = torch.zeros_like(cols, dtype=torch.bool)
+    repeated[..., 1:] = cols[..., 1:] == cols[..., :-1]
+    return torch.where(repeated, seq_len, cols).sort(dim=-1).values
+
+
+def _band_pieces(offsets: torch.Tensor, block_size: int, big: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge bands [s+1, s+bs] of sorted offsets (pads = big) and cut them into <= bs pieces.
+
+    A merged run of k bands spans at most k*bs distances, so it needs at most k pieces: the
+    pieces fit in the offsets' own width.
+    """
+    width = offsets.shape[-1]
+    valid = offsets < big
+    starts = valid.clone()
+    starts[..., 1:] &= offsets[..., 1:] > offsets[..., :-1] + block_size
+    ends = valid.clone()
+    ends[..., :-1] = valid[..., :-1] & (starts[..., 1:] | ~valid[..., 1:])
+    run = torch.cumsum(starts.int(), dim=-1) - 1
+    trash = torch.full_like(run, width)
+    run_lo = torch.full((*offsets.shape[:-1], width + 1), big, dtype=torch.long, device=offsets.device)
+    run_hi = torch.full_like(run_lo, big)
+    run_lo.scatter_(-1, torch.where(starts, run, trash), offsets + 1)
+    run_hi.scatter_(-1, torch.where(ends, run, trash), offsets + block_size)
+    run_lo, run_hi = run_lo[..., :width], run_hi[..., :width]
+    nruns = starts.sum(-1, keepdim=True)
+    live = torch.arange(width, device=offsets.device) < nruns
+    npieces = torch.where(live, (run_hi - run_lo + block_size) // block_size, 0)
+    last = torch.cumsum(npieces, dim=-1)
+    slot = torch.arange(width, device=offsets.device).expand_as(last).contiguous()
+    owner = torch.searchsorted(last, slot, right=True).clamp(max=width - 1)
+    first_of_owner = last.gather(-1, owner) - npieces.gather(-1, owner)
+    lo = run_lo.gather(-1, owner) + (slot - first_of_owner) * block_size
+    hi = torch.minimum(lo + block_size - 1, run_hi.gather(-1, owner))
+    used = slot < last[..., -1:]
+    return torch.where(used, lo, big), torch.where(used, hi, big)
+
+
+def build_vertical_slash_index(
+    v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int
+) -> VerticalSlashIndex:
+    """Convert v_idx [B, H, NV] and s_idx [B, H, NS] into the kernel's work lists.
+
+    Order and duplicates don't matter; values outside [0, S) are ignored.
+    """
+    nblocks = math.ceil(seq_len / block_size)
+    device = v_idx.device
+    big = 4 * nblocks * block_size + 4 * block_size
+    tile_end = (torch.arange(nblocks, device=device) + 1) * block_size
+
+    cols = _distinct_columns(v_idx, seq_len)
+    col_count = torch.searchsorted(cols, tile_end.expand(*cols.shape[:-1], -1).contiguous())
+
+    offsets = _sorted_in_range(s_idx, seq_len, big)
+    piece_lo, piece_hi = _band_pieces(offsets, block_size, big)
+    ends = tile_end.expand(*offsets.shape[:-1], -1).contiguous()
+    piece_count = torch.searchsorted(piece_lo, ends, right=True)
+    # offsets in (e - bs, e) are clamped to keys [0, bs)
+    clamped = torch.searchsorted(offsets, ends) > torch.searchsorted(offsets, ends - block_size, right=True)
+
+    span = nblocks * block_size + 1
+    delta = torch.zeros(*offsets.shape[:-1], span + block_size + 1, dtype=torch.int32, device=device)
+    live = offsets < big
+    ones = live.int()
+    trash = delta.shape[-1] - 1
+    delta.scatter_add_(-1, torch.where(live, offsets + 1, trash), ones)
+    delta.scatter_add_(-1, torch.where(live, offsets + block_size + 1, trash), -ones)
+    covered = (torch.cumsum(delta, dim=-1)[..., :span] > 0).to(torch.int8)
+
+    return VerticalSlashIndex(
+        cols=cols.to(torch.int32).contiguous(),
+        col_count=col_count.to(torch.int32).contiguous(),
+        piece_lo=piece_lo.clamp(max=2**30).to(torch.int32).contiguous(),
+        piece_hi=piece_hi.clamp(max=2**30).to(torch.int32).contiguous(),
+        piece_count=piece_count.to(torch.int32).contiguous(),
+        clamped=clamped.to(torch.int32).contiguous(),
+        covered=covered.contiguous(),
+    )
+
+
+def computed_fraction(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
+    """0-dim float tensor: key tiles the kernel computes over those of dense causal attention."""
+    nblocks = index.col_count.shape[-1]
+    tiles = index.piece_count + (index.col_count + block_size - 1) // block_size + index.clamped
+    dense = nblocks * (nblocks + 1) // 2
+    return tiles.float().sum(-1).mean() / dense

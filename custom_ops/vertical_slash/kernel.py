@@ -1,0 +1,143 @@
+"""Triton kernel of vertical-slash sparse attention (forward, causal, GQA-native).
+
+One program per (query tile m, batch * query head). It walks three work lists from
+`index.build_vertical_slash_index`: the band pieces (contiguous keys, at most one tile each),
+the clamped tile [0, bs) where it applies, and the vertical columns in chunks of bs gathered
+by index, skipping columns a band already covers. Online softmax in fp32 over all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # Triton has no CPU backend: without a GPU its interpreter is the only way to run kernels.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from .index import VerticalSlashIndex  # noqa: E402
+
+
+@triton.jit
+def _attend_keys(
+    q, k_base, v_base, offs_n, key_ok, offs_m, offs_d, d_ok,
+    m_i, l_i, acc, seq_len, stride_ks, stride_vs, qk_scale,
+):
+    """Online-softmax update of (m_i, l_i, acc) with keys offs_n where key_ok, causal."""
+    load_ok = key_ok & (offs_n < seq_len) & (offs_n >= 0)
+    k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
+                mask=load_ok[None, :] & d_ok[:, None], other=0.0)
+    qk = tl.dot(q, k) * qk_scale
+    keep = load_ok[None, :] & (offs_n[None, :] <= offs_m[:, None])
+    qk = tl.where(keep, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(qk - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
+                mask=load_ok[:, None] & d_ok[None, :], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _vertical_slash_fwd(
+    Q, K, V, Out,
+    Cols, ColCount, PieceLo, PieceHi, PieceCount, Clamped, Covered,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, span,
+    qk_scale,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    m = nblocks - 1 - tl.program_id(0)  # the longest rows first, for load balance
+    bh = tl.program_id(1)
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    hk = h // group
+    offs_m = m * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row_ok = offs_m < seq_len
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+
+    tile = bh.to(tl.int64) * nblocks + m
+    end = (m + 1) * BLOCK
+    clamped = tl.load(Clamped + tile)
+    lower = clamped * BLOCK
+    m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    lanes = tl.arange(0, BLOCK)
+
+    pieces = bh.to(tl.int64) * n_pieces_max
+    for t in range(0, tl.load(PieceCount + tile)):
+        u_lo = tl.load(PieceLo + pieces + t)
+        u_hi = tl.load(PieceHi + pieces + t)
+        offs_n = end - u_lo - (BLOCK - 1) + lanes
+        key_ok = (offs_n >= end - u_hi) & (offs_n >= lower)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, key_ok, offs_m, offs_d, d_ok,
+                                     m_i, l_i, acc, seq_len, stride_ks, stride_vs, qk_scale)
+    if clamped != 0:
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, lanes >= 0, offs_m, offs_d, d_ok,
+                                     m_i, l_i, acc, seq_len, stride_ks, stride_vs, qk_scale)
+
+    columns = bh.to(tl.int64) * n_cols_max
+    bitmap = bh.to(tl.int64) * span
+    n_cols = tl.load(ColCount + tile)
+    for c in range(0, n_cols, BLOCK):
+        in_list = c + lanes < n_cols
+        cols = tl.load(Cols + columns + c + lanes, mask=in_list, other=0)
+        banded = tl.load(Covered + bitmap + end - cols, mask=in_list, other=1)
+        key_ok = in_list & (banded == 0) & (cols >= lower)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, key_ok, offs_m, offs_d, d_ok,
+                                     m_i, l_i, acc, seq_len, stride_ks, stride_vs, qk_scale)
+
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+def launch_vertical_slash(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    index: VerticalSlashIndex,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D]."""
+    bsz, heads, seq_len, head_dim = q.shape
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    nblocks = index.col_count.shape[-1]
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    grid = (nblocks, bsz * heads)
+    log2e = 1.4426950408889634
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _vertical_slash_fwd[grid](
+            q, k, v, out,
+            index.cols, index.col_count, index.piece_lo, index.piece_hi, index.piece_count,
+            index.clamped, index.covered,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            seq_len, heads, heads // k.shape[1], nblocks,
+            index.cols.shape[-1], index.piece_lo.shape[-1], index.covered.shape[-1],
+            scale * log2e,
+            BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            num_warps=4, num_stages=3,
+        )
+    return out
+

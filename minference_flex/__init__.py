@@ -1,0 +1,31 @@
+"""minference_flex: dynamic sparse long-context pre-filling for torch.compile.
+
+Kernel API (q [B, H, S, D], k/v [B, Hkv, S, D], causal):
+`streaming_forward` (A-shape), `vertical_slash_sparse_attention`, `block_sparse_attention`,
+`estimate_vertical_slash`, `dynamic_vertical_slash_attention` (estimate then attend) and
+`dense_attention`.
+"""
+
+from .attention import (
+    DENSE_FALLBACK_FRACTION,
+    block_sparse_attention,
+    dense_attention,
+    dynamic_vertical_slash_attention,
+    streaming_forward,
+    vertical_slash_sparse_attention,
+)
+from .estimate import estimate_vertical_slash, select_block_sparse_tiles, vertical_slash_counts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DENSE_FALLBACK_FRACTION",
+    "block_sparse_attention",
+    "dense_attention",
+    "dynamic_vertical_slash_attention",
+    "estimate_vertical_slash",
+    "select_block_sparse_tiles",
+    "streaming_forward",
+    "vertical_slash_counts",
+    "vertical_slash_sparse_attention",
+]

@@ -1,0 +1,96 @@
+"""Validation of user input to the public kernel API.
+
+Every check raises ValueError or TypeError naming the argument, what was expected, what was
+given and how to fix it. Checks look only at metadata (shapes, dtypes, devices, Python
+numbers), never at tensor values, so they cost no device sync and are skipped while compiling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_CUDA_DTYPES = (torch.float16, torch.bfloat16)
+_CPU_DTYPES = (torch.float32, torch.float16)
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Check q [B, H, S, D] and k, v [B, Hkv, S, D] for a causal pre-fill."""
+    if torch.compiler.is_compiling():
+        return
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have 4 dimensions [batch, heads, seq, head_dim], got shape "
+                f"{tuple(t.shape)}; transpose a [batch, seq, heads, head_dim] tensor with "
+                f".transpose(1, 2)"
+            )
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    bq, hq, sq, dq = q.shape
+    bk, hk, sk, dk = k.shape
+    if bq != bk:
+        raise ValueError(f"q and k must have the same batch size, got {bq} and {bk}")
+    if sq != sk:
+        raise ValueError(
+            f"q and k must have the same sequence length for a causal pre-fill, got {sq} and {sk}"
+        )
+    if dq != dk:
+        raise ValueError(f"q and k must have the same head_dim, got {dq} and {dk}")
+    if hk == 0 or hq % hk != 0:
+        raise ValueError(
+            f"q heads ({hq}) must be a multiple of k/v heads ({hk}) for grouped-query attention"
+        )
+    if sq == 0:
+        raise ValueError("the sequence length is 0: there is nothing to attend")
+    if dq > 256:
+        raise ValueError(f"head_dim must be at most 256, got {dq}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(
+            f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}; move them "
+            f"with .to(q.device)"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(
+            f"q, k and v must have one dtype, got {q.dtype}, {k.dtype} and {v.dtype}; cast them with "
+            f".to(q.dtype)"
+        )
+    allowed = _CUDA_DTYPES if q.device.type == "cuda" else _CPU_DTYPES
+    if q.dtype not in allowed:
+        names = ", ".join(str(d) for d in allowed)
+        raise TypeError(f"q, k and v on {q.device.type} must be one of {names}, got {q.dtype}")
+
+
+def check_nonnegative_int(name: str, value: object, minimum: int = 0) -> int:
+    """Return `value` as an int after checking it is an integer >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_block_size(block_size: object) -> int:
+    """Block sizes are powers of two from 16 to 128 (Triton and FlexAttention tiles)."""
+    block_size = check_nonnegative_int("block_size", block_size, minimum=1)
+    if block_size not in (16, 32, 64, 128):
+        raise ValueError(f"block_size must be one of 16, 32, 64, 128, got {block_size}")
+    return block_size
+
+
+def check_index(name: str, idx: torch.Tensor, q: torch.Tensor) -> None:
+    """Check an index tensor [B, H, N] of integer positions matching q [B, H, S, D]."""
+    if torch.compiler.is_compiling():
+        return
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer positions, got {type(idx).__name__}")
+    if idx.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must be int32 or int64, got {idx.dtype}; cast it with .long()")
+    if idx.dim() != 3 or idx.shape[0] != q.shape[0] or idx.shape[1] != q.shape[1]:
+        raise ValueError(
+            f"{name} must have shape [batch={q.shape[0]}, heads={q.shape[1]}, N] (one row per query "
+            f"head), got {tuple(idx.shape)}"
+        )
+    if idx.device != q.device:
+        raise ValueError(f"{name} must be on {q.device} like q, got {idx.device}")

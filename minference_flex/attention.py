@@ -1,0 +1,161 @@
+"""Public sparse attention ops: validation, then dispatch to FlexAttention or the Triton op.
+
+Layout: q [B, H, S, D], k and v [B, Hkv, S, D] with H % Hkv == 0 (GQA, K/V never repeated);
+causal pre-fill (query i sits at position i); bf16/fp16 on CUDA, fp32/fp16 on CPU; any S.
+Every op returns [B, H, S, D] in q's dtype. Rows that attend no key return 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from custom_ops.vertical_slash import (
+    VerticalSlashIndex,
+    build_vertical_slash_index,
+    computed_fraction,
+    vertical_slash_attention,
+)
+
+from . import _checks
+from .estimate import estimate_vertical_slash, select_block_sparse_tiles
+from .flex import a_shape_block_mask, block_sparse_block_mask, flex_attend
+
+#: Above this fraction of dense causal key tiles, vertical-slash runs dense SDPA instead:
+#: the sparse kernel computes a tile at about 70% of cuDNN's rate, so near-dense index sets
+#: are faster dense (see perf/RESULTS.md).
+DENSE_FALLBACK_FRACTION = 0.6
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return q.shape[-1] ** -0.5 if scale is None else float(scale)
+
+
+def dense_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Dense causal attention through SDPA (cuDNN/flash on CUDA), GQA-native; [B, H, S, D]."""
+    _checks.check_qkv(q, k, v)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, scale=_scale(q, scale), enable_gqa=q.shape[1] != k.shape[1]
+    )
+    return out.contiguous()
+
+
+def streaming_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    init_num: int,
+    local_window_num: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """A-shape (StreamingLLM) attention: query i attends key j iff
+    j <= i and (j < init_num or i - j < local_window_num).
+
+    Args:
+        q: [B, H, S, D]; k, v: [B, Hkv, S, D].
+        init_num: sink tokens at the start (>= 0). local_window_num: local window (>= 0).
+        scale: softmax scale, default 1/sqrt(D).
+    Returns: [B, H, S, D]. Runs FlexAttention with a BlockMask built from a closed form.
+    """
+    _checks.check_qkv(q, k, v)
+    init_num = _checks.check_nonnegative_int("init_num", init_num)
+    local_window_num = _checks.check_nonnegative_int("local_window_num", local_window_num)
+    bsz, heads, seq_len, _ = q.shape
+    mask = a_shape_block_mask(bsz, heads, seq_len, init_num, local_window_num, q.device)
+    return flex_attend(q, k, v, mask, _scale(q, scale))
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: int,
+    block_size: int = 64,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Block-sparse attention over the best-scoring tiles of each query tile.
+
+    q and k are mean-pooled over tiles of `block_size` tokens (a last partial tile is the mean
+    of the tokens it has); query tile m scores key tiles n <= m by the pooled dot product,
+    keeps the `topk` best (all if fewer) plus the diagonal tile m, and attends causally inside
+    the kept tiles.
+
+    Args:
+        q: [B, H, S, D]; k, v: [B, Hkv, S, D]. topk: tiles per query tile, >= 1.
+        block_size: tile size (16, 32, 64 or 128). scale: default 1/sqrt(D).
+    Returns: [B, H, S, D]. Runs FlexAttention with a BlockMask from the top-k tile indices.
+    """
+    _checks.check_qkv(q, k, v)
+    topk = _checks.check_nonnegative_int("topk", topk, minimum=1)
+    block_size = _checks.check_block_size(block_size)
+    tiles, count = select_block_sparse_tiles(q, k, topk, block_size)
+    mask = block_sparse_block_mask(tiles, count, q.shape[2], block_size)
+    return flex_attend(q, k, v, mask, _scale(q, scale))
+
+
+def vertical_slash_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    v_idx: torch.Tensor,
+    s_idx: torch.Tensor,
+    block_size: int = 64,
+    scale: float | None = None,
+    dense_fallback: bool = True,
+) -> torch.Tensor:
+    """Vertical-slash attention: a few key columns plus a few diagonals, per query head.
+
+    Args:
+        q: [B, H, S, D]; k, v: [B, Hkv, S, D].
+        v_idx: [B, H, NV] key positions (vertical columns).
+        s_idx: [B, H, NS] diagonal offsets i - j >= 0 (slash lines).
+            Order and duplicates don't matter; values outside [0, S) are ignored.
+        block_size: query tile size bs (16, 32, 64 or 128).
+        scale: softmax scale, default 1/sqrt(D).
+        dense_fallback: when the index covers more than `DENSE_FALLBACK_FRACTION` of the dense
+            causal key tiles, run dense SDPA instead (exact superset of the mask, and faster).
+
+    Semantics: for query tile m (rows [m*bs, (m+1)*bs), e = (m+1)*bs) each offset s < e covers
+    the band of keys [max(e - s, bs) - bs, max(e - s, bs)); offsets s >= e cover nothing.
+    Query i attends key j iff j <= i and (j is in v_idx or in one of the bands of i's tile):
+    exactly the union of the bands, no extra keys.
+
+    Returns: [B, H, S, D]. Runs the `minference_flex::vertical_slash_attention` Triton op.
+    """
+    _checks.check_qkv(q, k, v)
+    _checks.check_index("v_idx", v_idx, q)
+    _checks.check_index("s_idx", s_idx, q)
+    block_size = _checks.check_block_size(block_size)
+    scale = _scale(q, scale)
+    index = build_vertical_slash_index(v_idx, s_idx, q.shape[2], block_size)
+    if not dense_fallback:
+        return vertical_slash_attention(q, k, v, index, block_size, scale)
+    near_dense = computed_fraction(index, block_size) > DENSE_FALLBACK_FRACTION
+    return torch.cond(
+        near_dense,
+        lambda q, k, v, *index: dense_attention(q, k, v, scale),
+        lambda q, k, v, *index: vertical_slash_attention(
+            q, k, v, VerticalSlashIndex(*index), block_size, scale
+        ),
+        (q, k, v, *index),
+    )
+
+
+def dynamic_vertical_slash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    vertical_size: int,
+    slash_size: int,
+    last_q: int = 64,
+    block_size: int = 64,
+    scale: float | None = None,
+    dense_fallback: bool = True,
+) -> torch.Tensor:
+    """Estimate each head's columns and diagonals (`estimate_vertical_slash`), then attend
+    (`vertical_slash_sparse_attention`). Compiles with `torch.compile(fullgraph=True)`."""
+    v_idx, s_idx = estimate_vertical_slash(q, k, vertical_size, slash_size, last_q, scale)
+    return vertical_slash_sparse_attention(
+        q, k, v, v_idx, s_idx, block_size, scale, dense_fallback
+    )

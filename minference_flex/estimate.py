@@ -1,0 +1,154 @@
+"""Cheap on-device estimators that pick which keys each head computes.
+
+Pure functions of (q, k) returning index tensors; no host sync, no Python loop over heads,
+and K is never repeated for grouped-query attention (queries are grouped onto their K head).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _checks
+
+#: Keys that `estimate_vertical_slash` always keeps as columns (attention sinks).
+FORCED_VERTICAL = 30
+#: Slash offsets 0..FORCED_SLASH-1 (the most local diagonals) that are always kept.
+FORCED_SLASH = 100
+
+
+def vertical_slash_counts(seq_len: int, vertical_size: int, slash_size: int) -> tuple[int, int]:
+    """Number of (vertical, slash) indices the estimator returns for a prompt of `seq_len`.
+
+    The always-kept columns and diagonals are part of the budget, so a budget below them is
+    raised to them; a budget above the sequence is clamped to it.
+    """
+    nv = min(max(vertical_size, FORCED_VERTICAL), seq_len)
+    ns = min(max(slash_size, FORCED_SLASH), seq_len)
+    return nv, ns
+
+
+def _grouped_last_scores(
+    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
+) -> torch.Tensor:
+    """Causal softmax in fp32 of the last `last_q` queries against all keys: [B, H, last_q, S]."""
+    bsz, heads, seq_len, dim = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    q_last = q[:, :, seq_len - last_q :].reshape(bsz, kv_heads, group * last_q, dim)
+    scores = torch.matmul(q_last.float(), k.float().transpose(-1, -2)) * scale
+    scores = scores.view(bsz, heads, last_q, seq_len)
+    rows = torch.arange(last_q, device=q.device)
+    corner = rows[None, :] > rows[:, None]
+    tail = scores[..., seq_len - last_q :].masked_fill(corner, float("-inf"))
+    scores = torch.cat([scores[..., : seq_len - last_q], tail], dim=-1)
+    return torch.softmax(scores, dim=-1)
+
+
+def _diagonal_sums(probs: torch.Tensor) -> torch.Tensor:
+    """slash[..., s] = sum_a probs[..., a, S - L + a - s] for probs [..., L, S]; returns [..., S].
+
+    Row a is reversed (r = L-1-a) so that a diagonal becomes an anti-diagonal r + j = S-1-s;
+    padding each row to S+L columns and re-reading the flat buffer with row stride S+L-1
+    shifts row r right by r, so anti-diagonals line up in columns.
+    """
+    *lead, last_q, seq_len = probs.shape
+    width = seq_len + last_q
+    rev = probs.flip(-2)
+    padded = torch.nn.functional.pad(rev, (0, last_q))
+    flat = padded.reshape(*lead, last_q * width)[..., : last_q * (width - 1)]
+    sheared = flat.reshape(*lead, last_q, width - 1)
+    anti = sheared.sum(-2)[..., :seq_len]
+    return anti.flip(-1)
+
+
+def estimate_vertical_slash(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    vertical_size: int,
+    slash_size: int,
+    last_q: int = 64,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimate each query head's vertical columns and slash diagonals.
+
+    Args:
+        q: [B, H, S, D] queries; k: [B, Hkv, S, D] keys, H % Hkv == 0.
+        vertical_size, slash_size: budgets (numbers of columns / diagonals), >= 0.
+        last_q: how many of the last queries probe the attention (clamped to S).
+        scale: softmax scale, default 1/sqrt(D).
+
+    Returns:
+        (v_idx [B, H, NV], s_idx [B, H, NS]) int64 with (NV, NS) =
+        `vertical_slash_counts(S, vertical_size, slash_size)`.
+
+    The last `last_q` queries are scored against all keys (scaled, causal inside the last
+    last_q x last_q corner) and soft-maxed in fp32. A key's vertical score is the sum of its
+    column; an offset's slash score is the sum along the diagonal i - j = offset. The first 30
+    keys and the offsets 0..99 are always kept; the rest are the top-k scores per query head.
+    """
+    _checks.check_qkv(q, k, k)
+    vertical_size = _checks.check_nonnegative_int("vertical_size", vertical_size)
+    slash_size = _checks.check_nonnegative_int("slash_size", slash_size)
+    last_q = _checks.check_nonnegative_int("last_q", last_q, minimum=1)
+    seq_len = q.shape[2]
+    last_q = min(last_q, seq_len)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    nv, ns = vertical_slash_counts(seq_len, vertical_size, slash_size)
+
+    probs = _grouped_last_scores(q, k, last_q, scale)
+    vertical = probs.sum(-2)
+    slash = _diagonal_sums(probs)
+    vertical[..., :FORCED_VERTICAL] = float("inf")
+    slash[..., :FORCED_SLASH] = float("inf")
+    v_idx = vertical.topk(nv, dim=-1, sorted=False).indices
+    s_idx = slash.topk(ns, dim=-1, sorted=False).indices
+    return v_idx, s_idx
+
+
+def pool_tiles(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Mean of x [B, H, S, D] over tiles of `block_size` tokens in fp32: [B, H, ceil(S/bs), D].
+
+    A last partial tile is the mean of the tokens it has.
+    """
+    bsz, heads, seq_len, dim = x.shape
+    nblocks = math.ceil(seq_len / block_size)
+    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, nblocks * block_size - seq_len))
+    sums = padded.view(bsz, heads, nblocks, block_size, dim).sum(-2)
+    counts = torch.full((nblocks,), float(block_size), device=x.device)
+    counts[-1] = seq_len - (nblocks - 1) * block_size
+    return sums / counts[:, None]
+
+
+def select_block_sparse_tiles(
+    q: torch.Tensor, k: torch.Tensor, topk: int, block_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the key tiles of each query tile for `block_sparse_attention`.
+
+    Args:
+        q: [B, H, S, D]; k: [B, Hkv, S, D]; topk >= 1; block_size: tile size.
+
+    Returns:
+        (tiles, count): tiles [B, H, M, W] int32 with W = min(topk, M), M = ceil(S/bs), holding
+        per query tile m the best-scoring key tiles n < m in ascending order (the first count
+        entries are valid, the rest are padding M); count [B, H, M] int32. The diagonal tile m
+        is always kept and is not in `tiles`: callers add it as the one partial (causal) tile.
+    """
+    bsz, heads = q.shape[:2]
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    pooled_q = pool_tiles(q, block_size)
+    pooled_k = pool_tiles(k, block_size)
+    nblocks = pooled_q.shape[2]
+    grouped = pooled_q.view(bsz, kv_heads, group * nblocks, -1)
+    scores = torch.matmul(grouped, pooled_k.transpose(-1, -2)).view(bsz, heads, nblocks, nblocks)
+    tiles = torch.arange(nblocks, device=q.device)
+    scores = scores.masked_fill(tiles[None, :] > tiles[:, None], float("-inf"))
+    width = min(topk, nblocks)
+    best = scores.topk(width, dim=-1, sorted=False)
+    below_diagonal = (best.values > float("-inf")) & (best.indices < tiles[:, None])
+    chosen = torch.where(below_diagonal, best.indices, nblocks)
+    chosen = chosen.sort(dim=-1).values.to(torch.int32)
+    count = below_diagonal.sum(-1, dtype=torch.int32)
+    return chosen.contiguous(), count

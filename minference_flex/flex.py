@@ -1,0 +1,151 @@
+"""FlexAttention calls and BlockMasks built on the device from block indices.
+
+Masks are built with `BlockMask.from_kv_blocks` from index tensors (full blocks apart from
+partial ones, so only partial blocks pay for mask_mod), never by evaluating a mask_mod over
+the S x S grid. mask_mod functions read their parameters from captured tensors, so new values
+never recompile. Masks are built at H = number of query heads (FlexAttention maps query head
+h to mask head h % H_mask).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+#: Tile of A-shape masks (query rows x keys); a multiple of every backend's kernel tile.
+A_SHAPE_BLOCK = 128
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(flex_attention)
+
+
+def _kernel_options(q: torch.Tensor, block_mask: BlockMask) -> dict | None:
+    if not q.is_cuda:
+        return None
+    q_block, kv_block = block_mask.BLOCK_SIZE
+    return {"BLOCK_M": min(q_block, 128), "BLOCK_N": min(kv_block, 64)}
+
+
+def flex_attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float
+) -> torch.Tensor:
+    """FlexAttention of q [B, H, S, D] over k, v [B, Hkv, S, D] with `block_mask`; [B, H, S, D].
+
+    Compiled by Inductor (eager flex would materialise S x S scores); inside a caller's
+    torch.compile region the plain function is traced instead. K and V are made contiguous
+    because FlexAttention computes KV offsets in int32 up to torch 2.13.
+    """
+    fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+    return fn(
+        q,
+        k.contiguous(),
+        v.contiguous(),
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+        kernel_options=_kernel_options(q, block_mask),
+    )
+
+
+def _compact(blocks: torch.Tensor, keep: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the kept entries of blocks [..., W] to the front in ascending order; (indices, count)."""
+    ordered = torch.where(keep, blocks, fill).sort(dim=-1).values
+    return ordered.to(torch.int32).contiguous(), keep.sum(-1, dtype=torch.int32).contiguous()
+
+
+def _pad_width(indices: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - indices.shape[-1]
+    if missing <= 0:
+        return indices
+    return torch.nn.functional.pad(indices, (0, missing), value=0).contiguous()
+
+
+def _from_kv_blocks(
+    partial: tuple[torch.Tensor, torch.Tensor],
+    full: tuple[torch.Tensor, torch.Tensor],
+    block: int,
+    seq_len: int,
+    mask_mod,
+) -> BlockMask:
+    idx, num = partial
+    full_idx, full_num = full
+    if idx.device.type == "cpu":
+        # Inductor's CPU flex template asserts that the index width spans the whole sequence;
+        # the CUDA template reads only the first `num` entries, so compact lists stay there.
+        kv_blocks = math.ceil(seq_len / block)
+        idx, full_idx = (_pad_width(t, kv_blocks) for t in (idx, full_idx))
+    return BlockMask.from_kv_blocks(
+        num,
+        idx,
+        full_num,
+        full_idx,
+        BLOCK_SIZE=block,
+        mask_mod=mask_mod,
+        seq_lengths=(seq_len, seq_len),
+        compute_q_blocks=False,
+    )
+
+
+def a_shape_block_mask(
+    batch: int,
+    heads: int,
+    seq_len: int,
+    init_num: int,
+    local_window_num: int,
+    device: torch.device,
+    block: int = A_SHAPE_BLOCK,
+) -> BlockMask:
+    """BlockMask of A-shape attention: j <= i and (j < init_num or i - j < local_window_num).
+
+    Query block m needs the sink blocks [0, ceil(init/bs)) and the local blocks from the one
+    holding key m*bs - local + 1 up to m; a block is full when every (i, j) pair in it passes.
+    """
+    nblocks = math.ceil(seq_len / block)
+    n_sink = min(math.ceil(init_num / block), nblocks)
+    n_local = min(math.ceil(max(local_window_num - 1, 0) / block) + 2, nblocks)
+    m = torch.arange(nblocks, device=device)[:, None]
+    slot = torch.arange(n_sink + n_local, device=device)[None, :]
+    local_first = torch.clamp(m * block - local_window_num + 1, min=0) // block
+    local_first = torch.maximum(local_first, torch.full_like(local_first, n_sink))
+    kv = torch.where(slot < n_sink, slot, local_first + slot - n_sink)
+    is_sink = slot < n_sink
+    live = (kv <= m) & (is_sink | (local_window_num > 0))
+    full_sink = is_sink & ((kv + 1) * block <= init_num)
+    full_local = ~is_sink & ((m + 1) * block - 1 - kv * block < local_window_num)
+    full = live & (kv < m) & (full_sink | full_local)
+    shape = (batch, heads, nblocks, kv.shape[-1])
+    kv = kv.expand(shape)
+    init_t = torch.tensor(init_num, device=device)
+    local_t = torch.tensor(local_window_num, device=device)
+
+    def a_shape(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & ((kv_idx < init_t) | (q_idx - kv_idx < local_t))
+
+    return _from_kv_blocks(
+        _compact(kv, (live & ~full).expand(shape), nblocks),
+        _compact(kv, full.expand(shape), nblocks),
+        block,
+        seq_len,
+        a_shape,
+    )
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+def block_sparse_block_mask(
+    tiles: torch.Tensor, count: torch.Tensor, seq_len: int, block_size: int
+) -> BlockMask:
+    """BlockMask from `estimate.select_block_sparse_tiles` output: the chosen tiles are full,
+    the diagonal tile of each query tile is the one partial (causal) tile."""
+    bsz, heads, nblocks, _ = tiles.shape
+    diagonal = torch.arange(nblocks, device=tiles.device, dtype=torch.int32)
+    diagonal = diagonal.view(1, 1, nblocks, 1).expand(bsz, heads, nblocks, 1).contiguous()
+    ones = torch.ones(bsz, heads, nblocks, dtype=torch.int32, device=tiles.device)
+    return _from_kv_blocks((diagonal, ones), (tiles, count), block_size, seq_len, _causal)
