@@ -29,38 +29,45 @@ def vertical_slash_counts(seq_len: int, vertical_size: int, slash_size: int) -> 
     return nv, ns
 
 
-def _grouped_last_scores(
+def _grouped_last_probs(
     q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
 ) -> torch.Tensor:
-    """Causal softmax in fp32 of the last `last_q` queries against all keys: [B, H, last_q, S]."""
+    """Causal softmax in fp32 of the last `last_q` queries against all keys: [B, H, last_q, S].
+
+    The scores come from one matmul per K head in the inputs' dtype (fp32 accumulation), so
+    K is read once and never repeated or upcast; the softmax runs in fp32.
+    """
     bsz, heads, seq_len, dim = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
-    q_last = q[:, :, seq_len - last_q :].reshape(bsz, kv_heads, group * last_q, dim)
-    scores = torch.matmul(q_last.float(), k.float().transpose(-1, -2)) * scale
-    scores = scores.view(bsz, heads, last_q, seq_len)
+    q_last = (q[:, :, seq_len - last_q :].float() * scale).to(q.dtype)
+    q_last = q_last.reshape(bsz, kv_heads, group * last_q, dim)
+    scores = torch.matmul(q_last, k.transpose(-1, -2)).view(bsz, heads, last_q, seq_len)
     rows = torch.arange(last_q, device=q.device)
     corner = rows[None, :] > rows[:, None]
-    tail = scores[..., seq_len - last_q :].masked_fill(corner, float("-inf"))
-    scores = torch.cat([scores[..., : seq_len - last_q], tail], dim=-1)
-    return torch.softmax(scores, dim=-1)
+    scores[..., seq_len - last_q :].masked_fill_(corner, float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
 
 def _diagonal_sums(probs: torch.Tensor) -> torch.Tensor:
     """slash[..., s] = sum_a probs[..., a, S - L + a - s] for probs [..., L, S]; returns [..., S].
 
-    Row a is reversed (r = L-1-a) so that a diagonal becomes an anti-diagonal r + j = S-1-s;
-    padding each row to S+L columns and re-reading the flat buffer with row stride S+L-1
-    shifts row r right by r, so anti-diagonals line up in columns.
+    Offsets s <= S - L read key a + (S - L - s) in row a: a strided view with row stride S + 1
+    lines them up without a copy. Larger offsets only reach the first L keys (the L x L
+    corner) and are summed there.
     """
     *lead, last_q, seq_len = probs.shape
-    width = seq_len + last_q
-    rev = probs.flip(-2)
-    padded = torch.nn.functional.pad(rev, (0, last_q))
-    flat = padded.reshape(*lead, last_q * width)[..., : last_q * (width - 1)]
-    sheared = flat.reshape(*lead, last_q, width - 1)
-    anti = sheared.sum(-2)[..., :seq_len]
-    return anti.flip(-1)
+    probs = probs.contiguous()
+    sheared = probs.as_strided(
+        (*probs.shape[:-2], last_q, seq_len - last_q + 1),
+        (*probs.stride()[:-2], seq_len + 1, 1),
+    )
+    near = sheared.sum(-2).flip(-1)
+    rows = torch.arange(last_q, device=probs.device)
+    below = (rows[:, None] - rows[None, :]).clamp(min=0)  # corner key j = a - d, d = s - (S - L)
+    corner = torch.zeros(*lead, last_q, dtype=probs.dtype, device=probs.device)
+    corner.scatter_add_(-1, below.flatten().expand(*lead, -1), probs[..., :last_q].flatten(-2))
+    return torch.cat([near, corner[..., 1:]], dim=-1)
 
 
 def estimate_vertical_slash(
@@ -97,7 +104,7 @@ def estimate_vertical_slash(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     nv, ns = vertical_slash_counts(seq_len, vertical_size, slash_size)
 
-    probs = _grouped_last_scores(q, k, last_q, scale)
+    probs = _grouped_last_probs(q, k, last_q, scale)
     vertical = probs.sum(-2)
     slash = _diagonal_sums(probs)
     vertical[..., :FORCED_VERTICAL] = float("inf")
@@ -113,12 +120,12 @@ def pool_tiles(x: torch.Tensor, block_size: int) -> torch.Tensor:
     A last partial tile is the mean of the tokens it has.
     """
     bsz, heads, seq_len, dim = x.shape
-    nblocks = math.ceil(seq_len / block_size)
-    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, nblocks * block_size - seq_len))
-    sums = padded.view(bsz, heads, nblocks, block_size, dim).sum(-2)
-    counts = torch.full((nblocks,), float(block_size), device=x.device)
-    counts[-1] = seq_len - (nblocks - 1) * block_size
-    return sums / counts[:, None]
+    whole = seq_len // block_size
+    body = x[:, :, : whole * block_size].unflatten(2, (whole, block_size))
+    means = [body.mean(-2, dtype=torch.float32)]
+    if whole * block_size < seq_len:
+        means.append(x[:, :, whole * block_size :].mean(-2, keepdim=True, dtype=torch.float32))
+    return torch.cat(means, dim=2) if len(means) > 1 else means[0]
 
 
 def select_block_sparse_tiles(

@@ -24,7 +24,7 @@ import torch
 class VerticalSlashIndex(NamedTuple):
     """Per-head work lists of the vertical-slash kernel (B, H as q; M = ceil(S/bs) tiles).
 
-    cols: [B, H, NV] int32, the distinct in-range columns ascending, padded with S.
+    cols: [B, H, NV] int32, the distinct in-range columns ascending, padded with M*bs.
     col_count: [B, H, M] int32, how many of `cols` are < e of tile m.
     piece_lo, piece_hi: [B, H, NS] int32, band pieces in offset space, u_lo ascending, each at
         most bs long, padded with a large value.
@@ -49,11 +49,11 @@ def _sorted_in_range(idx: torch.Tensor, seq_len: int, pad: int) -> torch.Tensor:
     return idx.sort(dim=-1).values
 
 
-def _distinct_columns(v_idx: torch.Tensor, seq_len: int) -> torch.Tensor:
-    cols = _sorted_in_range(v_idx, seq_len, seq_len)
+def _distinct_columns(v_idx: torch.Tensor, seq_len: int, pad: int) -> torch.Tensor:
+    cols = _sorted_in_range(v_idx, seq_len, pad)
     repeated = torch.zeros_like(cols, dtype=torch.bool)
     repeated[..., 1:] = cols[..., 1:] == cols[..., :-1]
-    return torch.where(repeated, seq_len, cols).sort(dim=-1).values
+    return torch.where(repeated, pad, cols).sort(dim=-1).values
 
 
 def _band_pieces(offsets: torch.Tensor, block_size: int, big: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +100,8 @@ def build_vertical_slash_index(
     big = 4 * nblocks * block_size + 4 * block_size
     tile_end = (torch.arange(nblocks, device=device) + 1) * block_size
 
-    cols = _distinct_columns(v_idx, seq_len)
+    # pads sort after every tile end, so col_count never counts them
+    cols = _distinct_columns(v_idx, seq_len, nblocks * block_size)
     col_count = torch.searchsorted(cols, tile_end.expand(*cols.shape[:-1], -1).contiguous())
 
     offsets = _sorted_in_range(s_idx, seq_len, big)

@@ -25,15 +25,18 @@ from .index import VerticalSlashIndex  # noqa: E402
 
 @triton.jit
 def _attend_keys(
-    q, k_base, v_base, offs_n, key_ok, offs_m, offs_d, d_ok,
-    m_i, l_i, acc, seq_len, stride_ks, stride_vs, qk_scale,
+    q, k_base, v_base, offs_n, load_ok, key_ok, offs_m, offs_d, d_ok,
+    m_i, l_i, acc, stride_ks, stride_vs, qk_scale,
 ):
-    """Online-softmax update of (m_i, l_i, acc) with keys offs_n where key_ok, causal."""
-    load_ok = key_ok & (offs_n < seq_len) & (offs_n >= 0)
+    """Online-softmax update of (m_i, l_i, acc) with keys offs_n where key_ok, causal.
+
+    K/V rows are read where load_ok (in bounds); key_ok, which may come from a slower
+    gather, only masks the scores, so the K/V loads need not wait for it.
+    """
     k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
                 mask=load_ok[None, :] & d_ok[:, None], other=0.0)
     qk = tl.dot(q, k) * qk_scale
-    keep = load_ok[None, :] & (offs_n[None, :] <= offs_m[:, None])
+    keep = (load_ok & key_ok)[None, :] & (offs_n[None, :] <= offs_m[:, None])
     qk = tl.where(keep, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -87,11 +90,13 @@ def _vertical_slash_fwd(
         u_hi = tl.load(PieceHi + pieces + t)
         offs_n = end - u_lo - (BLOCK - 1) + lanes
         key_ok = (offs_n >= end - u_hi) & (offs_n >= lower)
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, key_ok, offs_m, offs_d, d_ok,
-                                     m_i, l_i, acc, seq_len, stride_ks, stride_vs, qk_scale)
+        load_ok = key_ok & (offs_n < seq_len)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, load_ok, key_ok, offs_m, offs_d,
+                                     d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
     if clamped != 0:
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, lanes >= 0, offs_m, offs_d, d_ok,
-                                     m_i, l_i, acc, seq_len, stride_ks, stride_vs, qk_scale)
+        load_ok = lanes < seq_len
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, load_ok, load_ok, offs_m, offs_d,
+                                     d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
 
     columns = bh.to(tl.int64) * n_cols_max
     bitmap = bh.to(tl.int64) * span
@@ -100,9 +105,9 @@ def _vertical_slash_fwd(
         in_list = c + lanes < n_cols
         cols = tl.load(Cols + columns + c + lanes, mask=in_list, other=0)
         banded = tl.load(Covered + bitmap + end - cols, mask=in_list, other=1)
-        key_ok = in_list & (banded == 0) & (cols >= lower)
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, key_ok, offs_m, offs_d, d_ok,
-                                     m_i, l_i, acc, seq_len, stride_ks, stride_vs, qk_scale)
+        key_ok = (banded == 0) & (cols >= lower)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, in_list, key_ok, offs_m, offs_d,
+                                     d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
@@ -116,6 +121,8 @@ def launch_vertical_slash(
     index: VerticalSlashIndex,
     block_size: int,
     scale: float,
+    num_warps: int = 4,
+    num_stages: int = 3,
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D]."""
     bsz, heads, seq_len, head_dim = q.shape
@@ -137,7 +144,7 @@ def launch_vertical_slash(
             index.cols.shape[-1], index.piece_lo.shape[-1], index.covered.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            num_warps=4, num_stages=3,
+            num_warps=num_warps, num_stages=num_stages,
         )
     return out
 

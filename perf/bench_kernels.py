@@ -1,0 +1,140 @@
+"""Kernel benchmark: each sparse pattern against dense SDPA (cuDNN, flash) in the same run.
+
+Every sparse figure includes estimation and index/mask building. Prints a table and writes
+JSON. Usage (on a GPU):
+    python perf/bench_kernels.py --lengths 32768 131072 262144 --out perf/results/kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import minference_flex as mf  # noqa: E402
+from custom_ops.vertical_slash import (  # noqa: E402
+    build_vertical_slash_index,
+    computed_fraction,
+    vertical_slash_attention,
+)
+from perf.common import machine, median_ms, sdpa_dense, write_json  # noqa: E402
+from perf.planted import planted_vertical_slash  # noqa: E402
+
+VS_BUDGETS = [(3500, 100), (30, 800), (1000, 6096)]
+
+
+def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms):
+    from torch.nn.attention import SDPBackend
+
+    rows = []
+    q = torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, kv_heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    group = heads // kv_heads
+    k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    t_cudnn = median_ms(sdpa_dense(q, k_rep, v_rep, SDPBackend.CUDNN_ATTENTION), rep_ms=rep_ms)
+    t_flash = median_ms(sdpa_dense(q, k_rep, v_rep, SDPBackend.FLASH_ATTENTION), rep_ms=rep_ms)
+    del k_rep, v_rep
+    t_ours_dense = median_ms(lambda: mf.dense_attention(q, k, v), rep_ms=rep_ms)
+    dense_flops = 4 * heads * head_dim * seq_len * seq_len / 2
+
+    def add(name, mode, ms, **extra):
+        rows.append({"S": seq_len, "pattern": name, "mode": mode, "ms": ms, "x_cudnn": ms / t_cudnn, **extra})
+
+    add("dense SDPA cuDNN", "-", t_cudnn, tflops=dense_flops / t_cudnn / 1e9)
+    add("dense SDPA flash", "-", t_flash, tflops=dense_flops / t_flash / 1e9)
+    add("dense_attention (GQA, fallback path)", "-", t_ours_dense)
+
+    for nv, ns in VS_BUDGETS:
+        for mode in modes:
+            if mode == "random":
+                v_idx, s_idx = mf.estimate_vertical_slash(q, k, nv, ns)
+
+                def run(nv=nv, ns=ns):
+                    return mf.dynamic_vertical_slash_attention(q, k, v, nv, ns)
+
+                def run_sparse(nv=nv, ns=ns):
+                    return mf.dynamic_vertical_slash_attention(q, k, v, nv, ns, dense_fallback=False)
+            else:
+                v_idx, s_idx = planted_vertical_slash(1, heads, seq_len, nv, ns, "cuda")
+
+                def run(nv=nv, ns=ns, v_idx=v_idx, s_idx=s_idx):
+                    mf.estimate_vertical_slash(q, k, nv, ns)
+                    return mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx)
+
+                def run_sparse(nv=nv, ns=ns, v_idx=v_idx, s_idx=s_idx):
+                    mf.estimate_vertical_slash(q, k, nv, ns)
+                    return mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+
+            index = build_vertical_slash_index(v_idx, s_idx, seq_len, 64)
+            frac = computed_fraction(index, 64).item()
+            t_kernel = median_ms(lambda: vertical_slash_attention(q, k, v, index, 64, head_dim**-0.5), rep_ms=rep_ms)
+            t_est = median_ms(lambda: mf.estimate_vertical_slash(q, k, nv, ns), rep_ms=rep_ms)
+            t_index = median_ms(lambda: build_vertical_slash_index(v_idx, s_idx, seq_len, 64), rep_ms=rep_ms)
+            tile_flops = frac * dense_flops * (seq_len / 64 + 1) / (seq_len / 64)
+            t_all = median_ms(run, rep_ms=rep_ms)
+            t_sparse = median_ms(run_sparse, rep_ms=rep_ms)
+            add(f"vertical-slash ({nv}, {ns})", mode, t_all, sparse_only_ms=t_sparse, kernel_ms=t_kernel,
+                estimate_ms=t_est, index_ms=t_index, computed_fraction=frac,
+                kernel_tile_tflops=tile_flops / t_kernel / 1e9)
+
+    from minference_flex.estimate import select_block_sparse_tiles
+    from minference_flex.flex import block_sparse_block_mask
+
+    t_mask = median_ms(lambda: block_sparse_block_mask(*select_block_sparse_tiles(q, k, 100, 64), seq_len, 64), rep_ms=rep_ms)
+    t_bs = median_ms(lambda: mf.block_sparse_attention(q, k, v, 100), rep_ms=rep_ms)
+    nblocks = -(-seq_len // 64)
+    bs_tiles = sum(min(m + 1, 101) for m in range(nblocks))
+    bs_flops = bs_tiles * heads * 4 * 64 * 64 * head_dim
+    add("block-sparse top 100 of 64", "random", t_bs, mask_ms=t_mask, kernel_tile_tflops=bs_flops / (t_bs - t_mask) / 1e9)
+
+    from minference_flex.flex import a_shape_block_mask
+
+    t_amask = median_ms(lambda: a_shape_block_mask(1, heads, seq_len, 128, 4096, q.device), rep_ms=rep_ms)
+    t_a = median_ms(lambda: mf.streaming_forward(q, k, v, 128, 4096), rep_ms=rep_ms)
+    add("A-shape (128, 4096)", "random", t_a, mask_ms=t_amask)
+    return rows
+
+
+def print_table(rows):
+    cols = ["S", "pattern", "mode", "ms", "x_cudnn", "sparse_only_ms", "kernel_ms", "estimate_ms",
+            "index_ms", "mask_ms", "computed_fraction", "kernel_tile_tflops", "tflops"]
+    print(" | ".join(cols))
+    for r in rows:
+        cells = []
+        for c in cols:
+            val = r.get(c, "")
+            cells.append(f"{val:.3f}" if isinstance(val, float) else str(val))
+        print(" | ".join(cells))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072, 262144])
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--modes", nargs="+", default=["random", "structured"])
+    parser.add_argument("--rep-ms", type=float, default=1000)
+    parser.add_argument("--out", default="perf/results/kernels.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_kernels needs a CUDA GPU")
+    info = machine()
+    print(info)
+    rows = []
+    for seq_len in args.lengths:
+        rows += bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms)
+        torch.cuda.empty_cache()
+        print_table([r for r in rows if r["S"] == seq_len], )
+    print_table(rows)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared benchmark helpers: machine line, median timing, dense baselines, JSON output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+
+import torch
+
+
+def machine() -> dict:
+    import transformers
+    import triton
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {
+        "date": datetime.date.today().isoformat(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def median_ms(fn, warmup_ms: float = 200, rep_ms: float = 1000) -> float:
+    """Median time of fn() in ms with CUDA events (triton.testing.do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def sdpa_dense(q, k, v, backend):
+    """Dense causal SDPA with one backend; K/V are repeated outside the timed region when the
+    backend has no native GQA, so the baseline is the backend's best."""
+    from torch.nn.attention import sdpa_kernel
+
+    def run():
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return run
+
+
+def write_json(path: str, payload: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    print(f"wrote {path}")

@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+
+torch._dynamo.config.fail_on_recompile_limit_hit = True
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: run `pytest -m gpu` on the device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed():
+    """Fresh random inputs every run; a failure prints the seed (set MF_SEED to replay it)."""
+    seed = int(os.environ.get("MF_SEED", int.from_bytes(os.urandom(4), "little")))
+    torch.manual_seed(seed)
+    print(f"MF_SEED={seed}")
+    yield
