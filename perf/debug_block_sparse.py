@@ -18,9 +18,13 @@ for shape, dtype in [((1, 4, 1, 1000, 128), torch.bfloat16), ((1, 4, 1, 1024, 12
     v = torch.randn(b, hk, s, d, device="cuda").to(dtype)
     tiles, count = select_block_sparse_tiles(q, k, 5, 64)
     bm = block_sparse_block_mask(tiles, count, s, 64)
-    dense_bm = bm.to_dense()[..., : (s + 63) // 64, : (s + 63) // 64].bool()
-    ref_mask = reference.block_sparse_mask(q, k, 5)
     nb = (s + 63) // 64
+    dense_bm = torch.zeros(b, h, nb, nb + 1, dtype=torch.bool, device="cuda")
+    w = tiles.shape[-1]
+    cols = torch.where(torch.arange(w, device="cuda") < count[..., None], tiles.long(), nb)
+    dense_bm.scatter_(-1, cols, True)
+    dense_bm = dense_bm[..., :nb] | torch.eye(nb, dtype=torch.bool, device="cuda")
+    ref_mask = reference.block_sparse_mask(q, k, 5)
     out = mf.block_sparse_attention(q, k, v, 5)
     ref = reference.masked_attention(q, k, v, ref_mask)
     elem_mask = dense_bm.repeat_interleave(64, -1).repeat_interleave(64, -2)[..., :s, :s] & reference.causal_mask(s, "cuda")

@@ -60,6 +60,7 @@ def _vertical_slash_fwd(
     seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, span,
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASK_COLUMN_LOADS: tl.constexpr,
 ):
     m = nblocks - 1 - tl.program_id(0)  # the longest rows first, for load balance
     bh = tl.program_id(1)
@@ -106,7 +107,11 @@ def _vertical_slash_fwd(
         cols = tl.load(Cols + columns + c + lanes, mask=in_list, other=0)
         banded = tl.load(Covered + bitmap + end - cols, mask=in_list, other=1)
         key_ok = (banded == 0) & (cols >= lower)
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, in_list, key_ok, offs_m, offs_d,
+        if MASK_COLUMN_LOADS:
+            load_ok = in_list & key_ok
+        else:
+            load_ok = in_list
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, load_ok, key_ok, offs_m, offs_d,
                                      d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -123,6 +128,7 @@ def launch_vertical_slash(
     scale: float,
     num_warps: int = 4,
     num_stages: int = 3,
+    mask_column_loads: bool = True,
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D]."""
     bsz, heads, seq_len, head_dim = q.shape
@@ -144,6 +150,7 @@ def launch_vertical_slash(
             index.cols.shape[-1], index.piece_lo.shape[-1], index.covered.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            MASK_COLUMN_LOADS=mask_column_loads,
             num_warps=num_warps, num_stages=num_stages,
         )
     return out
