@@ -25,14 +25,16 @@ def _compiled_flex():
 
 
 def _kernel_options(q: torch.Tensor, block_mask: BlockMask) -> dict | None:
-    """Kernel tiles matching the mask's blocks. 64-row tiles run best with 4 warps and 3
-    stages on H100 (block-sparse top-100 at 128K: 31 ms against 49 ms with the defaults)."""
+    """Kernel tiles matching the mask's blocks, as measured best on H100 (perf/tune_kernels.py).
+    64-row tiles: 4 warps, 3 stages (block-sparse top-100 at 128K: 31 ms against 49 ms)."""
     if not q.is_cuda:
         return None
     q_block, kv_block = block_mask.BLOCK_SIZE
     if q_block < 128:
         return {"BLOCK_M": q_block, "BLOCK_N": min(kv_block, 64), "num_warps": 4, "num_stages": 3}
-    return {"BLOCK_M": 128, "BLOCK_N": min(kv_block, 64)}
+    if kv_block >= 128:  # A-shape at 128K: 21.0 ms against 22.2 ms with (128, 64) tiles
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 64}
 
 
 def flex_attend(
@@ -78,11 +80,12 @@ def _from_kv_blocks(
 ) -> BlockMask:
     idx, num = partial
     full_idx, full_num = full
+    # The CUDA kernel addresses partial and full lists with one set of strides, so both get
+    # one width. Inductor's CPU template also asserts that the width spans the sequence.
+    width = max(idx.shape[-1], full_idx.shape[-1])
     if idx.device.type == "cpu":
-        # Inductor's CPU flex template asserts that the index width spans the whole sequence;
-        # the CUDA template reads only the first `num` entries, so compact lists stay there.
-        kv_blocks = math.ceil(seq_len / block)
-        idx, full_idx = (_pad_width(t, kv_blocks) for t in (idx, full_idx))
+        width = max(width, math.ceil(seq_len / block))
+    idx, full_idx = _pad_width(idx, width), _pad_width(full_idx, width)
     return BlockMask.from_kv_blocks(
         num,
         idx,
@@ -96,6 +99,28 @@ def _from_kv_blocks(
 
 
 def a_shape_block_mask(
+    batch: int,
+    heads: int,
+    seq_len: int,
+    init_num: int,
+    local_window_num: int,
+    device: torch.device,
+    block: int = A_SHAPE_BLOCK,
+) -> BlockMask:
+    """BlockMask of A-shape attention (see `_build_a_shape_block_mask`), cached outside
+    torch.compile: it depends only on its integer arguments and is reused across layers."""
+    args = (batch, heads, seq_len, init_num, local_window_num, torch.device(device), block)
+    if torch.compiler.is_compiling():
+        return _build_a_shape_block_mask(*args)
+    return _cached_a_shape_block_mask(*args)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_a_shape_block_mask(*args) -> BlockMask:
+    return _build_a_shape_block_mask(*args)
+
+
+def _build_a_shape_block_mask(
     batch: int,
     heads: int,
     seq_len: int,

@@ -25,25 +25,34 @@ from .index import VerticalSlashIndex  # noqa: E402
 
 @triton.jit
 def _attend_keys(
-    q, k_base, v_base, offs_n, load_ok, key_ok, offs_m, offs_d, d_ok,
-    m_i, l_i, acc, stride_ks, stride_vs, qk_scale,
+    q, k_base, v_base, offs_n, key_ok, offs_m, offs_d, d_ok,
+    m_i, l_i, acc, stride_ks, stride_vs, qk_scale, MASKED: tl.constexpr,
 ):
-    """Online-softmax update of (m_i, l_i, acc) with keys offs_n where key_ok, causal.
+    """Online-softmax update of (m_i, l_i, acc) with keys offs_n.
 
-    K/V rows are read where load_ok (in bounds); key_ok, which may come from a slower
-    gather, only masks the scores, so the K/V loads need not wait for it.
+    MASKED: only keys where key_ok (which must imply in-bounds) and j <= i count; otherwise
+    every key of the tile is in bounds, below the diagonal and kept (the fast path).
     """
-    k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
-                mask=load_ok[None, :] & d_ok[:, None], other=0.0)
+    if MASKED:
+        k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
+                    mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
+                    mask=d_ok[:, None], other=0.0)
     qk = tl.dot(q, k) * qk_scale
-    keep = (load_ok & key_ok)[None, :] & (offs_n[None, :] <= offs_m[:, None])
-    qk = tl.where(keep, qk, float("-inf"))
+    if MASKED:
+        keep = key_ok[None, :] & (offs_n[None, :] <= offs_m[:, None])
+        qk = tl.where(keep, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp2(qk - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
-    v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
-                mask=load_ok[:, None] & d_ok[None, :], other=0.0)
+    if MASKED:
+        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
+                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
+                    mask=d_ok[None, :], other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     l_i = l_i * alpha + tl.sum(p, 1)
     return m_new, l_i, acc
@@ -60,7 +69,6 @@ def _vertical_slash_fwd(
     seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, span,
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    MASK_COLUMN_LOADS: tl.constexpr,
 ):
     m = nblocks - 1 - tl.program_id(0)  # the longest rows first, for load balance
     bh = tl.program_id(1)
@@ -90,14 +98,18 @@ def _vertical_slash_fwd(
         u_lo = tl.load(PieceLo + pieces + t)
         u_hi = tl.load(PieceHi + pieces + t)
         offs_n = end - u_lo - (BLOCK - 1) + lanes
-        key_ok = (offs_n >= end - u_hi) & (offs_n >= lower)
-        load_ok = key_ok & (offs_n < seq_len)
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, load_ok, key_ok, offs_m, offs_d,
-                                     d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
+        # a whole piece strictly below the tile's first row needs no mask at all
+        interior = (u_hi - u_lo == BLOCK - 1) & (u_lo >= BLOCK) & (end - u_hi >= lower)
+        if interior:
+            m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, lanes >= 0, offs_m, offs_d,
+                                         d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale, False)
+        else:
+            key_ok = (offs_n >= end - u_hi) & (offs_n >= lower) & (offs_n < seq_len)
+            m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, key_ok, offs_m, offs_d,
+                                         d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale, True)
     if clamped != 0:
-        load_ok = lanes < seq_len
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, load_ok, load_ok, offs_m, offs_d,
-                                     d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, lanes < seq_len, offs_m, offs_d,
+                                     d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale, True)
 
     columns = bh.to(tl.int64) * n_cols_max
     bitmap = bh.to(tl.int64) * span
@@ -106,13 +118,11 @@ def _vertical_slash_fwd(
         in_list = c + lanes < n_cols
         cols = tl.load(Cols + columns + c + lanes, mask=in_list, other=0)
         banded = tl.load(Covered + bitmap + end - cols, mask=in_list, other=1)
-        key_ok = (banded == 0) & (cols >= lower)
-        if MASK_COLUMN_LOADS:
-            load_ok = in_list & key_ok
-        else:
-            load_ok = in_list
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, load_ok, key_ok, offs_m, offs_d,
-                                     d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
+        # Masking the gathers by coverage too measured faster than loading covered columns
+        # (H100, 128K, (3500, 100): 21 ms against 29 ms).
+        key_ok = in_list & (banded == 0) & (cols >= lower)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, key_ok, offs_m, offs_d, d_ok,
+                                     m_i, l_i, acc, stride_ks, stride_vs, qk_scale, True)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
@@ -128,7 +138,6 @@ def launch_vertical_slash(
     scale: float,
     num_warps: int = 4,
     num_stages: int = 3,
-    mask_column_loads: bool = True,
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D]."""
     bsz, heads, seq_len, head_dim = q.shape
@@ -150,7 +159,6 @@ def launch_vertical_slash(
             index.cols.shape[-1], index.piece_lo.shape[-1], index.covered.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            MASK_COLUMN_LOADS=mask_column_loads,
             num_warps=num_warps, num_stages=num_stages,
         )
     return out
