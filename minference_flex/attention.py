@@ -18,7 +18,7 @@ from custom_ops.vertical_slash import (
 
 from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
-from .flex import a_shape_block_mask, block_sparse_block_mask, flex_attend
+from .flex import a_shape_block_mask, block_sparse_block_mask, flex_attend, flex_padded_length
 
 #: Above this fraction of dense causal key tiles, vertical-slash runs dense SDPA instead.
 #: Measured on H100 at 128K, the sparse kernel takes about 1.44 x fraction x cuDNN's dense
@@ -62,7 +62,9 @@ def streaming_forward(
     init_num = _checks.check_nonnegative_int("init_num", init_num)
     local_window_num = _checks.check_nonnegative_int("local_window_num", local_window_num)
     bsz, heads, seq_len, _ = q.shape
-    mask = a_shape_block_mask(bsz, heads, seq_len, init_num, local_window_num, q.device)
+    mask = a_shape_block_mask(
+        bsz, heads, flex_padded_length(seq_len), init_num, local_window_num, q.device
+    )
     return flex_attend(q, k, v, mask, _scale(q, scale))
 
 

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 torch._dynamo.config.fail_on_recompile_limit_hit = True
+# the suite compiles many (dtype, head_dim, GQA, mask block) variants of one flex function
+torch._dynamo.config.recompile_limit = 64
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,9 +1,12 @@
 """Triton kernel of vertical-slash sparse attention (forward, causal, GQA-native).
 
 One program per (query tile m, batch * query head). It walks three work lists from
-`index.build_vertical_slash_index`: the band pieces (contiguous keys, at most one tile each),
-the clamped tile [0, bs) where it applies, and the vertical columns in chunks of bs gathered
-by index, skipping columns a band already covers. Online softmax in fp32 over all of them.
+`index.build_vertical_slash_index`: the band pieces (contiguous keys, at most one tile each)
+and the clamped tile [0, bs) where it applies, both skipping keys that are columns (a
+contiguous read of the per-head column bitmap), then the vertical columns in chunks of bs
+gathered by index. Online softmax in fp32 over all of them. Deduplicating on the band side
+keeps the column gathers free of dependent loads (MInference removes covered columns per
+tile in its index instead, which costs [B, H, M, NV] memory).
 """
 
 from __future__ import annotations
@@ -25,34 +28,25 @@ from .index import VerticalSlashIndex  # noqa: E402
 
 @triton.jit
 def _attend_keys(
-    q, k_base, v_base, offs_n, key_ok, offs_m, offs_d, d_ok,
-    m_i, l_i, acc, stride_ks, stride_vs, qk_scale, MASKED: tl.constexpr,
+    q, k_base, v_base, offs_n, load_ok, key_ok, offs_m, offs_d, d_ok,
+    m_i, l_i, acc, stride_ks, stride_vs, qk_scale,
 ):
     """Online-softmax update of (m_i, l_i, acc) with keys offs_n.
 
-    MASKED: only keys where key_ok (which must imply in-bounds) and j <= i count; otherwise
-    every key of the tile is in bounds, below the diagonal and kept (the fast path).
+    K/V rows are read where load_ok (which implies in bounds); a key counts where load_ok,
+    key_ok and j <= i. key_ok may come from a slower load: it only masks the scores.
     """
-    if MASKED:
-        k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
-                    mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-    else:
-        k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
-                    mask=d_ok[:, None], other=0.0)
+    k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
+                mask=load_ok[None, :] & d_ok[:, None], other=0.0)
     qk = tl.dot(q, k) * qk_scale
-    if MASKED:
-        keep = key_ok[None, :] & (offs_n[None, :] <= offs_m[:, None])
-        qk = tl.where(keep, qk, float("-inf"))
+    keep = (load_ok & key_ok)[None, :] & (offs_n[None, :] <= offs_m[:, None])
+    qk = tl.where(keep, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp2(qk - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
-    if MASKED:
-        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
-                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-    else:
-        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
-                    mask=d_ok[None, :], other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
+                mask=load_ok[:, None] & d_ok[None, :], other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     l_i = l_i * alpha + tl.sum(p, 1)
     return m_new, l_i, acc
@@ -61,12 +55,12 @@ def _attend_keys(
 @triton.jit
 def _vertical_slash_fwd(
     Q, K, V, Out,
-    Cols, ColCount, PieceLo, PieceHi, PieceCount, Clamped, Covered,
+    Cols, ColCount, PieceLo, PieceHi, PieceCount, Clamped, IsColumn,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_os,
-    seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, span,
+    seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max,
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -94,35 +88,28 @@ def _vertical_slash_fwd(
     lanes = tl.arange(0, BLOCK)
 
     pieces = bh.to(tl.int64) * n_pieces_max
+    bitmap = bh.to(tl.int64) * seq_len
     for t in range(0, tl.load(PieceCount + tile)):
         u_lo = tl.load(PieceLo + pieces + t)
         u_hi = tl.load(PieceHi + pieces + t)
         offs_n = end - u_lo - (BLOCK - 1) + lanes
-        # a whole piece strictly below the tile's first row needs no mask at all
-        interior = (u_hi - u_lo == BLOCK - 1) & (u_lo >= BLOCK) & (end - u_hi >= lower)
-        if interior:
-            m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, lanes >= 0, offs_m, offs_d,
-                                         d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale, False)
-        else:
-            key_ok = (offs_n >= end - u_hi) & (offs_n >= lower) & (offs_n < seq_len)
-            m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, key_ok, offs_m, offs_d,
-                                         d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale, True)
+        key_ok = (offs_n >= end - u_hi) & (offs_n >= lower) & (offs_n < seq_len)
+        is_col = tl.load(IsColumn + bitmap + offs_n, mask=key_ok, other=1)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, key_ok, is_col == 0, offs_m,
+                                     offs_d, d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
     if clamped != 0:
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, lanes < seq_len, offs_m, offs_d,
-                                     d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale, True)
+        key_ok = lanes < seq_len
+        is_col = tl.load(IsColumn + bitmap + lanes, mask=key_ok, other=1)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, key_ok, is_col == 0, offs_m,
+                                     offs_d, d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
 
     columns = bh.to(tl.int64) * n_cols_max
-    bitmap = bh.to(tl.int64) * span
     n_cols = tl.load(ColCount + tile)
     for c in range(0, n_cols, BLOCK):
         in_list = c + lanes < n_cols
         cols = tl.load(Cols + columns + c + lanes, mask=in_list, other=0)
-        banded = tl.load(Covered + bitmap + end - cols, mask=in_list, other=1)
-        # Masking the gathers by coverage too measured faster than loading covered columns
-        # (H100, 128K, (3500, 100): 21 ms against 29 ms).
-        key_ok = in_list & (banded == 0) & (cols >= lower)
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, key_ok, offs_m, offs_d, d_ok,
-                                     m_i, l_i, acc, stride_ks, stride_vs, qk_scale, True)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, in_list, in_list, offs_m,
+                                     offs_d, d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
@@ -150,13 +137,13 @@ def launch_vertical_slash(
         _vertical_slash_fwd[grid](
             q, k, v, out,
             index.cols, index.col_count, index.piece_lo, index.piece_hi, index.piece_count,
-            index.clamped, index.covered,
+            index.clamped, index.is_column,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             seq_len, heads, heads // k.shape[1], nblocks,
-            index.cols.shape[-1], index.piece_lo.shape[-1], index.covered.shape[-1],
+            index.cols.shape[-1], index.piece_lo.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
             num_warps=num_warps, num_stages=num_stages,
