@@ -6,6 +6,8 @@ Kernel API (q [B, H, S, D], k/v [B, Hkv, S, D], causal):
 `dense_attention`.
 """
 
+from custom_ops import vertical_slash as _vertical_slash_ops  # noqa: F401  (sets up Triton on CPU)
+
 from .attention import (
     DENSE_FALLBACK_FRACTION,
     block_sparse_attention,

@@ -1,12 +1,13 @@
 """Vertical-slash sparse attention: index conversion, Triton kernel and its torch op."""
 
-from .index import VerticalSlashIndex, build_vertical_slash_index, computed_fraction
+from .index import VerticalSlashIndex, build_vertical_slash_index, computed_fraction, dedup_on_bands
 from .op import vertical_slash_attention, vertical_slash_attention_op
 
 __all__ = [
     "VerticalSlashIndex",
     "build_vertical_slash_index",
     "computed_fraction",
+    "dedup_on_bands",
     "vertical_slash_attention",
     "vertical_slash_attention_op",
 ]

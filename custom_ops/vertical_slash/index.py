@@ -6,8 +6,9 @@ band is u in [s+1, s+bs], the same for every tile. So the union of bands is merg
 into pieces of at most bs distances once per head, and tile m reads piece [u_lo, u_hi] as
 keys [e - u_hi, e - u_lo]. Bands with e - s < bs are clamped to keys [0, bs): for tiles with
 such an offset (`clamped`), keys below bs are served by one extra tile [0, bs) and masked out
-of the pieces. A key that is a column is skipped by the bands (per-head bitmap
-`is_column[j]`), so the columns can be gathered without checking the bands.
+of the pieces. A key both in a band and a column counts once: `dedup` is either a column
+bitmap the bands check or a band bitmap in offset space the columns check, whichever side
+has fewer entries to check (`dedup_on_bands`).
 
 Everything is fixed-shape tensor code (sort, cumsum, searchsorted, scatter): no host sync,
 traceable by torch.compile, the same on CPU and CUDA.
@@ -30,7 +31,10 @@ class VerticalSlashIndex(NamedTuple):
         most bs long, padded with a large value.
     piece_count: [B, H, M] int32, pieces with u_lo <= e (those that can reach key >= 0).
     clamped: [B, H, M] int32, 1 when tile m also covers keys [0, bs) through a clamped band.
-    is_column: [B, H, S] int8, 1 at the columns (bands skip them: no key counts twice).
+    dedup: int8 bitmap that makes a key in a band and in the columns count once. When
+        `dedup_on_bands(index)` it is [B, H, S], 1 at the columns (the bands skip them);
+        otherwise [B, H, M*bs + 1], 1 at the distances u the band union covers (the columns
+        skip them).
     """
 
     cols: torch.Tensor
@@ -39,7 +43,7 @@ class VerticalSlashIndex(NamedTuple):
     piece_hi: torch.Tensor
     piece_count: torch.Tensor
     clamped: torch.Tensor
-    is_column: torch.Tensor
+    dedup: torch.Tensor
 
 
 def _sorted_in_range(idx: torch.Tensor, seq_len: int, pad: int) -> torch.Tensor:
@@ -111,8 +115,19 @@ def build_vertical_slash_index(
     # offsets in (e - bs, e) are clamped to keys [0, bs)
     clamped = torch.searchsorted(offsets, ends) > torch.searchsorted(offsets, ends - block_size, right=True)
 
-    is_column = torch.zeros(*cols.shape[:-1], seq_len + 1, dtype=torch.int8, device=device)
-    is_column.scatter_(-1, cols.clamp(max=seq_len), 1)
+    if cols.shape[-1] > offsets.shape[-1]:  # dedup on the bands: mark the columns
+        dedup = torch.zeros(*cols.shape[:-1], seq_len + 1, dtype=torch.int8, device=device)
+        dedup.scatter_(-1, cols.clamp(max=seq_len), 1)
+        dedup = dedup[..., :seq_len]
+    else:  # dedup on the columns: mark the distances the bands cover
+        span = nblocks * block_size + 1
+        delta = torch.zeros(*offsets.shape[:-1], span + block_size + 1, dtype=torch.int32, device=device)
+        live = offsets < big
+        ones = live.int()
+        trash = delta.shape[-1] - 1
+        delta.scatter_add_(-1, torch.where(live, offsets + 1, trash), ones)
+        delta.scatter_add_(-1, torch.where(live, offsets + block_size + 1, trash), -ones)
+        dedup = (torch.cumsum(delta, dim=-1)[..., :span] > 0).to(torch.int8)
 
     return VerticalSlashIndex(
         cols=cols.to(torch.int32).contiguous(),
@@ -121,8 +136,14 @@ def build_vertical_slash_index(
         piece_hi=piece_hi.clamp(max=2**30).to(torch.int32).contiguous(),
         piece_count=piece_count.to(torch.int32).contiguous(),
         clamped=clamped.to(torch.int32).contiguous(),
-        is_column=is_column[..., :seq_len].contiguous(),
+        dedup=dedup.contiguous(),
     )
+
+
+def dedup_on_bands(index: VerticalSlashIndex) -> bool:
+    """True when the bands skip column keys (more columns than slash offsets), else the
+    columns skip band keys. Decided from static shapes, so it never syncs or recompiles."""
+    return index.cols.shape[-1] > index.piece_lo.shape[-1]
 
 
 def computed_fraction(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:

@@ -23,19 +23,19 @@ def vertical_slash_attention_op(
     piece_hi: torch.Tensor,
     piece_count: torch.Tensor,
     clamped: torch.Tensor,
-    is_column: torch.Tensor,
+    dedup: torch.Tensor,
     block_size: int,
     scale: float,
 ) -> torch.Tensor:
     """Vertical-slash attention over a prepared `VerticalSlashIndex`; returns [B, H, S, D]."""
-    index = VerticalSlashIndex(cols, col_count, piece_lo, piece_hi, piece_count, clamped, is_column)
+    index = VerticalSlashIndex(cols, col_count, piece_lo, piece_hi, piece_count, clamped, dedup)
     return launch_vertical_slash(
         q.contiguous(), k.contiguous(), v.contiguous(), index, block_size, scale
     )
 
 
 @vertical_slash_attention_op.register_fake
-def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_count, clamped, is_column, block_size, scale):
+def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_count, clamped, dedup, block_size, scale):
     return q.new_empty(q.shape)
 
 

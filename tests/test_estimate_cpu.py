@@ -1,0 +1,61 @@
+"""estimate_vertical_slash against the float64 reference scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import minference_flex as mf
+from minference_flex import reference
+from minference_flex.estimate import FORCED_SLASH, FORCED_VERTICAL
+from tests.helpers import random_qkv
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 2, 500, 64), (1, 3, 1, 130, 128), (1, 2, 2, 77, 32)])
+def test_estimate_picks_top_scores(shape):
+    b, h, hk, s, d = shape
+    q, k, _ = random_qkv(b, h, hk, s, d)
+    nv, ns = 40, 120
+    v_idx, s_idx = mf.estimate_vertical_slash(q, k, nv, ns)
+    nv_out, ns_out = mf.vertical_slash_counts(s, nv, ns)
+    assert v_idx.shape == (b, h, nv_out) and s_idx.shape == (b, h, ns_out)
+    vertical, slash = reference.estimate_vertical_slash_scores(q, k)
+    for idx, scores, forced in ((v_idx, vertical, FORCED_VERTICAL), (s_idx, slash, FORCED_SLASH)):
+        assert (idx.sort(-1).values.diff(dim=-1) > 0).all(), "indices must be distinct"
+        forced_ids = torch.arange(min(forced, s))
+        assert torch.isin(forced_ids, idx).all() if b * h == 1 else all(
+            torch.isin(forced_ids, row).all() for row in idx.flatten(0, 1)
+        )
+        # the rest are the best-scoring ones: their score total equals the top-k total
+        rest = scores.clone()
+        rest[..., :forced] = float("-inf")
+        n_rest = idx.shape[-1] - min(forced, s)
+        best = rest.topk(n_rest, -1).values.sum(-1)
+        got = rest.gather(-1, idx).clamp(min=0).sum(-1)
+        torch.testing.assert_close(got, best, rtol=1e-5, atol=1e-6)
+
+
+def test_budgets_clamped_and_raised():
+    assert mf.vertical_slash_counts(2048, 1000, 6096) == (1000, 2048)
+    assert mf.vertical_slash_counts(2048, 3, 7) == (FORCED_VERTICAL, FORCED_SLASH)
+    assert mf.vertical_slash_counts(20, 3, 7) == (20, 20)
+    q, k, _ = random_qkv(1, 2, 1, 20, 64)
+    v_idx, s_idx = mf.estimate_vertical_slash(q, k, 3500, 100)
+    assert v_idx.shape[-1] == 20 and s_idx.shape[-1] == 20
+
+
+def test_structured_heads_are_found():
+    """Planted column 77 and diagonal 150 dominate: the estimator must find both."""
+    s, d = 600, 64
+    q, k, _ = random_qkv(1, 1, 1, s, d)
+    q, k = q * 0.1, k * 0.1
+    direction = torch.randn(d)
+    q[..., :, :] += direction
+    k[..., 77, :] += 3 * direction
+    v_idx, _ = mf.estimate_vertical_slash(q, k, 31, 100)
+    assert 77 in v_idx.flatten().tolist()
+    k2 = torch.randn(1, 1, s, d) * 0.1
+    q2 = torch.randn(1, 1, s, d) * 0.1
+    q2[0, 0, 150:] += 3 * k2[0, 0, :-150]  # query i matches key i - 150
+    _, s_idx = mf.estimate_vertical_slash(q2, k2, 30, 101)
+    assert 150 in s_idx.flatten().tolist()

@@ -1,0 +1,68 @@
+"""A-shape and block-sparse (FlexAttention, compiled by Inductor on CPU) against references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import minference_flex as mf
+from minference_flex import reference
+from minference_flex.estimate import select_block_sparse_tiles
+from tests.helpers import assert_close_to_reference, random_qkv
+
+SHAPES = [  # batch, heads, kv_heads, seq_len, head_dim
+    (2, 4, 2, 333, 64),
+    (1, 2, 1, 517, 128),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("init, local", [(5, 70), (0, 200), (130, 1)])
+def test_streaming_forward_matches_reference(shape, init, local):
+    b, h, hk, s, d = shape
+    q, k, v = random_qkv(b, h, hk, s, d)
+    out = mf.streaming_forward(q, k, v, init, local)
+    assert_close_to_reference(out, q, k, v, reference.a_shape_mask(s, init, local))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("topk", [1, 3])
+def test_block_sparse_matches_reference(shape, topk):
+    b, h, hk, s, d = shape
+    q, k, v = random_qkv(b, h, hk, s, d)
+    out = mf.block_sparse_attention(q, k, v, topk)
+    assert_close_to_reference(out, q, k, v, reference.block_sparse_mask(q, k, topk))
+
+
+def test_block_tile_selection_matches_reference():
+    q, k, _ = random_qkv(2, 4, 2, 1000, 64)
+    tiles, count = select_block_sparse_tiles(q, k, 4, 64)
+    ref = reference.block_sparse_mask(q, k, 4)[:, :, ::64, ::64]
+    nblocks = ref.shape[-1]
+    chosen = torch.zeros(*ref.shape[:-1], nblocks + 1, dtype=torch.bool)
+    valid = torch.arange(tiles.shape[-1]) < count[..., None]
+    chosen.scatter_(-1, torch.where(valid, tiles.long(), nblocks), True)
+    chosen = chosen[..., :nblocks] | torch.eye(nblocks, dtype=torch.bool)
+    assert torch.equal(chosen, ref)
+
+
+def test_full_budgets_equal_dense():
+    q, k, v = random_qkv(1, 4, 2, 300, 64)
+    dense = reference.masked_attention(q, k, v, reference.causal_mask(300))
+    for out in (mf.streaming_forward(q, k, v, 0, 300), mf.block_sparse_attention(q, k, v, 10**6)):
+        assert (out.double() - dense).abs().max() < 1e-5
+
+
+def test_new_lengths_do_not_recompile_every_call():
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for s in (640, 777, 901, 1029):
+        q, k, v = random_qkv(1, 2, 1, s, 64)
+        out = mf.streaming_forward(q, k, v, 4, 100)
+        assert_close_to_reference(out, q, k, v, reference.a_shape_mask(s, 4, 100))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before <= 2
+
+
+def test_compiles_inside_a_users_fullgraph_region():
+    q, k, v = random_qkv(1, 2, 1, 256, 64)
+    fn = torch.compile(lambda q, k, v: mf.block_sparse_attention(q, k, v, 2), fullgraph=True)
+    torch.testing.assert_close(fn(q, k, v), mf.block_sparse_attention(q, k, v, 2))
