@@ -138,8 +138,8 @@ def select_block_sparse_tiles(
 
     Returns:
         (tiles, count): tiles [B, H, M, W] int32 with W = min(topk, M), M = ceil(S/bs), holding
-        per query tile m the best-scoring key tiles n < m, best first (the first count entries
-        are valid, the rest are padding M); count [B, H, M] int32. The diagonal tile m
+        per query tile m the best-scoring key tiles n < m in no particular order (the first
+        count entries are valid, the rest are padding M); count [B, H, M] int32. The diagonal tile m
         is always kept and is not in `tiles`: callers add it as the one partial (causal) tile.
     """
     bsz, heads = q.shape[:2]
@@ -151,11 +151,11 @@ def select_block_sparse_tiles(
     grouped = pooled_q.view(bsz, kv_heads, group * nblocks, -1)
     scores = torch.matmul(grouped, pooled_k.transpose(-1, -2)).view(bsz, heads, nblocks, nblocks)
     tiles = torch.arange(nblocks, device=q.device)
-    scores = scores.masked_fill(tiles[None, :] > tiles[:, None], float("-inf"))
+    scores.masked_fill_(tiles[None, :] > tiles[:, None], float("-inf"))
     width = min(topk, nblocks)
-    # Sorted by score, so the -inf tiles (n > m) come last; dropping the diagonal and packing
-    # the rest to the front is a cumsum and a scatter, much cheaper than sorting indices.
-    best = scores.topk(width, dim=-1, sorted=True)
+    # Packing the kept tiles (not -inf, not the diagonal) to the front is a cumsum and a
+    # scatter, much cheaper than sorting the indices.
+    best = scores.topk(width, dim=-1, sorted=False)
     below_diagonal = (best.values > float("-inf")) & (best.indices != tiles[:, None])
     slot = torch.where(below_diagonal, torch.cumsum(below_diagonal, -1) - 1, width)
     chosen = torch.full((bsz, heads, nblocks, width + 1), nblocks, dtype=torch.int32, device=q.device)

@@ -69,7 +69,7 @@ def _vertical_slash_fwd(
     seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, dedup_len,
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    DEDUP_ON_BANDS: tl.constexpr,
+    DEDUP_ON_BANDS: tl.constexpr, COL_BLOCK: tl.constexpr,
 ):
     m = nblocks - 1 - tl.program_id(0)  # the longest rows first, for load balance
     bh = tl.program_id(1)
@@ -120,9 +120,10 @@ def _vertical_slash_fwd(
 
     columns = bh.to(tl.int64) * n_cols_max
     n_cols = tl.load(ColCount + tile)
-    for c in range(0, n_cols, BLOCK):
-        in_list = c + lanes < n_cols
-        cols = tl.load(Cols + columns + c + lanes, mask=in_list, other=0)
+    col_lanes = tl.arange(0, COL_BLOCK)
+    for c in range(0, n_cols, COL_BLOCK):
+        in_list = c + col_lanes < n_cols
+        cols = tl.load(Cols + columns + c + col_lanes, mask=in_list, other=0)
         if DEDUP_ON_BANDS:
             col_ok = in_list
         else:
@@ -158,6 +159,7 @@ def launch_vertical_slash(
     scale: float,
     num_warps: int = 4,
     num_stages: int = 3,
+    col_block: int | None = None,
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D]."""
     if not q.is_cuda:
@@ -181,7 +183,7 @@ def launch_vertical_slash(
             index.cols.shape[-1], index.piece_lo.shape[-1], index.dedup.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            DEDUP_ON_BANDS=dedup_on_bands(index),
+            DEDUP_ON_BANDS=dedup_on_bands(index), COL_BLOCK=col_block or block_size,
             num_warps=num_warps, num_stages=num_stages,
         )
     return out
