@@ -3,7 +3,7 @@
 Kernel API (q [B, H, S, D], k/v [B, Hkv, S, D], causal):
 `streaming_forward` (A-shape), `vertical_slash_sparse_attention`, `block_sparse_attention`,
 `estimate_vertical_slash`, `dynamic_vertical_slash_attention` (estimate then attend) and
-`dense_attention`.
+`dense_attention`. Models: `compile(model)` / `restore(model)` for Hugging Face causal LMs.
 """
 
 from custom_ops import vertical_slash as _vertical_slash_ops  # noqa: F401  (sets up Triton on CPU)
@@ -16,12 +16,21 @@ from .attention import (
     streaming_forward,
     vertical_slash_sparse_attention,
 )
+from .config import HeadPattern, PatternConfigError, load_pattern_config, save_pattern_config
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles, vertical_slash_counts
+from .hf import Options, compile, restore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DENSE_FALLBACK_FRACTION",
+    "HeadPattern",
+    "Options",
+    "PatternConfigError",
+    "compile",
+    "load_pattern_config",
+    "restore",
+    "save_pattern_config",
     "block_sparse_attention",
     "dense_attention",
     "dynamic_vertical_slash_attention",

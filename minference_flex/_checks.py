@@ -94,3 +94,14 @@ def check_index(name: str, idx: torch.Tensor, q: torch.Tensor) -> None:
         )
     if idx.device != q.device:
         raise ValueError(f"{name} must be on {q.device} like q, got {idx.device}")
+
+
+def check_budgets(name: str, value: object, heads: int) -> list[int]:
+    """One non-negative int for all heads, or a sequence of `heads` of them; returns the list."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [check_nonnegative_int(name, value)] * heads
+    if isinstance(value, (list, tuple)):
+        if len(value) != heads:
+            raise ValueError(f"{name} must have one budget per query head ({heads}), got {len(value)}")
+        return [check_nonnegative_int(f"{name}[{h}]", v) for h, v in enumerate(value)]
+    raise TypeError(f"{name} must be an int or a sequence of ints, got {type(value).__name__} ({value!r})")

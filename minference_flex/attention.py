@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from custom_ops.vertical_slash import (
-    VerticalSlashIndex,
-    build_vertical_slash_index,
-    computed_fraction,
-    vertical_slash_attention,
-)
+from custom_ops.vertical_slash import build_vertical_slash_index, vertical_slash_attention
 
 from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
@@ -131,17 +126,8 @@ def vertical_slash_sparse_attention(
     block_size = _checks.check_block_size(block_size)
     scale = _scale(q, scale)
     index = build_vertical_slash_index(v_idx, s_idx, q.shape[2], block_size)
-    if not dense_fallback:
-        return vertical_slash_attention(q, k, v, index, block_size, scale)
-    near_dense = computed_fraction(index, block_size) > DENSE_FALLBACK_FRACTION
-    return torch.cond(
-        near_dense,
-        lambda q, k, v, *index: dense_attention(q, k, v, scale),
-        lambda q, k, v, *index: vertical_slash_attention(
-            q, k, v, VerticalSlashIndex(*index), block_size, scale
-        ),
-        (q, k, v, *index),
-    )
+    dense_above = DENSE_FALLBACK_FRACTION if dense_fallback else 2.0
+    return vertical_slash_attention(q, k, v, index, block_size, scale, dense_above)
 
 
 def dynamic_vertical_slash_attention(

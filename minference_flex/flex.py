@@ -127,14 +127,22 @@ def a_shape_block_mask(
     batch: int,
     heads: int,
     seq_len: int,
-    init_num: int,
-    local_window_num: int,
+    init_num: int | tuple[int, ...],
+    local_window_num: int | tuple[int, ...],
     device: torch.device,
     block: int = A_SHAPE_BLOCK,
 ) -> BlockMask:
     """BlockMask of A-shape attention (see `_build_a_shape_block_mask`), cached outside
-    torch.compile: it depends only on its integer arguments and is reused across layers."""
-    args = (batch, heads, seq_len, init_num, local_window_num, torch.device(device), block)
+    torch.compile: it depends only on its integer arguments and is reused across layers.
+
+    init_num and local_window_num are one int for every head or a tuple of one per query
+    head; a head with (0, 0) gets no blocks at all (it belongs to another pattern).
+    """
+    if isinstance(init_num, int):
+        init_num = (init_num,) * heads
+    if isinstance(local_window_num, int):
+        local_window_num = (local_window_num,) * heads
+    args = (batch, heads, seq_len, tuple(init_num), tuple(local_window_num), torch.device(device), block)
     if torch.compiler.is_compiling():
         return _build_a_shape_block_mask(*args)
     return _cached_a_shape_block_mask(*args)
@@ -149,36 +157,51 @@ def _build_a_shape_block_mask(
     batch: int,
     heads: int,
     seq_len: int,
-    init_num: int,
-    local_window_num: int,
+    init_num: tuple[int, ...],
+    local_window_num: tuple[int, ...],
     device: torch.device,
     block: int = A_SHAPE_BLOCK,
 ) -> BlockMask:
-    """BlockMask of A-shape attention: j <= i and (j < init_num or i - j < local_window_num).
+    """BlockMask of A-shape attention: for head h, query i attends key j iff
+    j <= i and (j < init_num[h] or i - j < local_window_num[h]).
 
     Query block m needs the sink blocks [0, ceil(init/bs)) and the local blocks from the one
     holding key m*bs - local + 1 up to m; a block is full when every (i, j) pair in it passes.
+    Slots: [0, W_sink) for sinks, then W_local for the local run, per head [H, M, W].
     """
     nblocks = math.ceil(seq_len / block)
-    n_sink = min(math.ceil(init_num / block), nblocks)
-    n_local = min(math.ceil(max(local_window_num - 1, 0) / block) + 2, nblocks)
-    m = torch.arange(nblocks, device=device)[:, None]
-    slot = torch.arange(n_sink + n_local, device=device)[None, :]
-    local_first = torch.clamp(m * block - local_window_num + 1, min=0) // block
-    local_first = torch.maximum(local_first, torch.full_like(local_first, n_sink))
-    kv = torch.where(slot < n_sink, slot, local_first + slot - n_sink)
-    is_sink = slot < n_sink
-    live = (kv <= m) & (is_sink | (local_window_num > 0))
-    full_sink = is_sink & ((kv + 1) * block <= init_num)
-    full_local = ~is_sink & ((m + 1) * block - 1 - kv * block < local_window_num)
-    full = live & (kv < m) & (full_sink | full_local)
-    shape = (batch, heads, nblocks, kv.shape[-1])
-    kv = kv.expand(shape)
+    n_sink_h = [min(math.ceil(i / block), nblocks) for i in init_num]
+    w_sink = max(n_sink_h)
+    w_local = min(max(math.ceil(max(w - 1, 0) / block) + 2 for w in local_window_num), nblocks)
     init_t = torch.tensor(init_num, device=device)
     local_t = torch.tensor(local_window_num, device=device)
+    n_sink = torch.tensor(n_sink_h, device=device)[:, None, None]
+    init_h, local_h = init_t[:, None, None], local_t[:, None, None]
+    m = torch.arange(nblocks, device=device)[None, :, None]
+    slot = torch.arange(w_sink + w_local, device=device)[None, None, :]
+    local_first = torch.clamp(m * block - local_h + 1, min=0) // block
+    local_first = torch.maximum(local_first, n_sink)
+    is_sink = slot < w_sink
+    kv = torch.where(is_sink, slot, local_first + slot - w_sink)
+    live = (kv <= m) & torch.where(is_sink, slot < n_sink, local_h > 0)
+    full_sink = is_sink & ((kv + 1) * block <= init_h)
+    full_local = ~is_sink & ((m + 1) * block - 1 - kv * block < local_h)
+    full = live & (kv < m) & (full_sink | full_local)
+    shape = (batch, heads, nblocks, w_sink + w_local)
+    kv = kv.expand(shape)
 
-    def a_shape(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & ((kv_idx < init_t) | (q_idx - kv_idx < local_t))
+    budgets = {(i, w) for i, w in zip(init_num, local_window_num) if i + w > 0}
+    if len(budgets) == 1:
+        # one budget for every active head (heads without blocks never reach mask_mod):
+        # plain ints, which also keeps Inductor's CPU template away from captured tensors
+        init_i, local_i = budgets.pop()
+
+        def a_shape(b, h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & ((kv_idx < init_i) | (q_idx - kv_idx < local_i))
+    else:
+
+        def a_shape(b, h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & ((kv_idx < init_t[h]) | (q_idx - kv_idx < local_t[h]))
 
     return _from_kv_blocks(
         _compact(kv, (live & ~full).expand(shape), nblocks),
@@ -194,11 +217,16 @@ def _causal(b, h, q_idx, kv_idx):
 
 
 def block_sparse_block_mask(
-    tiles: torch.Tensor, count: torch.Tensor, seq_len: int, block_size: int
+    tiles: torch.Tensor,
+    count: torch.Tensor,
+    seq_len: int,
+    block_size: int,
+    active_heads: torch.Tensor | None = None,
 ) -> BlockMask:
     """BlockMask from `estimate.select_block_sparse_tiles` output, for the padded length of
     `seq_len`: the chosen tiles are full, the diagonal tile of each query tile is the one
-    partial (causal) tile; query tiles past the sequence get no full tiles."""
+    partial (causal) tile; query tiles past the sequence get no full tiles. Heads where
+    `active_heads` [H] bool is False get no blocks at all (they belong to another pattern)."""
     nblocks = flex_padded_length(seq_len) // block_size
     extra = nblocks - tiles.shape[2]
     tiles = torch.nn.functional.pad(tiles, (0, 0, 0, extra), value=0)
@@ -207,6 +235,9 @@ def block_sparse_block_mask(
     diagonal = torch.arange(nblocks, device=tiles.device, dtype=torch.int32)
     diagonal = diagonal.view(1, 1, nblocks, 1).expand(bsz, heads, nblocks, 1).contiguous()
     ones = torch.ones(bsz, heads, nblocks, dtype=torch.int32, device=tiles.device)
+    if active_heads is not None:
+        on = active_heads.to(device=tiles.device, dtype=torch.int32)[None, :, None]
+        ones, count = ones * on, count * on
     return _from_kv_blocks(
         (diagonal, ones), (tiles, count), block_size, flex_padded_length(seq_len), _causal
     )

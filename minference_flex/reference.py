@@ -69,7 +69,24 @@ def block_sparse_mask(
     attends causally inside them.
     """
     bsz, heads, seq_len, _ = q.shape
-    group = heads // k.shape[1]
+    nblocks = math.ceil(seq_len / block_size)
+    tile_of = torch.arange(seq_len, device=q.device) // block_size
+    scores = block_sparse_scores(q, k, block_size)
+    tiles = torch.arange(nblocks, device=q.device)
+    best = scores.topk(min(topk, nblocks), dim=-1).indices
+    keep = torch.zeros(bsz, heads, nblocks, nblocks, dtype=torch.bool, device=q.device)
+    keep.scatter_(-1, best, True)
+    keep &= tiles[None, :] <= tiles[:, None]
+    keep |= torch.eye(nblocks, dtype=torch.bool, device=q.device)
+    mask = keep[:, :, tile_of][:, :, :, tile_of]
+    return mask & causal_mask(seq_len, q.device)
+
+
+def block_sparse_scores(q: torch.Tensor, k: torch.Tensor, block_size: int = 64) -> torch.Tensor:
+    """Float64 pooled tile scores [B, H, M, M] of `block_sparse_attention`, -inf above the
+    diagonal (tiles are mean-pooled; a last partial tile is the mean of its tokens)."""
+    seq_len = q.shape[2]
+    group = q.shape[1] // k.shape[1]
     nblocks = math.ceil(seq_len / block_size)
     tile_of = torch.arange(seq_len, device=q.device) // block_size
 
@@ -79,18 +96,9 @@ def block_sparse_mask(
         counts = torch.bincount(tile_of, minlength=nblocks).double()
         return sums / counts[:, None]
 
-    pq = pool(q)
-    pk = pool(k).repeat_interleave(group, dim=1)
-    scores = pq @ pk.transpose(-1, -2)
+    scores = pool(q) @ pool(k).repeat_interleave(group, dim=1).transpose(-1, -2)
     tiles = torch.arange(nblocks, device=q.device)
-    scores = scores.masked_fill(tiles[None, :] > tiles[:, None], float("-inf"))
-    best = scores.topk(min(topk, nblocks), dim=-1).indices
-    keep = torch.zeros(bsz, heads, nblocks, nblocks, dtype=torch.bool, device=q.device)
-    keep.scatter_(-1, best, True)
-    keep &= tiles[None, :] <= tiles[:, None]
-    keep |= torch.eye(nblocks, dtype=torch.bool, device=q.device)
-    mask = keep[:, :, tile_of][:, :, :, tile_of]
-    return mask & causal_mask(seq_len, q.device)
+    return scores.masked_fill(tiles[None, :] > tiles[:, None], float("-inf"))
 
 
 def masked_attention(

@@ -98,7 +98,8 @@ def test_opcheck():
     q, k, v = random_qkv(1, 2, 1, 150, 64)
     v_idx, s_idx = _indices(1, 2, 150, 9, 4)
     index = build_vertical_slash_index(v_idx, s_idx, 150, 64)
-    torch.library.opcheck(vertical_slash_attention_op, (q, k, v, *index, 64, 0.125))
+    for dense_above in (2.0, 0.0):  # the kernel, and the dense fallback
+        torch.library.opcheck(vertical_slash_attention_op, (q, k, v, *index, 64, 0.125, dense_above))
 
 
 def test_dense_fallback_threshold_dispatches():

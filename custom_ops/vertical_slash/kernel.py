@@ -158,17 +158,25 @@ def launch_vertical_slash(
     block_size: int,
     scale: float,
     num_warps: int = 4,
-    num_stages: int = 3,
+    num_stages: int | None = None,
     col_block: int | None = None,
 ) -> torch.Tensor:
-    """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D]."""
+    """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D].
+
+    Defaults measured on H100 (perf/tune_kernels.py, 128K and 256K): 4 warps; 2 stages when
+    columns dominate (dedup on the bands), else 3; column chunks of bs (128 was slower).
+    """
     if not q.is_cuda:
         _check_interpreter()
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     bsz, heads, seq_len, head_dim = q.shape
     out = _empty(q.shape, dtype=q.dtype, device=q.device)
     nblocks = index.col_count.shape[-1]
     block_d = max(16, triton.next_power_of_2(head_dim))
     grid = (nblocks, bsz * heads)
+    on_bands = dedup_on_bands(index)
+    if num_stages is None:
+        num_stages = 2 if on_bands else 3
     log2e = 1.4426950408889634
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         _vertical_slash_fwd[grid](
@@ -183,7 +191,7 @@ def launch_vertical_slash(
             index.cols.shape[-1], index.piece_lo.shape[-1], index.dedup.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            DEDUP_ON_BANDS=dedup_on_bands(index), COL_BLOCK=col_block or block_size,
+            DEDUP_ON_BANDS=on_bands, COL_BLOCK=col_block or block_size,
             num_warps=num_warps, num_stages=num_stages,
         )
     return out

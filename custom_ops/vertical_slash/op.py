@@ -2,13 +2,15 @@
 
 Registered with `torch.library.custom_op` so that `torch.compile(fullgraph=True)` traces
 estimate-then-attend without a graph break on CUDA and on CPU (where Triton runs interpreted).
+The dense fallback is decided inside the op: it reads one device scalar (the computed
+fraction), which the compiler never sees, so no data-dependent branch enters the graph.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .index import VerticalSlashIndex
+from .index import VerticalSlashIndex, computed_fraction
 from .kernel import launch_vertical_slash
 
 
@@ -26,16 +28,24 @@ def vertical_slash_attention_op(
     dedup: torch.Tensor,
     block_size: int,
     scale: float,
+    dense_above: float,
 ) -> torch.Tensor:
-    """Vertical-slash attention over a prepared `VerticalSlashIndex`; returns [B, H, S, D]."""
+    """Vertical-slash attention over a prepared `VerticalSlashIndex`; returns [B, H, S, D].
+
+    When the index computes more than `dense_above` of the dense causal key tiles, dense
+    SDPA runs instead (a superset of the mask; pass a value > 1 to never fall back).
+    """
     index = VerticalSlashIndex(cols, col_count, piece_lo, piece_hi, piece_count, clamped, dedup)
-    return launch_vertical_slash(
-        q.contiguous(), k.contiguous(), v.contiguous(), index, block_size, scale
-    )
+    if dense_above <= 1.0 and computed_fraction(index, block_size).item() > dense_above:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return out.contiguous()
+    return launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale)
 
 
 @vertical_slash_attention_op.register_fake
-def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_count, clamped, dedup, block_size, scale):
+def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_count, clamped, dedup, block_size, scale, dense_above):
     return q.new_empty(q.shape)
 
 
@@ -46,6 +56,7 @@ def vertical_slash_attention(
     index: VerticalSlashIndex,
     block_size: int,
     scale: float,
+    dense_above: float = 2.0,
 ) -> torch.Tensor:
     """Call the op with the fields of `index` (see `index.VerticalSlashIndex`)."""
-    return vertical_slash_attention_op(q, k, v, *index, block_size, scale)
+    return vertical_slash_attention_op(q, k, v, *index, block_size, scale, dense_above)

@@ -1,0 +1,152 @@
+"""Per-head pattern configs in MInference's file format: reading, validating, looking up.
+
+The format is a JSON list over layers of {"<head>": [pattern, a, b, score]}:
+- "vertical_and_slash": a = vertical size, b = slash size;
+- "stream_llm": a = sink tokens, b = local window (A-shape);
+- "block_sparse": a and b are ignored (MInference keeps the top 100 tiles of 64).
+`score` is search bookkeeping and is not used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from importlib import resources
+from typing import NamedTuple, Union
+
+VERTICAL_SLASH = "vertical_and_slash"
+A_SHAPE = "stream_llm"
+BLOCK_SPARSE = "block_sparse"
+PATTERNS = (VERTICAL_SLASH, A_SHAPE, BLOCK_SPARSE)
+#: Tiles block-sparse heads keep, as MInference does.
+BLOCK_SPARSE_TOPK = 100
+#: What every head of a model without a shipped config gets (MInference's default).
+DEFAULT_PATTERN = (VERTICAL_SLASH, 1000, 6096)
+SEARCH_COMMAND = "python -m minference_flex search --model PATH --out config.json"
+
+
+class HeadPattern(NamedTuple):
+    """One head's pattern: kind in PATTERNS and its two budgets (see the module docstring)."""
+
+    kind: str
+    a: int
+    b: int
+
+
+#: Per layer, per query head.
+PatternConfig = list[list[HeadPattern]]
+ConfigSource = Union[str, os.PathLike, list, None]
+
+
+class PatternConfigError(ValueError):
+    """A pattern config that does not fit the format or the model."""
+
+
+def _configs_dir():
+    return resources.files("minference_flex") / "configs"
+
+
+def shipped_config_path(model_name: str) -> str | None:
+    """The shipped config file for a Hugging Face model name or a local path, if any.
+
+    Matches `model_index.json` keys exactly, then by the last path component
+    (case-insensitive), so `/models/Llama-3-8B-Instruct-262k` finds the Gradient config.
+    """
+    index = json.loads((_configs_dir() / "model_index.json").read_text())
+    name = (model_name or "").rstrip("/")
+    if name in index:
+        return str(_configs_dir() / index[name])
+    base = os.path.basename(name).lower()
+    for key, file in index.items():
+        if key.split("/")[-1].lower() == base:
+            return str(_configs_dir() / file)
+    return None
+
+
+def _parse_head(raw: object, where: str) -> HeadPattern:
+    if not isinstance(raw, (list, tuple)) or len(raw) < 3:
+        raise PatternConfigError(f"{where}: expected [pattern, a, b, score], got {raw!r}")
+    kind, a, b = raw[0], raw[1], raw[2]
+    if kind not in PATTERNS:
+        raise PatternConfigError(f"{where}: unknown pattern {kind!r}; expected one of {', '.join(PATTERNS)}")
+    for name, value in (("a", a), ("b", b)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PatternConfigError(f"{where}: budget {name} must be an integer, got {value!r}")
+        if value < 0:
+            raise PatternConfigError(f"{where}: budget {name} must be >= 0, got {value}")
+    if kind == A_SHAPE and a + b == 0:
+        raise PatternConfigError(f"{where}: stream_llm with 0 sink tokens and a 0 local window attends nothing")
+    return HeadPattern(kind, a, b)
+
+
+def parse_pattern_config(raw: object, num_layers: int, num_heads: int, origin: str = "config") -> PatternConfig:
+    """Validate a parsed config against the model's layer and query-head counts."""
+    if not isinstance(raw, list):
+        raise PatternConfigError(f"{origin}: expected a JSON list over layers, got {type(raw).__name__}")
+    if len(raw) != num_layers:
+        raise PatternConfigError(
+            f"{origin}: has {len(raw)} layers but the model has {num_layers}; is it the config of another model?"
+        )
+    layers: PatternConfig = []
+    for layer_idx, layer in enumerate(raw):
+        where = f"{origin}, layer {layer_idx}"
+        if not isinstance(layer, dict):
+            raise PatternConfigError(f"{where}: expected an object {{head: [pattern, a, b, score]}}, got {type(layer).__name__}")
+        expected = {str(h) for h in range(num_heads)}
+        keys = {str(h) for h in layer}
+        if keys != expected:
+            missing = sorted(expected - keys, key=int)[:5]
+            extra = sorted(keys - expected)[:5]
+            raise PatternConfigError(
+                f"{where}: has {len(layer)} heads but the model has {num_heads} query heads"
+                + (f" (missing {missing})" if missing else "")
+                + (f" (unexpected {extra})" if extra else "")
+            )
+        by_head = {str(h): v for h, v in layer.items()}
+        layers.append([_parse_head(by_head[str(h)], f"{where}, head {h}") for h in range(num_heads)])
+    return layers
+
+
+def load_pattern_config(
+    source: ConfigSource, num_layers: int, num_heads: int, model_name: str = ""
+) -> PatternConfig:
+    """Read a config from a path, a parsed list, or (None) the shipped config of `model_name`.
+
+    A model without a shipped config gets DEFAULT_PATTERN on every head and a warning that
+    names the search command.
+    """
+    if source is None:
+        path = shipped_config_path(model_name)
+        if path is None:
+            warnings.warn(
+                f"minference_flex: no pattern config ships for {model_name or 'this model'}; every head "
+                f"uses {DEFAULT_PATTERN[0]} {DEFAULT_PATTERN[1:]}. Find one with `{SEARCH_COMMAND}`.",
+                stacklevel=3,
+            )
+            return [[HeadPattern(*DEFAULT_PATTERN)] * num_heads for _ in range(num_layers)]
+        source = path
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise PatternConfigError(f"pattern config file not found: {path}")
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise PatternConfigError(f"{path}: not valid JSON ({exc})") from exc
+        return parse_pattern_config(raw, num_layers, num_heads, origin=path)
+    return parse_pattern_config(source, num_layers, num_heads)
+
+
+def save_pattern_config(config: PatternConfig, path: str | os.PathLike, scores: list[list[float]] | None = None) -> None:
+    """Write a config in MInference's format (score 0 where none is given)."""
+    out = []
+    for layer_idx, layer in enumerate(config):
+        row = {}
+        for h, pat in enumerate(layer):
+            score = scores[layer_idx][h] if scores is not None else 0
+            row[str(h)] = [pat.kind, pat.a, pat.b, score]
+        out.append(row)
+    with open(path, "w") as f:
+        json.dump(out, f)

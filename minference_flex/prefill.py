@@ -1,0 +1,103 @@
+"""One layer's sparse pre-fill: each query head runs its own pattern, in one call per pattern.
+
+Heads are grouped by pattern. Vertical-slash heads share one estimate and one kernel launch
+(per-head budgets); A-shape heads share one FlexAttention call whose mask gives the other
+heads no blocks, and so do block-sparse heads. In a layer of one pattern that call is the
+whole layer; mixed layers pick each head's output from its group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import vertical_slash_sparse_attention
+from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
+from .estimate import estimate_vertical_slash, select_block_sparse_tiles
+from .flex import a_shape_block_mask, block_sparse_block_mask, flex_attend, flex_padded_length
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Host-side description of one layer's heads, built once by `minference_flex.compile`.
+
+    kinds: pattern per query head; a, b: its budgets (see `config.HeadPattern`).
+    """
+
+    kinds: tuple[str, ...]
+    a: tuple[int, ...]
+    b: tuple[int, ...]
+
+    @classmethod
+    def from_patterns(cls, patterns: list[HeadPattern]) -> LayerPlan:
+        return cls(
+            tuple(p.kind for p in patterns), tuple(p.a for p in patterns), tuple(p.b for p in patterns)
+        )
+
+    def heads_of(self, kind: str) -> tuple[int, ...]:
+        return tuple(h for h, k in enumerate(self.kinds) if k == kind)
+
+    def only(self, kind: str) -> tuple[int, ...]:
+        """Per head: its `a` budget if the head has `kind`, else 0 (the pair (a, b) likewise)."""
+        return tuple(a if k == kind else 0 for k, a in zip(self.kinds, self.a))
+
+    def only_b(self, kind: str) -> tuple[int, ...]:
+        return tuple(b if k == kind else 0 for k, b in zip(self.kinds, self.b))
+
+
+def _head_mask(heads: tuple[int, ...], num_heads: int, device) -> torch.Tensor:
+    mask = torch.zeros(num_heads, dtype=torch.bool)
+    mask[list(heads)] = True
+    return mask.to(device)
+
+
+def sparse_prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: LayerPlan,
+    scale: float,
+    last_q: int = 64,
+    block_size: int = 64,
+    dense_fallback: bool = True,
+) -> torch.Tensor:
+    """Causal pre-fill of q [B, H, S, D] over k, v [B, Hkv, S, D] with each head's pattern.
+
+    Returns [B, H, S, D]. Budgets larger than the prompt are clamped to it by the estimators.
+    """
+    bsz, heads, seq_len, _ = q.shape
+    outputs: dict[str, torch.Tensor] = {}
+    vs_heads = plan.heads_of(VERTICAL_SLASH)
+    if vs_heads:
+        # non-VS heads get the smallest budgets here and no indices below
+        verticals = [a if kind == VERTICAL_SLASH else 0 for kind, a in zip(plan.kinds, plan.a)]
+        slashes = [b if kind == VERTICAL_SLASH else 0 for kind, b in zip(plan.kinds, plan.b)]
+        v_idx, s_idx = estimate_vertical_slash(q, k, verticals, slashes, last_q, scale)
+        if len(vs_heads) < heads:
+            keep = _head_mask(vs_heads, heads, q.device)[None, :, None]
+            v_idx, s_idx = torch.where(keep, v_idx, -1), torch.where(keep, s_idx, -1)
+        outputs[VERTICAL_SLASH] = vertical_slash_sparse_attention(
+            q, k, v, v_idx, s_idx, block_size, scale, dense_fallback
+        )
+    if plan.heads_of(A_SHAPE):
+        mask = a_shape_block_mask(
+            bsz, heads, flex_padded_length(seq_len), plan.only(A_SHAPE), plan.only_b(A_SHAPE), q.device
+        )
+        outputs[A_SHAPE] = flex_attend(q, k, v, mask, scale)
+    bs_heads = plan.heads_of(BLOCK_SPARSE)
+    if bs_heads:
+        tiles, count = select_block_sparse_tiles(q, k, BLOCK_SPARSE_TOPK, block_size)
+        active = _head_mask(bs_heads, heads, q.device) if len(bs_heads) < heads else None
+        mask = block_sparse_block_mask(tiles, count, seq_len, block_size, active)
+        outputs[BLOCK_SPARSE] = flex_attend(q, k, v, mask, scale)
+    if len(outputs) == 1:
+        return next(iter(outputs.values()))
+    out = None
+    for kind, result in outputs.items():
+        if out is None:
+            out = result
+            continue
+        pick = _head_mask(plan.heads_of(kind), heads, q.device)[None, :, None, None]
+        out = torch.where(pick, result, out)
+    return out

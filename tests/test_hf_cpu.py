@@ -1,0 +1,173 @@
+"""minference_flex.compile on tiny random Hugging Face models (CPU, fp32, no downloads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import minference_flex as mf
+
+HEADS, KV_HEADS, LAYERS, SEQ = 4, 2, 2, 600
+COMMON = dict(
+    vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=4096,
+)
+
+
+def _configs():
+    out = [
+        ("llama", transformers.LlamaConfig(**COMMON, rope_theta=500000.0)),
+        ("mistral", transformers.MistralConfig(**COMMON, sliding_window=None)),
+        ("qwen2", transformers.Qwen2Config(**COMMON)),
+        ("phi3", transformers.Phi3Config(**COMMON, pad_token_id=0)),
+    ]
+    if hasattr(transformers, "Glm4Config"):
+        out.append(("glm4", transformers.Glm4Config(**COMMON, head_dim=32, pad_token_id=0, eos_token_id=1)))
+    return out
+
+
+ARCHS = _configs()
+
+
+def _model(config):
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def _uniform(kind, a, b):
+    return [{str(h): [kind, a, b, 0] for h in range(HEADS)} for _ in range(LAYERS)]
+
+
+MIXED = [
+    {"0": ["vertical_and_slash", 30, 100, 0], "1": ["vertical_and_slash", 60, 120, 0],
+     "2": ["stream_llm", 4, 64, 0], "3": ["block_sparse", 0, 0, 0]}
+    for _ in range(LAYERS)
+]
+
+
+@pytest.mark.parametrize("name, config", ARCHS, ids=[n for n, _ in ARCHS])
+def test_full_budgets_equal_unpatched_and_small_budgets_go_sparse(name, config):
+    model = _model(config)
+    ids = torch.randint(1, 128, (1, SEQ))
+    with torch.no_grad():
+        dense = model(ids).logits
+        mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), min_sparse_len=256, dense_fallback=False)
+        full = model(ids).logits
+        torch.testing.assert_close(full, dense, rtol=1e-4, atol=1e-4)
+        mf.compile(model, MIXED, min_sparse_len=256)
+        sparse = model(ids).logits
+    assert torch.isfinite(sparse).all()
+    assert (sparse - dense).abs().max() > 1e-3, "small budgets must change the output (sparse path taken)"
+    generated = model.generate(ids[:, :300], max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, 304)
+
+
+def test_decode_steps_match_unpatched_given_the_same_cache():
+    name, config = ARCHS[0]
+    model = _model(config)
+    ids = torch.randint(1, 128, (1, 400))
+    with torch.no_grad():
+        reference = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), min_sparse_len=256, dense_fallback=False)
+        patched = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(patched, reference)
+
+
+def test_short_prompts_stay_dense_and_restore_gives_back_the_model():
+    model = _model(ARCHS[0][1])
+    ids = torch.randint(1, 128, (2, 100))
+    with torch.no_grad():
+        dense = model(ids).logits
+        mf.compile(model, MIXED)  # default min_sparse_len: 100 tokens stay dense
+        assert model.config._attn_implementation == "minference_flex"
+        torch.testing.assert_close(model(ids).logits, dense)
+        mf.restore(model)
+        assert model.config._attn_implementation == "sdpa"
+        torch.testing.assert_close(model(ids).logits, dense)
+
+
+def test_padded_batch_attends_no_padded_key():
+    model = _model(ARCHS[0][1])
+    mf.compile(model, MIXED, min_sparse_len=256)
+    ids = torch.randint(1, 128, (2, SEQ))
+    mask = torch.ones(2, SEQ, dtype=torch.long)
+    mask[1, :50] = 0  # left padding
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask).logits
+        alone = model(ids[1:, 50:]).logits
+    torch.testing.assert_close(batched[1, 50:], alone[0], rtol=1e-4, atol=1e-4)
+
+
+def test_config_file_and_from_pretrained(tmp_path):
+    model = _model(ARCHS[0][1])
+    model.save_pretrained(tmp_path / "model")
+    path = tmp_path / "patterns.json"
+    path.write_text(json.dumps(MIXED))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    mf.compile(loaded, str(path), min_sparse_len=256)
+    ids = torch.randint(1, 128, (1, 300))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits.shape, model(ids).logits.shape)
+        assert torch.isfinite(loaded(ids).logits).all()
+
+
+def test_unknown_model_gets_default_and_a_warning_naming_search():
+    model = _model(ARCHS[0][1])
+    with pytest.warns(UserWarning, match="minference_flex search"):
+        mf.compile(model)
+    plan = model.model.layers[0].self_attn._minference_flex_plan
+    assert set(plan.kinds) == {"vertical_and_slash"} and set(plan.a) == {1000} and set(plan.b) == {6096}
+
+
+def test_shipped_config_found_by_name():
+    assert mf.config.shipped_config_path("gradientai/Llama-3-8B-Instruct-262k").endswith(
+        "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json"
+    )
+    assert mf.config.shipped_config_path("/models/llama-3-8b-instruct-262k") is not None
+    config = mf.load_pattern_config(None, 32, 32, "gradientai/Llama-3-8B-Instruct-262k")
+    assert len(config) == 32 and config[0][0].kind == "vertical_and_slash"
+
+
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        (_uniform("vertical_and_slash", 1, 1)[:1], "has 1 layers but the model has 2"),
+        ([{"0": ["vertical_and_slash", 1, 1, 0]}] * LAYERS, "has 1 heads but the model has 4"),
+        (_uniform("diagonal", 1, 1), "unknown pattern 'diagonal'"),
+        (_uniform("vertical_and_slash", -1, 100), "must be >= 0"),
+        (_uniform("stream_llm", 0, 0), "attends nothing"),
+        ("/no/such/file.json", "not found"),
+    ],
+)
+def test_bad_configs_are_named(config, words):
+    model = _model(ARCHS[0][1])
+    with pytest.raises(mf.PatternConfigError, match=words):
+        mf.compile(model, config)
+
+
+def test_bad_options_are_named():
+    model = _model(ARCHS[0][1])
+    with pytest.raises(TypeError, match="options are"):
+        mf.compile(model, MIXED, min_sparse_length=5)
+    with pytest.raises(ValueError, match="min_sparse_len"):
+        mf.compile(model, MIXED, min_sparse_len=0)
+
+
+def test_torch_compile_of_the_patched_model():
+    """Vertical-slash layers (estimator, index, Triton op, dense-fallback cond) compile with
+    fullgraph on CPU. Mixed layers are compiled on the GPU (tests/test_gpu_models.py):
+    Inductor's CPU FlexAttention template cannot fuse the epilogues a whole model adds."""
+    model = _model(ARCHS[0][1])
+    mf.compile(model, _uniform("vertical_and_slash", 30, 100), min_sparse_len=256)
+    ids = torch.randint(1, 128, (1, 384))
+    with torch.no_grad():
+        eager = model(ids, use_cache=False).logits
+        # fullgraph: the sparse attention path has no graph break (the KV cache object of
+        # transformers is left out: it breaks graphs on its own)
+        compiled = torch.compile(model, fullgraph=True)
+        torch.testing.assert_close(compiled(ids, use_cache=False).logits, eager, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="before torch.compile"):
+        mf.compile(compiled, MIXED)
