@@ -221,7 +221,12 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
         )
     patterns = load_pattern_config(pattern_config, num_layers, num_heads, getattr(config, "_name_or_path", ""))
     state = getattr(model, _STATE_ATTR, None)
-    original = state.original_attn if state is not None else config._attn_implementation
+    if state is not None:
+        original = state.original_attn
+    elif config._attn_implementation != ATTENTION_NAME:
+        original = config._attn_implementation
+    else:  # a config saved while patched: the model's own default
+        original = "sdpa"
     state = _State(opts, patterns, original)
     _register()
     for module in modules:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -34,7 +35,7 @@ ARCHS = _configs()
 
 def _model(config):
     torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(config).eval()
+    return transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config)).eval()
 
 
 def _uniform(kind, a, b):
