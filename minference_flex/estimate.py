@@ -6,7 +6,6 @@ and K is never repeated for grouped-query attention (queries are grouped onto th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
