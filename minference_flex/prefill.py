@@ -71,8 +71,7 @@ def sparse_prefill(
     vs_heads = plan.heads_of(VERTICAL_SLASH)
     if vs_heads:
         # non-VS heads get the smallest budgets here and no indices below
-        verticals = [a if kind == VERTICAL_SLASH else 0 for kind, a in zip(plan.kinds, plan.a)]
-        slashes = [b if kind == VERTICAL_SLASH else 0 for kind, b in zip(plan.kinds, plan.b)]
+        verticals, slashes = list(plan.only(VERTICAL_SLASH)), list(plan.only_b(VERTICAL_SLASH))
         v_idx, s_idx = estimate_vertical_slash(q, k, verticals, slashes, last_q, scale)
         if len(vs_heads) < heads:
             keep = _head_mask(vs_heads, heads, q.device)[None, :, None]
