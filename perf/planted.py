@@ -26,3 +26,23 @@ def planted_vertical_slash(
     far = band + torch.empty(batch, heads, ns - band).exponential_(1 / (2 * ns), generator=gen).long()
     s_idx = torch.cat([local, far.clamp(max=seq_len - 1)], -1)
     return v_idx.to(device), s_idx.to(device)
+
+
+def planted_per_head(
+    batch: int, seq_len: int, verticals: list[int], slashes: list[int], device, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`planted_vertical_slash` with one budget pair per query head, padded with -1 to the
+    widest head (the layout `estimate_vertical_slash` returns for per-head budgets)."""
+    heads = [
+        planted_vertical_slash(batch, 1, seq_len, nv, ns, "cpu", seed + h) if nv or ns else None
+        for h, (nv, ns) in enumerate(zip(verticals, slashes))
+    ]
+    width_v = max([p[0].shape[-1] for p in heads if p is not None] + [1])
+    width_s = max([p[1].shape[-1] for p in heads if p is not None] + [1])
+    v_idx = torch.full((batch, len(heads), width_v), -1, dtype=torch.long)
+    s_idx = torch.full((batch, len(heads), width_s), -1, dtype=torch.long)
+    for h, p in enumerate(heads):
+        if p is not None:
+            v_idx[:, h, : p[0].shape[-1]] = p[0][:, 0]
+            s_idx[:, h, : p[1].shape[-1]] = p[1][:, 0]
+    return v_idx.to(device), s_idx.to(device)

@@ -1,0 +1,165 @@
+"""End-to-end pre-fill: a Llama-3-8B-shaped model with random weights, minference_flex against
+transformers' own `sdpa` and `flex_attention` in the same run.
+
+One pre-fill per figure (batch 1, bf16, `logits_to_keep=1`, KV cache kept as in serving), wall
+time with the GPU synchronised, and peak allocated memory. Modes of minference_flex:
+- random: the estimator picks the indices from the random model's q/k (scattered diagonals,
+  the worst case for any tile kernel);
+- structured (labelled so): the estimator still runs on every layer and its cost counts, but the
+  kernel is handed planted indices of a realistic shape (perf/planted.py: sinks, a local band,
+  columns, diagonals near the main one) with each head's own budgets.
+
+Usage (GPU): python perf/bench_e2e.py --lengths 32768 131072 262144 --out perf/results/e2e.json
+    [--config searched=perf/results/searched_llama3_8b_32k.json] [--layers 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import minference_flex as mf  # noqa: E402
+import minference_flex.prefill as prefill  # noqa: E402
+from minference_flex.config import shipped_config_path  # noqa: E402
+from perf.common import machine, write_json  # noqa: E402
+from perf.planted import planted_per_head  # noqa: E402
+
+SHIPPED = "gradientai/Llama-3-8B-Instruct-262k"
+
+
+def llama3_8b(layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=1 << 20,
+        tie_word_embeddings=False,
+    )
+    config._name_or_path = SHIPPED
+    with torch.device("cuda"):
+        model = LlamaForCausalLM._from_config(config, torch_dtype=torch.bfloat16, attn_implementation="sdpa")
+    return model.eval()
+
+
+@contextlib.contextmanager
+def planted_indices():
+    """Structured mode: run the real estimator (its cost counts), hand the kernel planted indices."""
+    real = prefill.estimate_vertical_slash
+
+    @functools.lru_cache(maxsize=None)
+    def planted(batch, seq_len, verticals, slashes, device):
+        return planted_per_head(batch, seq_len, list(verticals), list(slashes), device)
+
+    def estimate(q, k, verticals, slashes, last_q, scale):
+        real(q, k, verticals, slashes, last_q, scale)
+        return planted(q.shape[0], q.shape[2], tuple(verticals), tuple(slashes), q.device)
+
+    prefill.estimate_vertical_slash = estimate
+    try:
+        yield
+    finally:
+        prefill.estimate_vertical_slash = real
+
+
+def prefill_once(model, ids) -> tuple[float, float]:
+    """Seconds and peak GiB of one pre-fill (KV cache kept, last logits only)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model(ids, logits_to_keep=1, use_cache=True)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    del out
+    return seconds, torch.cuda.max_memory_allocated() / 2**30
+
+
+def use(model, mode: str, config, min_sparse_len: int) -> contextlib.AbstractContextManager:
+    """Switch the model to one mode; returns the context to run it in."""
+    if getattr(model, "_minference_flex_state", None) is not None:
+        mf.restore(model)
+    if mode in ("sdpa", "flex_attention"):
+        model.set_attn_implementation(mode)
+        return contextlib.nullcontext()
+    mf.compile(model, config, min_sparse_len=min_sparse_len)
+    return planted_indices() if mode.endswith("structured") else contextlib.nullcontext()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072, 262144])
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=PATH",
+                        help="extra pattern configs to run (random and structured modes)")
+    parser.add_argument("--skip", nargs="*", default=[], help="modes to leave out, e.g. flex_attention")
+    parser.add_argument("--repeats", type=int, default=1, help="timed pre-fills per figure (median)")
+    parser.add_argument("--min-sparse-len", type=int, default=mf.Options.min_sparse_len,
+                        help="minference_flex option (1 measures the sparse path at short lengths)")
+    parser.add_argument("--out", default="perf/results/e2e.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_e2e needs a CUDA GPU")
+    configs = {"shipped": shipped_config_path(SHIPPED)}
+    for spec in args.config:
+        name, _, path = spec.partition("=")
+        if not path or not os.path.exists(path):
+            parser.error(f"--config wants NAME=PATH of an existing file, got {spec!r}")
+        configs[name] = path
+    modes = ["sdpa", "flex_attention"]
+    for name in configs:
+        modes += [f"minference_flex[{name}] random", f"minference_flex[{name}] structured"]
+    modes = [m for m in modes if not any(m.startswith(s) for s in args.skip)]
+
+    info = machine()
+    print(info, flush=True)
+    model = llama3_8b(args.layers)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    rows = []
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    warm = torch.randint(0, 128256, (1, max(20000, args.min_sparse_len)), generator=gen).cuda()
+    for mode in modes:  # compile, autotune and Triton builds stay out of the timed calls
+        config = configs.get(mode.split("[")[1].split("]")[0]) if "[" in mode else None
+        with use(model, mode, config, args.min_sparse_len):
+            prefill_once(model, warm)
+    for seq_len in args.lengths:
+        ids = torch.randint(0, 128256, (1, seq_len), generator=gen).cuda()
+        base = None
+        for mode in modes:
+            config = configs.get(mode.split("[")[1].split("]")[0]) if "[" in mode else None
+            try:
+                with use(model, mode, config, args.min_sparse_len):
+                    if mode == "flex_attention":
+                        prefill_once(model, ids)  # its mask and kernel compile per length
+                    runs = [prefill_once(model, ids) for _ in range(args.repeats)]
+                seconds = sorted(r[0] for r in runs)[len(runs) // 2]
+                peak = max(r[1] for r in runs)
+                row = {"S": seq_len, "mode": mode, "seconds": seconds, "peak_gib": peak}
+            except torch.OutOfMemoryError as exc:
+                row = {"S": seq_len, "mode": mode, "error": f"OOM: {str(exc).splitlines()[0]}"}
+            if mode == "sdpa" and "seconds" in row:
+                base = row["seconds"]
+            if base and "seconds" in row:
+                row["x_sdpa"] = row["seconds"] / base
+            rows.append(row)
+            print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            write_json(args.out, {"machine": info, "args": vars(args), "configs": configs, "rows": rows})
+        del ids
+    print("\nS | mode | seconds | x sdpa | peak GiB")
+    for r in rows:
+        print(f"{r['S']} | {r['mode']} | {r.get('seconds', float('nan')):.2f} | {r.get('x_sdpa', float('nan')):.3f} | "
+              f"{r.get('peak_gib', float('nan')):.1f} {r.get('error', '')}")
+
+
+if __name__ == "__main__":
+    main()
