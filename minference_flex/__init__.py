@@ -3,7 +3,8 @@
 Kernel API (q [B, H, S, D], k/v [B, Hkv, S, D], causal):
 `streaming_forward` (A-shape), `vertical_slash_sparse_attention`, `block_sparse_attention`,
 `estimate_vertical_slash`, `dynamic_vertical_slash_attention` (estimate then attend) and
-`dense_attention`. Models: `compile(model)` / `restore(model)` for Hugging Face causal LMs.
+`dense_attention`. Models: `compile(model)` / `restore(model)` for Hugging Face causal LMs;
+`search(model)` finds their per-head patterns offline (`attention_recall` is its measure).
 """
 
 from custom_ops import vertical_slash as _vertical_slash_ops  # noqa: F401  (sets up Triton on CPU)
@@ -19,10 +20,16 @@ from .attention import (
 from .config import HeadPattern, PatternConfigError, load_pattern_config, save_pattern_config
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles, vertical_slash_counts
 from .hf import Options, compile, restore
+from .recall import attention_recall
+from .search import DEFAULT_CANDIDATES, SearchResult, search
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_CANDIDATES",
+    "SearchResult",
+    "attention_recall",
+    "search",
     "DENSE_FALLBACK_FRACTION",
     "HeadPattern",
     "Options",

@@ -1,17 +1,128 @@
-"""Command line: `python -m minference_flex demo [--seq-len N] [--device cpu|cuda]`."""
+"""Command line.
+
+  python -m minference_flex demo [--seq-len N] [--device cpu|cuda]
+  python -m minference_flex search --model DIR --out config.json [--length N] [--budget SPEC ...]
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 
+def _add_search(commands) -> argparse.ArgumentParser:
+    from .search import CANDIDATE_SPEC_HELP
+
+    search = commands.add_parser(
+        "search",
+        help="find each head's sparse pattern for a model (writes MInference's config format)",
+        description="Run the model densely over a calibration prompt and give each head the cheapest "
+        "candidate pattern whose attention recall is within --tolerance of the best candidate.",
+    )
+    search.add_argument("--model", required=True, help="local model directory (saved with save_pretrained)")
+    search.add_argument("--out", required=True, help="where to write the pattern config (.json)")
+    search.add_argument("--length", type=int, default=None,
+                        help="calibration tokens (default: 32768 on CUDA, 4096 on CPU, or the whole --calibration)")
+    search.add_argument("--calibration", default=None,
+                        help="a text file (tokenized with the model's tokenizer) or a .json list of token ids; "
+                        "default: a built-in synthetic prompt")
+    search.add_argument("--budget", action="append", default=None, metavar="SPEC",
+                        help=f"a candidate pattern, repeatable: {CANDIDATE_SPEC_HELP} (default: MInference's set)")
+    search.add_argument("--tolerance", type=float, default=0.02,
+                        help="recall a head may give up for a cheaper pattern (default 0.02)")
+    search.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompt (default 0)")
+    search.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    search.add_argument("--quiet", action="store_true",
+                        help="no progress on stderr; print the per-layer summary on stdout instead")
+    return search
+
+
+def _check_search_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
+    """Validate before loading anything; returns the candidate list."""
+    import torch
+
+    from .search import DEFAULT_CANDIDATES, parse_candidate
+
+    if not os.path.isdir(args.model) or not os.path.isfile(os.path.join(args.model, "config.json")):
+        parser.error(
+            f"--model {args.model}: not a model directory with a config.json; pass a local directory saved "
+            "with save_pretrained (download hub models first, e.g. `huggingface-cli download NAME --local-dir DIR`)"
+        )
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out) or not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        parser.error(
+            f"--out {args.out}: cannot write a file there; pass a file path in an existing, writable directory"
+        )
+    if args.length is not None and args.length < 1:
+        parser.error(f"--length must be >= 1, got {args.length}")
+    if not 0 <= args.tolerance < 1:
+        parser.error(f"--tolerance must be in [0, 1), got {args.tolerance}")
+    if args.calibration is not None and not os.path.isfile(args.calibration):
+        parser.error(f"--calibration {args.calibration}: no such file; pass a text file or a .json list of token ids")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available; use --device cpu")
+    if args.budget is None:
+        return list(DEFAULT_CANDIDATES)
+    candidates = []
+    for spec in args.budget:
+        try:
+            candidates.append(parse_candidate(spec))
+        except ValueError as exc:
+            parser.error(f"--budget: {exc}")
+    return candidates
+
+
+def _read_calibration(parser: argparse.ArgumentParser, path: str | None):
+    if path is None or not path.endswith(".json"):
+        return path
+    try:
+        with open(path) as f:
+            ids = json.load(f)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--calibration {path}: not valid JSON ({exc}); pass a JSON list of token ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        parser.error(f"--calibration {path}: expected a non-empty JSON list of integer token ids")
+    return ids
+
+
+def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    candidates = _check_search_args(parser, args)
+    calibration = _read_calibration(parser, args.calibration)
+    import torch
+    import transformers
+
+    from .search import search
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=dtype, device_map=device if device == "cuda" else None
+    ).eval()
+    if device == "cpu":
+        model.to(device)
+    try:
+        result = search(
+            model, calibration, length=args.length, candidates=candidates, tolerance=args.tolerance,
+            seed=args.seed, progress=not args.quiet,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    result.save(args.out)
+    if args.quiet:
+        print(result.summary())
+    print(f"wrote {args.out}: use it with minference_flex.compile(model, pattern_config={args.out!r})")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="minference-flex", description=__doc__)
+    parser = argparse.ArgumentParser(prog="minference-flex", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run each sparse pattern against dense attention")
     demo.add_argument("--seq-len", type=int, default=None, help="tokens (default: 2048 on CPU, 131072 on GPU)")
     demo.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    search = _add_search(commands)
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.seq_len is not None and args.seq_len < 1:
@@ -19,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         run_demo(args.seq_len, args.device)
+    elif args.command == "search":
+        _run_search(search, args)
     return 0
 
 

@@ -1,0 +1,362 @@
+"""Attention recall of sparse patterns and a kernel-cost proxy, for the pattern search.
+
+Recall of a head under a pattern: the mean, over sampled query rows, of the dense causal
+attention probability (softmax in fp32 of q k^T * scale) that falls on keys the pattern's mask
+keeps. The masks follow the documented kernel semantics and use the indices of the real
+estimators (`estimate_vertical_slash`, `select_block_sparse_tiles`), so a head's recall is what
+the sparse kernels would keep on this input. Nothing S x S is built: the dense statistics exist
+only for the sampled rows, one KV group and one key chunk at a time (online softmax).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import _checks
+from .attention import DENSE_FALLBACK_FRACTION
+from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, PATTERNS, VERTICAL_SLASH, HeadPattern
+from .estimate import (
+    FORCED_SLASH,
+    FORCED_VERTICAL,
+    estimate_vertical_slash,
+    select_block_sparse_tiles,
+    vertical_slash_counts,
+)
+
+#: Elements of one [group heads x sampled rows x key chunk] fp32 score block (128 MiB).
+_CHUNK_ELEMENTS = 2**25
+
+
+def sample_query_tiles(seq_len: int, block_size: int = 64, num_tiles: int = 32) -> list[int]:
+    """Query tiles whose rows the recall is measured on, ascending.
+
+    All ceil(S / block_size) tiles if there are at most `num_tiles`; otherwise `num_tiles`
+    tiles evenly spaced with stride M / num_tiles counted back from the last (possibly partial)
+    tile, which is always included. Deterministic.
+    """
+    _checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
+    _checks.check_nonnegative_int("block_size", block_size, minimum=1)
+    _checks.check_nonnegative_int("num_tiles", num_tiles, minimum=1)
+    nblocks = math.ceil(seq_len / block_size)
+    if nblocks <= num_tiles:
+        return list(range(nblocks))
+    return sorted(nblocks - 1 - (i * nblocks) // num_tiles for i in range(num_tiles))
+
+
+@dataclass
+class _Rows:
+    """The sampled query rows: positions [R], index of their tile in `tiles` [R], tile ends [R]."""
+
+    tiles: list[int]
+    pos: torch.Tensor
+    tile_slot: torch.Tensor
+    end: torch.Tensor
+
+
+def _sampled_rows(seq_len: int, block_size: int, num_tiles: int, device) -> _Rows:
+    tiles = sample_query_tiles(seq_len, block_size, num_tiles)
+    pos, slot = [], []
+    for t_slot, m in enumerate(tiles):
+        rows = torch.arange(m * block_size, min((m + 1) * block_size, seq_len))
+        pos.append(rows)
+        slot.append(torch.full_like(rows, t_slot))
+    pos_t, slot_t = torch.cat(pos).to(device), torch.cat(slot).to(device)
+    end = (torch.tensor(tiles, device=device)[slot_t] + 1) * block_size
+    return _Rows(tiles, pos_t, slot_t, end)
+
+
+@dataclass
+class _SlotMasks:
+    """One candidate slot (a pattern per query head), compactly, for the sampled tiles.
+
+    Heads of another kind are empty in each part, so the slot's mask is the union of parts:
+    a_init, a_local [H] (A-shape; 0 elsewhere); vs_cols [B, H, S] column keys, vs_cover
+    [B, H, M*bs + 1] distances u = e - j covered by the bands, vs_clamped [B, H, T] tiles with a
+    band clamped to keys [0, bs); bs_keep [B, H, T, M] kept key tiles (diagonal included).
+    """
+
+    a_init: torch.Tensor | None = None
+    a_local: torch.Tensor | None = None
+    vs_cols: torch.Tensor | None = None
+    vs_cover: torch.Tensor | None = None
+    vs_clamped: torch.Tensor | None = None
+    bs_keep: torch.Tensor | None = None
+
+
+def _vertical_slash_parts(
+    v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int, tiles: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Columns [B, H, S], band cover in distance space [B, H, M*bs + 1], clamped [B, H, T].
+
+    Offset s covers, for tile end e, keys [e-s-bs, e-s) when e - s >= bs, i.e. distances
+    u = e - j in [s+1, s+bs]; when e - bs < s < e the band is clamped to keys [0, bs) (the
+    distance marks then only reach keys inside [0, bs), a subset); offsets s >= e would need
+    keys j < 0 and so cover nothing.
+    """
+    lead = v_idx.shape[:-1]
+    device = v_idx.device
+    nblocks = math.ceil(seq_len / block_size)
+    v_ok = (v_idx >= 0) & (v_idx < seq_len)
+    cols = torch.zeros(*lead, seq_len + 1, dtype=torch.bool, device=device)
+    cols.scatter_(-1, torch.where(v_ok, v_idx, seq_len).long(), True)
+
+    s_ok = (s_idx >= 0) & (s_idx < seq_len)
+    span = nblocks * block_size + 1
+    trash = span + block_size + 1
+    delta = torch.zeros(*lead, trash + 1, dtype=torch.int32, device=device)
+    ones = s_ok.int()
+    delta.scatter_add_(-1, torch.where(s_ok, s_idx + 1, trash).long(), ones)
+    delta.scatter_add_(-1, torch.where(s_ok, s_idx + block_size + 1, trash).long(), -ones)
+    cover = torch.cumsum(delta, -1)[..., :span] > 0
+
+    occupied = torch.zeros(*lead, seq_len + 1, dtype=torch.int32, device=device)
+    occupied.scatter_(-1, torch.where(s_ok, s_idx, seq_len).long(), 1)
+    below = torch.nn.functional.pad(torch.cumsum(occupied[..., :seq_len], -1), (1, 0))  # offsets < x
+    ends = (torch.tensor(tiles, device=device) + 1) * block_size
+    hi = below[..., ends.clamp(max=seq_len)]
+    lo = below[..., (ends - block_size + 1).clamp(max=seq_len)]
+    return cols[..., :seq_len], cover, hi > lo
+
+
+def _block_sparse_keep(tiles_idx: torch.Tensor, tiles: list[int]) -> torch.Tensor:
+    """Kept key tiles [B, H, T, M] of the sampled query tiles from `select_block_sparse_tiles`."""
+    nblocks = tiles_idx.shape[2]
+    sampled = torch.tensor(tiles, device=tiles_idx.device)
+    chosen = tiles_idx[:, :, sampled].long()  # padding entries are M: dropped below
+    keep = torch.zeros(*chosen.shape[:-1], nblocks + 1, dtype=torch.bool, device=chosen.device)
+    keep.scatter_(-1, chosen, True)
+    keep = keep[..., :nblocks].contiguous()
+    keep[:, :, torch.arange(len(tiles), device=keep.device), sampled] = True
+    return keep
+
+
+def _build_slots(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    head_patterns: Sequence[Sequence[HeadPattern]],
+    scale: float,
+    rows: _Rows,
+    block_size: int,
+    last_q: int,
+    block_topk: int,
+) -> list[_SlotMasks]:
+    heads, seq_len = q.shape[1], q.shape[2]
+    device = q.device
+    bs_tiles = None
+    slots = []
+    for c in range(len(head_patterns[0])):
+        pats = [head_patterns[h][c] for h in range(heads)]
+        kinds = {p.kind for p in pats}
+        slot = _SlotMasks()
+        if A_SHAPE in kinds:
+            slot.a_init = torch.tensor([p.a if p.kind == A_SHAPE else 0 for p in pats], device=device)
+            slot.a_local = torch.tensor([p.b if p.kind == A_SHAPE else 0 for p in pats], device=device)
+        if VERTICAL_SLASH in kinds:
+            is_vs = [p.kind == VERTICAL_SLASH for p in pats]
+            verticals = [p.a if vs else 0 for p, vs in zip(pats, is_vs)]
+            slashes = [p.b if vs else 0 for p, vs in zip(pats, is_vs)]
+            v_idx, s_idx = estimate_vertical_slash(q, k, verticals, slashes, last_q, scale)
+            keep = torch.tensor(is_vs, device=device)[None, :, None]
+            v_idx, s_idx = torch.where(keep, v_idx, -1), torch.where(keep, s_idx, -1)
+            slot.vs_cols, slot.vs_cover, slot.vs_clamped = _vertical_slash_parts(
+                v_idx, s_idx, seq_len, block_size, rows.tiles
+            )
+        if BLOCK_SPARSE in kinds:
+            if bs_tiles is None:
+                bs_tiles = select_block_sparse_tiles(q, k, block_topk, block_size)[0]
+            keep = _block_sparse_keep(bs_tiles, rows.tiles)
+            is_bs = torch.tensor([p.kind == BLOCK_SPARSE for p in pats], device=device)
+            slot.bs_keep = keep & is_bs[None, :, None, None]
+        slots.append(slot)
+    return slots
+
+
+def _chunk_mask(
+    slot: _SlotMasks, b: int, heads: slice, rows: _Rows, start: int, keys: torch.Tensor, block_size: int,
+    gap: torch.Tensor,
+) -> torch.Tensor:
+    """[G, R, C] bool: the slot's keep mask for query heads `heads`, sampled rows, chunk `keys`
+    (gap [R, C] = row position - key; causality is left to the scores)."""
+    mask = None
+
+    def union(part: torch.Tensor) -> None:
+        nonlocal mask
+        mask = part if mask is None else mask | part
+
+    if slot.a_init is not None:
+        init = slot.a_init[heads][:, None, None]
+        local = slot.a_local[heads][:, None, None]
+        union((keys[None, None, :] < init) | (gap[None] < local))
+    if slot.vs_cols is not None:
+        cover = slot.vs_cover[b, heads]
+        # u = e - j; keys past the row (gap < 0) are masked by causality anyway
+        dist = (gap + (rows.end - rows.pos)[:, None]).clamp(0, cover.shape[-1] - 1)
+        union(slot.vs_cols[b, heads][:, None, start : start + keys.shape[0]] | cover[:, dist])
+        clamped = slot.vs_clamped[b, heads][:, rows.tile_slot]
+        union(clamped[:, :, None] & (keys < block_size)[None, None, :])
+    if slot.bs_keep is not None:
+        keep = slot.bs_keep[b, heads][:, rows.tile_slot]
+        union(keep.index_select(-1, keys // block_size))
+    return mask
+
+
+def candidate_recall(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    head_patterns: Sequence[Sequence[HeadPattern]],
+    scale: float | None = None,
+    *,
+    block_size: int = 64,
+    num_tiles: int = 32,
+    last_q: int = 64,
+    block_topk: int = BLOCK_SPARSE_TOPK,
+) -> torch.Tensor:
+    """Recall of several candidate patterns per head: [B, H, C] float32.
+
+    Args:
+        q: [B, H, S, D]; k: [B, Hkv, S, D] (dtypes as the estimators take them).
+        head_patterns: H sequences of C HeadPatterns; slot c of head h is scored for head h.
+        scale: softmax scale, default 1/sqrt(D).
+        block_size, last_q: as the kernels and estimators use them; block_topk: tiles a
+            block-sparse head keeps (MInference's 100).
+        num_tiles: query tiles sampled (`sample_query_tiles`).
+
+    Entry [b, h, c] is the mean over the sampled rows i of sum_{j in mask_c(i)} p(i, j), p the
+    dense causal softmax in fp32. Work: one [G, R, chunk] score block at a time (G query heads
+    of one KV head, R sampled rows), accumulated with an online softmax over key chunks.
+    """
+    _checks.check_qkv(q, k, k)
+    bsz, heads, seq_len, _ = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    _checks.check_block_size(block_size)
+    _checks.check_nonnegative_int("num_tiles", num_tiles, minimum=1)
+    _checks.check_nonnegative_int("last_q", last_q, minimum=1)
+    _checks.check_nonnegative_int("block_topk", block_topk, minimum=1)
+    if len(head_patterns) != heads:
+        raise ValueError(f"head_patterns must have one entry per query head ({heads}), got {len(head_patterns)}")
+    widths = {len(p) for p in head_patterns}
+    if len(widths) != 1 or 0 in widths:
+        raise ValueError(f"every head needs the same number (>= 1) of candidate patterns, got {sorted(widths)}")
+    for h, pats in enumerate(head_patterns):
+        for c, p in enumerate(pats):
+            if not isinstance(p, HeadPattern) or p.kind not in PATTERNS:
+                raise TypeError(f"head_patterns[{h}][{c}] must be a HeadPattern with kind in {PATTERNS}, got {p!r}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    ncand = len(head_patterns[0])
+    rows = _sampled_rows(seq_len, block_size, num_tiles, q.device)
+    slots = _build_slots(q, k, head_patterns, scale, rows, block_size, last_q, block_topk)
+    nrows = rows.pos.shape[0]
+    chunk = max(block_size, _CHUNK_ELEMENTS // (group * nrows))
+    out = torch.empty(bsz, heads, ncand, dtype=torch.float32, device=q.device)
+    for b in range(bsz):
+        for g in range(kv_heads):
+            hs = slice(g * group, (g + 1) * group)
+            q_rows = q[b, hs][:, rows.pos].float() * scale  # [G, R, D]
+            run_max = torch.full((group, nrows), float("-inf"), device=q.device)
+            total = torch.zeros(group, nrows, device=q.device)
+            inside = torch.zeros(ncand, group, nrows, device=q.device)
+            for start in range(0, seq_len, chunk):
+                keys = torch.arange(start, min(start + chunk, seq_len), device=q.device)
+                scores = q_rows @ k[b, g, start : start + chunk].float().T
+                scores.masked_fill_(keys[None, None, :] > rows.pos[None, :, None], float("-inf"))
+                # every row attends key 0 (first chunk), so run_max is finite from then on
+                new_max = torch.maximum(run_max, scores.amax(-1))
+                alpha = torch.exp(run_max - new_max)
+                probs = torch.exp(scores - new_max[..., None])
+                total = total * alpha + probs.sum(-1)
+                gap = rows.pos[:, None] - keys[None, :]
+                for c, slot in enumerate(slots):
+                    kept = _chunk_mask(slot, b, hs, rows, start, keys, block_size, gap)
+                    inside[c] = inside[c] * alpha + (probs * kept).sum(-1)
+                run_max = new_max
+            out[b, hs] = (inside / total).mean(-1).T
+    return out
+
+
+def attention_recall(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    patterns: list[HeadPattern],
+    scale: float,
+    *,
+    block_size: int = 64,
+    num_tiles: int = 32,
+    last_q: int = 64,
+) -> torch.Tensor:
+    """Attention recall of each query head's pattern: [B, H] float32 in [0, 1].
+
+    q [B, H, S, D], k [B, Hkv, S, D]; patterns: one HeadPattern per query head (MInference's
+    config row). Recall = mean over the sampled query rows (`sample_query_tiles`) of the dense
+    causal attention probability (fp32 softmax of q k^T * scale) on the keys the head's sparse
+    kernel computes, with the real estimators' indices (vertical-slash from the last `last_q`
+    queries, block-sparse top BLOCK_SPARSE_TOPK tiles). K/V are never repeated for GQA and no
+    S x S tensor is built.
+    """
+    if not isinstance(patterns, (list, tuple)):
+        raise TypeError(f"patterns must be a list of HeadPattern (one per query head), got {type(patterns).__name__}")
+    return candidate_recall(
+        q, k, [[p] for p in patterns], scale, block_size=block_size, num_tiles=num_tiles, last_q=last_q
+    )[..., 0]
+
+
+def _a_shape_tiles(m: int, init: int, local: int, block_size: int) -> int:
+    sink = min(math.ceil(init / block_size), m + 1)
+    if local <= 0:
+        return sink
+    first_local = max(0, (m * block_size - local + 1) // block_size)
+    return (m - first_local + 1) + min(sink, first_local)
+
+
+def _vertical_slash_tiles(m: int, nv: int, ns: int, seq_len: int, block_size: int) -> float:
+    end = (m + 1) * block_size
+    forced_s = min(FORCED_SLASH, ns)
+    spread_s = ns - forced_s
+    forced_pieces = sum(1 for lo in range(1, forced_s + block_size, block_size) if lo <= end)
+    spread_live = spread_s * min(max(end - forced_s, 0), seq_len - forced_s) / max(seq_len - forced_s, 1)
+    pieces = min(forced_pieces + spread_live, m + 1)
+    forced_v = min(FORCED_VERTICAL, nv)
+    spread_v = nv - forced_v
+    columns = min(forced_v, end) + spread_v * min(max(end - forced_v, 0), seq_len - forced_v) / max(
+        seq_len - forced_v, 1
+    )
+    column_tiles = min(math.ceil(columns / block_size), m + 1)
+    if m * block_size + 2 <= forced_s:  # a forced offset in (e - bs, e)
+        clamped = 1.0
+    else:
+        clamped = min(1.0, spread_s * (block_size - 1) / max(seq_len - forced_s, 1)) if end > forced_s else 0.0
+    return pieces + column_tiles + clamped
+
+
+def pattern_cost(pattern: HeadPattern, seq_len: int, block_size: int = 64) -> float:
+    """Kernel-cost proxy: the kernel's bs x bs tiles over the M(M+1)/2 dense causal tiles.
+
+    Per query tile m (M = ceil(S/bs) tiles, e = (m+1)*bs):
+    - A-shape (init, local): the tiles n <= m holding a sink key (n < ceil(init/bs)) or a key of
+      the local window of some row (n >= floor((m*bs - local + 1)/bs)).
+    - block-sparse: min(BLOCK_SPARSE_TOPK, m) + 1 (the top-k tiles plus the diagonal).
+    - vertical-slash (a, b), budgets clamped as `vertical_slash_counts` does to (NV, NS): band
+      pieces + ceil(columns below e / bs) + 1 clamped tile where a band is clamped. The forced
+      offsets 0..99 form one merged run (ceil((100 + bs - 1)/bs) pieces); the other NS - 100
+      offsets and NV - 30 columns are taken as spread evenly over the sequence, each offset its
+      own piece (the estimator's scattered worst case), pieces capped at m + 1. A fraction above
+      DENSE_FALLBACK_FRACTION costs 1.0: the op then runs dense SDPA.
+    """
+    if not isinstance(pattern, HeadPattern) or pattern.kind not in PATTERNS:
+        raise TypeError(f"pattern must be a HeadPattern with kind in {PATTERNS}, got {pattern!r}")
+    _checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
+    _checks.check_nonnegative_int("block_size", block_size, minimum=1)
+    nblocks = math.ceil(seq_len / block_size)
+    dense = nblocks * (nblocks + 1) / 2
+    if pattern.kind == A_SHAPE:
+        tiles = sum(_a_shape_tiles(m, pattern.a, pattern.b, block_size) for m in range(nblocks))
+        return tiles / dense
+    if pattern.kind == BLOCK_SPARSE:
+        return sum(min(BLOCK_SPARSE_TOPK, m) + 1 for m in range(nblocks)) / dense
+    nv, ns = vertical_slash_counts(seq_len, pattern.a, pattern.b)
+    frac = sum(_vertical_slash_tiles(m, nv, ns, seq_len, block_size) for m in range(nblocks)) / dense
+    return 1.0 if frac > DENSE_FALLBACK_FRACTION else frac

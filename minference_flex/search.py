@@ -1,0 +1,378 @@
+"""Offline per-head pattern search: `search(model, calibration) -> SearchResult`.
+
+The model runs once, densely, over a calibration prompt. A temporary attention function
+(registered with transformers' `AttentionInterface`) computes each layer's dense output with
+SDPA and, before returning it, scores every candidate pattern of every query head of that layer
+by attention recall (`recall.candidate_recall`). Only per-head numbers are kept, so memory is
+that of one layer's scoring on top of the model's own dense forward.
+
+Selection rule, per head: best = the highest recall over the candidates; the head gets the
+cheapest candidate (by `recall.pattern_cost` at the calibration length) whose recall is at least
+best - tolerance (ties: higher recall, then candidate order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .config import (
+    A_SHAPE,
+    BLOCK_SPARSE,
+    VERTICAL_SLASH,
+    HeadPattern,
+    PatternConfig,
+    _parse_head,
+    save_pattern_config,
+)
+from .recall import candidate_recall, pattern_cost
+
+SEARCH_ATTENTION_NAME = "minference_flex_search"
+
+#: MInference's search space: its five vertical-slash budgets, two A-shapes and block-sparse.
+DEFAULT_CANDIDATES: tuple[HeadPattern, ...] = (
+    HeadPattern(VERTICAL_SLASH, 1000, 6096),
+    HeadPattern(VERTICAL_SLASH, 3500, 100),
+    HeadPattern(VERTICAL_SLASH, 30, 800),
+    HeadPattern(VERTICAL_SLASH, 100, 800),
+    HeadPattern(VERTICAL_SLASH, 500, 700),
+    HeadPattern(A_SHAPE, 100, 800),
+    HeadPattern(A_SHAPE, 128, 4096),
+    HeadPattern(BLOCK_SPARSE, 0, 0),
+)
+
+_KIND_ALIASES = {
+    "vs": VERTICAL_SLASH, VERTICAL_SLASH: VERTICAL_SLASH,
+    "a": A_SHAPE, "a-shape": A_SHAPE, A_SHAPE: A_SHAPE,
+    "bs": BLOCK_SPARSE, BLOCK_SPARSE: BLOCK_SPARSE,
+}
+CANDIDATE_SPEC_HELP = "vs:VERTICAL,SLASH (e.g. vs:1000,6096), a:SINK,LOCAL (e.g. a:128,4096) or bs"
+
+
+def parse_candidate(spec: str) -> HeadPattern:
+    """A candidate from text: 'vs:1000,6096', 'a:128,4096', 'bs' (full pattern names work too)."""
+    match = re.fullmatch(r"\s*([a-z_-]+)\s*(?::\s*(\d+)\s*,\s*(\d+)\s*)?", spec.lower())
+    kind = _KIND_ALIASES.get(match.group(1)) if match else None
+    if kind is None:
+        raise ValueError(f"cannot read candidate {spec!r}; expected {CANDIDATE_SPEC_HELP}")
+    if kind == BLOCK_SPARSE:
+        if match.group(2) is not None:
+            raise ValueError(f"candidate {spec!r}: block-sparse takes no budgets (top 100 tiles), write 'bs'")
+        return HeadPattern(BLOCK_SPARSE, 0, 0)
+    if match.group(2) is None:
+        raise ValueError(f"candidate {spec!r}: {kind} needs two budgets; expected {CANDIDATE_SPEC_HELP}")
+    return _parse_head([kind, int(match.group(2)), int(match.group(3))], f"candidate {spec!r}")
+
+
+def _check_candidates(candidates: Sequence[Any]) -> list[HeadPattern]:
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence) or not candidates:
+        raise TypeError(
+            "candidates must be a non-empty list of HeadPattern, (kind, a, b) tuples or specs like "
+            "'vs:1000,6096', e.g. "
+            "minference_flex.DEFAULT_CANDIDATES"
+        )
+    out: list[HeadPattern] = []
+    for i, cand in enumerate(candidates):
+        if isinstance(cand, str):
+            pat = parse_candidate(cand)
+        else:
+            pat = _parse_head(list(cand) if isinstance(cand, (list, tuple)) else cand, f"candidates[{i}]")
+        if pat not in out:
+            out.append(pat)
+    return out
+
+
+def select_patterns(recall: torch.Tensor, costs: Sequence[float], tolerance: float) -> list[int]:
+    """Per head, the index of the chosen candidate (module docstring rule); recall [H, C]."""
+    chosen = []
+    for row in recall.tolist():
+        best = max(row)
+        ok = [c for c, r in enumerate(row) if r >= best - tolerance]
+        chosen.append(min(ok, key=lambda c: (costs[c], -row[c], c)))
+    return chosen
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What `search` found.
+
+    config: per layer, per query head, the chosen HeadPattern (pass it to
+        `minference_flex.compile(model, pattern_config=result.config)`).
+    recall, cost: [layers][heads] recall and `pattern_cost` of the chosen pattern.
+    candidates: the candidates scored; candidate_recall: [layers][heads][candidates].
+    candidate_cost: `pattern_cost` of each candidate at `seq_len`.
+    seq_len: calibration tokens; seconds: wall time; layer_seconds: per layer, scoring only.
+    """
+
+    config: PatternConfig
+    recall: list[list[float]]
+    cost: list[list[float]]
+    candidates: list[HeadPattern]
+    candidate_recall: list[list[list[float]]]
+    candidate_cost: list[float]
+    seq_len: int
+    seconds: float
+    layer_seconds: list[float]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write MInference's format; each head's score is the recall of its pattern."""
+        scores = [[round(r, 6) for r in layer] for layer in self.recall]
+        save_pattern_config(self.config, path, scores=scores)
+
+    def summary(self) -> str:
+        """One line per layer: pattern counts and mean recall."""
+        lines = []
+        for i, (layer, rec) in enumerate(zip(self.config, self.recall)):
+            counts = Counter(p.kind for p in layer)
+            kinds = (VERTICAL_SLASH, A_SHAPE, BLOCK_SPARSE)
+            parts = ", ".join(f"{kind} {counts[kind]}" for kind in kinds if counts[kind])
+            lines.append(f"layer {i}: {parts}; mean recall {sum(rec) / len(rec):.4f}")
+        every = [r for layer in self.recall for r in layer]
+        lines.append(
+            f"all {len(self.config)} layers: mean recall {sum(every) / len(every):.4f}, "
+            f"{self.seq_len} tokens, {self.seconds:.1f} s"
+        )
+        return "\n".join(lines)
+
+
+def synthetic_prompt(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random token ids [length] in [0, vocab_size) in which 16 segments of the first half
+    are repeated in the second half, so induction / retrieval attention has something to find."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (length,), generator=gen)
+    seg = max(8, length // 64)
+    if length >= 4 * seg:
+        half = length // 2
+        for _ in range(16):
+            src = int(torch.randint(0, half - seg + 1, (1,), generator=gen))
+            dst = int(torch.randint(half, length - seg + 1, (1,), generator=gen))
+            ids[dst : dst + seg] = ids[src : src + seg].clone()
+    return ids
+
+
+def _calibration_ids(
+    model: Any, calibration: Any, length: int | None, seed: int, tokenizer: Any, device: torch.device
+) -> torch.Tensor:
+    vocab = model.get_input_embeddings().num_embeddings
+    if calibration is None:
+        if length is None:
+            length = 32768 if device.type == "cuda" else 4096
+        return synthetic_prompt(vocab, length, seed)[None].to(device)
+    if isinstance(calibration, (str, os.PathLike)):
+        path = os.fspath(calibration)
+        if not os.path.isfile(path):
+            raise ValueError(f"calibration file not found: {path}")
+        if tokenizer is None:
+            tokenizer = _tokenizer_for(model, path)
+        with open(path, encoding="utf-8") as f:
+            ids = tokenizer(f.read(), add_special_tokens=True)["input_ids"]
+        origin = f"calibration text {path}"
+    else:
+        ids = calibration
+        origin = "calibration"
+    ids = torch.as_tensor(ids)
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.numel() == 0:
+        raise TypeError(
+            f"calibration must be None, a text file path, or a non-empty list / 1-D tensor of token "
+            f"ids, got {'shape ' + str(tuple(ids.shape)) if ids.numel() else 'nothing'} of {ids.dtype}"
+        )
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise ValueError(f"{origin}: token ids must be in [0, {vocab}) (the model's vocabulary)")
+    if length is not None:
+        if ids.numel() < length:
+            raise ValueError(
+                f"{origin} has {ids.numel()} tokens, fewer than length={length}; pass a longer "
+                f"prompt or a smaller length"
+            )
+        ids = ids[:length]
+    return ids.long()[None].to(device)
+
+
+def _tokenizer_for(model: Any, path: str) -> Any:
+    name = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no usable tokenizer there
+        raise ValueError(
+            f"calibration {path} is text but no tokenizer loads from the model's path {name!r} ({exc}); "
+            f"save the tokenizer next to the model, pass tokenizer=..., or pass token ids instead"
+        ) from None
+
+
+def _scoring_dtype(t: torch.Tensor) -> torch.Tensor:
+    """The estimators take bf16/fp16 on CUDA and fp32/fp16 on CPU."""
+    if t.is_cuda and t.dtype not in (torch.bfloat16, torch.float16):
+        return t.to(torch.bfloat16)
+    if not t.is_cuda and t.dtype not in (torch.float32, torch.float16):
+        return t.float()
+    return t
+
+
+@dataclasses.dataclass
+class _Session:
+    candidates: list[HeadPattern]
+    num_layers: int
+    num_tiles: int
+    last_q: int
+    block_size: int
+    progress: bool
+    start: float
+    recall: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+    layer_seconds: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def attention(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        """Dense causal SDPA (the forward stays exact) plus scoring of this layer's heads."""
+        from .hf import _dense
+
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        if attention_mask is not None or query.shape[2] != key.shape[2]:
+            raise ValueError("the search runs one unpadded prompt without a cache; got a padding mask or a cache")
+        out = _dense(query, key, value, None, scale)
+        layer = module.layer_idx
+        tic = time.perf_counter()
+        heads = query.shape[1]
+        q, k = _scoring_dtype(query), _scoring_dtype(key)
+        scores = candidate_recall(
+            q, k, [self.candidates] * heads, scale,
+            block_size=self.block_size, num_tiles=self.num_tiles, last_q=self.last_q,
+        )
+        self.recall[layer] = scores.mean(0).cpu()
+        self.layer_seconds[layer] = time.perf_counter() - tic
+        if self.progress:
+            done = len(self.recall)
+            elapsed = time.perf_counter() - self.start
+            left = elapsed / done * (self.num_layers - done)
+            print(
+                f"search: layer {done}/{self.num_layers} done, elapsed {elapsed:.1f}s, ~{left:.1f}s left",
+                file=sys.stderr, flush=True,
+            )
+        return out.transpose(1, 2).contiguous(), None
+
+
+def _model_shape(model: Any) -> tuple[int, int]:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "set_attn_implementation"):
+        raise TypeError(f"model must be a Hugging Face PreTrainedModel, got {type(model).__name__}")
+    if not (getattr(model, "_supports_attention_backend", False) and model._can_set_attn_implementation()):
+        raise ValueError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
+            "so the search cannot capture its attention"
+        )
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return text.num_hidden_layers, text.num_attention_heads
+
+
+def _forward(model: Any, ids: torch.Tensor) -> None:
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in params:  # no [S, vocab] logits
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    else:
+        model.base_model(input_ids=ids, use_cache=False)
+
+
+def search(
+    model: Any,
+    calibration: str | os.PathLike | Sequence[int] | torch.Tensor | None = None,
+    *,
+    length: int | None = None,
+    candidates: Sequence[HeadPattern] = DEFAULT_CANDIDATES,
+    tolerance: float = 0.02,
+    num_tiles: int = 32,
+    last_q: int = 64,
+    block_size: int = 64,
+    seed: int = 0,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Pick each head's pattern for `model` from `candidates` on a calibration prompt.
+
+    Args:
+        model: a Hugging Face causal LM whose attention goes through `AttentionInterface`.
+        calibration: None (a seeded synthetic prompt of `length` tokens, see `synthetic_prompt`),
+            a text file (tokenized with `tokenizer` or the one saved next to the model), or
+            token ids (a list or 1-D tensor), cut to `length` if given.
+        length: calibration tokens; default 32768 on CUDA, 4096 on CPU for the synthetic prompt.
+        candidates: HeadPatterns to choose from (default `DEFAULT_CANDIDATES`).
+        tolerance: recall a head may give up for a cheaper pattern (module docstring).
+        num_tiles, last_q, block_size: see `recall.candidate_recall`.
+        seed: seed of the synthetic prompt; the same model, prompt and seed give the same result.
+        progress: print per-layer progress and the summary to stderr.
+
+    Measure: attention recall, the mean over sampled query rows of the dense attention
+    probability the head's sparse pattern keeps (`recall.attention_recall`).
+    """
+    num_layers, num_heads = _model_shape(model)
+    cands = _check_candidates(candidates)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        raise ValueError(f"length must be an int >= 1, got {length!r}")
+    device = next(model.parameters()).device
+    ids = _calibration_ids(model, calibration, length, seed, tokenizer, device)
+    seq_len = ids.shape[1]
+    costs = [pattern_cost(c, seq_len, block_size) for c in cands]
+
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from .hf import _padding_only_mask
+
+    start = time.perf_counter()
+    session = _Session(cands, num_layers, num_tiles, last_q, block_size, progress, start)
+    AttentionInterface.register(SEARCH_ATTENTION_NAME, session.attention)
+    AttentionMaskInterface.register(SEARCH_ATTENTION_NAME, _padding_only_mask)
+    previous = model.config._attn_implementation
+    if progress:
+        print(f"search: {num_layers} layers x {num_heads} heads, {len(cands)} candidates, {seq_len} tokens",
+              file=sys.stderr, flush=True)
+    try:
+        model.set_attn_implementation(SEARCH_ATTENTION_NAME)
+        with torch.no_grad():
+            _forward(model, ids)
+    finally:
+        model.set_attn_implementation(previous)
+    if sorted(session.recall) != list(range(num_layers)):
+        raise ValueError(
+            f"captured {len(session.recall)} of {num_layers} layers: {type(model).__name__} does not call "
+            "its attention function once per layer with module.layer_idx"
+        )
+
+    config, recall, cost, table = [], [], [], []
+    for layer in range(num_layers):
+        scores = session.recall[layer]
+        chosen = select_patterns(scores, costs, tolerance)
+        config.append([cands[c] for c in chosen])
+        recall.append([float(scores[h, c]) for h, c in enumerate(chosen)])
+        cost.append([costs[c] for c in chosen])
+        table.append(scores.tolist())
+    result = SearchResult(
+        config=config, recall=recall, cost=cost, candidates=cands, candidate_recall=table,
+        candidate_cost=costs, seq_len=seq_len, seconds=time.perf_counter() - start,
+        layer_seconds=[session.layer_seconds[i] for i in range(num_layers)],
+    )
+    if progress:
+        print(result.summary(), file=sys.stderr, flush=True)
+    return result

@@ -1,0 +1,278 @@
+"""Attention recall, the pattern search and its command line (CPU, tiny random models)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+
+import pytest
+import torch
+import transformers
+
+import minference_flex as mf
+from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction
+from minference_flex import reference
+from minference_flex.__main__ import main
+from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
+from minference_flex.recall import candidate_recall, pattern_cost, sample_query_tiles
+from minference_flex.search import parse_candidate, select_patterns, synthetic_prompt
+
+VS = lambda a, b: HeadPattern(VERTICAL_SLASH, a, b)  # noqa: E731
+A = lambda a, b: HeadPattern(A_SHAPE, a, b)  # noqa: E731
+BS = HeadPattern(BLOCK_SPARSE, 0, 0)
+
+LLAMA = transformers.LlamaConfig(
+    vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=500000.0,
+)
+SMALL = [A(16, 128), VS(30, 100), VS(64, 200), BS]
+
+
+def _model():
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(copy.deepcopy(LLAMA)).eval()
+
+
+def _reference_recall(q, k, masks, rows, scale):
+    """float64 dense causal softmax over the full S x S, mass inside each [B, H, S, S] mask."""
+    seq_len = q.shape[2]
+    kk = k.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
+    scores = (q.double() @ kk.transpose(-1, -2)) * scale
+    probs = torch.softmax(scores.masked_fill(~reference.causal_mask(seq_len), float("-inf")), -1)
+    return torch.stack([(probs * m)[:, :, rows].sum(-1).mean(-1) for m in masks], -1)
+
+
+def test_sample_query_tiles():
+    assert sample_query_tiles(700, 64, 32) == list(range(11))
+    tiles = sample_query_tiles(100_000, 64, 32)
+    assert len(tiles) == 32 and tiles[-1] == math.ceil(100_000 / 64) - 1
+    gaps = {b - a for a, b in zip(tiles, tiles[1:])}
+    assert max(gaps) - min(gaps) <= 1, "evenly spaced"
+    assert tiles == sample_query_tiles(100_000, 64, 32)
+
+
+def test_recall_matches_float64_reference_for_every_pattern():
+    batch, heads, kv_heads, seq_len, dim, bs = 2, 4, 2, 700, 32, 16
+    q, k = torch.randn(batch, heads, seq_len, dim), torch.randn(batch, kv_heads, seq_len, dim)
+    scale = 0.3
+    cands = [A(20, 100), VS(40, 130), BS]
+    got = candidate_recall(q, k, [cands] * heads, scale, block_size=bs, num_tiles=8, block_topk=5)
+    v_idx, s_idx = mf.estimate_vertical_slash(q, k, 40, 130, 64, scale)
+    masks = [
+        reference.a_shape_mask(seq_len, 20, 100),
+        reference.vertical_slash_mask(v_idx, s_idx, seq_len, bs),
+        reference.block_sparse_mask(q, k, 5, bs),
+    ]
+    rows = torch.cat([torch.arange(m * bs, min((m + 1) * bs, seq_len)) for m in sample_query_tiles(seq_len, bs, 8)])
+    want = _reference_recall(q, k, masks, rows, scale)
+    assert got.shape == (batch, heads, 3)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+    assert (got < 0.99).all(), "budgets this small must miss attention"
+
+    # one pattern per head (a mixed layer), default tiles of 64 through the public function
+    mixed = [A(8, 64), VS(30, 100), BS, VS(50, 120)]
+    got = mf.attention_recall(q, k, mixed, scale)
+    v_idx, s_idx = mf.estimate_vertical_slash(q, k, [30, 30, 30, 50], [100, 100, 100, 120], 64, scale)
+    vs = reference.vertical_slash_mask(v_idx, s_idx, seq_len, 64)
+    per_head = torch.stack(
+        [reference.a_shape_mask(seq_len, 8, 64).expand(batch, -1, -1), vs[:, 1],
+         reference.block_sparse_mask(q, k, 100, 64)[:, 2], vs[:, 3]], 1
+    )
+    want = _reference_recall(q, k, [per_head], torch.arange(seq_len), scale)[..., 0]
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+
+
+def test_full_budgets_give_recall_one():
+    q, k = torch.randn(1, 4, 333, 16), torch.randn(1, 2, 333, 16)
+    full = [VS(333, 333), A(0, 333), A(333, 0), BS]
+    torch.testing.assert_close(mf.attention_recall(q, k, full, 0.25), torch.ones(1, 4), rtol=0, atol=1e-5)
+
+
+def test_a_shape_cost_counts_the_tiles_of_its_mask():
+    seq_len, bs = 1000, 64
+    nblocks = math.ceil(seq_len / bs)
+    for init, local in [(100, 800), (0, 64), (64, 1), (130, 200), (5, 0)]:
+        mask = torch.zeros(nblocks * bs, nblocks * bs, dtype=torch.bool)
+        mask[:seq_len, :seq_len] = reference.a_shape_mask(seq_len, init, local)
+        tiles = mask.view(nblocks, bs, nblocks, bs).any(3).any(1).sum().item()
+        assert pattern_cost(A(init, local), seq_len, bs) == pytest.approx(tiles / (nblocks * (nblocks + 1) / 2))
+
+
+@pytest.mark.parametrize(
+    "seq_len, budgets", [(8192, (500, 100)), (8192, (300, 120)), (16384, (1000, 150)), (16384, (30, 200))]
+)
+def test_vertical_slash_cost_tracks_the_kernel_index_on_random_inputs(seq_len, budgets):
+    q, k = torch.randn(1, 2, seq_len, 64), torch.randn(1, 2, seq_len, 64)
+    v_idx, s_idx = mf.estimate_vertical_slash(q, k, *budgets)
+    real = computed_fraction(build_vertical_slash_index(v_idx, s_idx, seq_len, 64), 64).item()
+    assert pattern_cost(VS(*budgets), seq_len) == pytest.approx(real, rel=0.15)
+
+
+def test_cost_order_and_limits():
+    assert pattern_cost(BS, 64 * 101) == 1.0 and pattern_cost(BS, 64 * 300) < 0.6
+    assert pattern_cost(VS(1000, 6096), 32768) == 1.0, "past DENSE_FALLBACK_FRACTION the op runs dense"
+    assert pattern_cost(VS(3500, 100), 131072) < pattern_cost(VS(30, 800), 131072) < 1.0
+    assert pattern_cost(A(128, 4096), 131072) < pattern_cost(A(128, 8192), 131072)
+
+
+def test_planted_local_columnar_and_block_heads_get_their_patterns():
+    seq_len, dim, bs = 8192, 64, 64  # above 100 tiles of 64, so block-sparse is sparse
+    scale = dim**-0.5
+    q, k = torch.randn(1, 3, seq_len, dim) * 0.3, torch.randn(1, 3, seq_len, dim) * 0.3
+    # head 0: scores grow with the key position, so the causal softmax decays ~150 tokens back
+    q[0, 0, :, 0] = 1.0
+    k[0, 0, :, 0] = torch.arange(seq_len) / (150 * scale)
+    # head 1: every query looks at 100 scattered key columns
+    look = torch.randn(dim)
+    look = look / look.norm() * math.sqrt(14 / scale)
+    q[0, 1] += look
+    k[0, 1, torch.randperm(seq_len)[:100]] += look
+    # head 2: each tile has one of 16 topics; queries look at the earlier tiles of theirs
+    topic = torch.randint(0, 16, (seq_len // bs,)).repeat_interleave(bs)
+    basis = torch.eye(dim)[:16] * math.sqrt(14 / scale)
+    q[0, 2] += basis[topic]
+    k[0, 2] += basis[topic]
+    cands = [A(64, 1024), VS(1024, 100), BS]
+    recall = candidate_recall(q, k, [cands] * 3, scale)[0]
+    chosen = select_patterns(recall, [pattern_cost(c, seq_len) for c in cands], 0.02)
+    assert [cands[c].kind for c in chosen] == [A_SHAPE, VERTICAL_SLASH, BLOCK_SPARSE], recall
+    assert recall.diagonal().min() > 0.98 and recall.max(1).values.min() > 0.98
+
+
+def test_select_patterns_rule():
+    recall = torch.tensor([[0.99, 0.985, 0.90], [0.99, 0.95, 0.90], [0.5, 0.5, 0.5]])
+    costs = [0.9, 0.3, 0.1]
+    assert select_patterns(recall, costs, 0.02) == [1, 0, 2]
+    assert select_patterns(recall, costs, 0.0) == [0, 0, 2]
+    assert select_patterns(recall, [1.0, 1.0, 1.0], 0.2) == [0, 0, 0], "equal cost: the higher recall"
+
+
+def test_search_config_validates_compiles_and_is_deterministic(tmp_path, capsys):
+    model = _model()
+    result = mf.search(model, length=1024, candidates=SMALL, tolerance=0.3, seed=3)
+    assert model.config._attn_implementation == "sdpa"
+    err = capsys.readouterr().err
+    assert "layer 2/2 done" in err and "left" in err and "mean recall" in err
+    assert len(result.config) == 2 and all(len(layer) == 4 for layer in result.config)
+    assert all(0 < r <= 1.0 + 1e-6 for layer in result.recall for r in layer)
+    best = [[max(row) for row in layer] for layer in result.candidate_recall]
+    assert all(r >= b - 0.3 for lr, lb in zip(result.recall, best) for r, b in zip(lr, lb))
+    path = tmp_path / "patterns.json"
+    result.save(path)
+    loaded = mf.load_pattern_config(str(path), 2, 4)
+    assert loaded == result.config
+    assert json.loads(path.read_text())[0]["0"][3] == pytest.approx(result.recall[0][0], abs=1e-6)
+
+    again = mf.search(_model(), length=1024, candidates=SMALL, tolerance=0.3, seed=3, progress=False)
+    assert again.config == result.config and again.candidate_recall == result.candidate_recall
+    assert not torch.equal(synthetic_prompt(128, 1024, 3), synthetic_prompt(128, 1024, 4))
+
+    ids = torch.randint(1, 128, (1, 400))
+    with torch.no_grad():
+        dense = model(ids).logits
+        mf.compile(model, pattern_config=str(path), min_sparse_len=256)
+        sparse = model(ids).logits
+    assert torch.isfinite(sparse).all() and sparse.shape == dense.shape
+
+
+def test_calibration_inputs(tmp_path):
+    model = _model()
+    ids = torch.randint(0, 128, (700,))
+    by_list = mf.search(model, ids.tolist(), length=600, candidates=SMALL, progress=False)
+    by_tensor = mf.search(model, ids[None], length=600, candidates=SMALL, progress=False)
+    assert by_list.seq_len == 600 and by_list.candidate_recall == by_tensor.candidate_recall
+    text = tmp_path / "prompt.txt"
+    text.write_text("some calibration text " * 50)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        mf.search(model, str(text), candidates=SMALL, progress=False)
+
+    def tokenizer(s, add_special_tokens=True):
+        return {"input_ids": [ord(c) % 128 for c in s]}
+
+    result = mf.search(model, str(text), candidates=SMALL, tokenizer=tokenizer, progress=False)
+    assert result.seq_len == len(text.read_text())
+    with pytest.raises(ValueError, match="fewer than length=5000"):
+        mf.search(model, ids, length=5000, progress=False)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 128\)"):
+        mf.search(model, [1, 2, 999], progress=False)
+
+
+def test_search_rejects_bad_options_and_restores_attention_on_error(monkeypatch):
+    model = _model()
+    with pytest.raises(TypeError, match="candidates must be a non-empty list"):
+        mf.search(model, candidates=[], progress=False)
+    with pytest.raises(ValueError, match="unknown pattern 'diagonal'"):
+        mf.search(model, candidates=[("diagonal", 1, 2)], progress=False)
+    with pytest.raises(ValueError, match="tolerance must be"):
+        mf.search(model, tolerance=1.5, progress=False)
+    with pytest.raises(ValueError, match="length must be"):
+        mf.search(model, length=0, progress=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring failed")
+
+    # the module, not the function `minference_flex.search` that shadows its name
+    monkeypatch.setattr(sys.modules["minference_flex.search"], "candidate_recall", broken)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        mf.search(model, length=256, progress=False)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_parse_candidate():
+    assert parse_candidate("vs:1000,6096") == VS(1000, 6096)
+    assert parse_candidate("a:128, 4096") == A(128, 4096)
+    assert parse_candidate("stream_llm:4,64") == A(4, 64)
+    assert parse_candidate("bs") == BS
+    for bad in ["vs:10", "vs", "xx:1,2", "bs:1,2", "a:0,0", "vs:-1,5"]:
+        with pytest.raises(ValueError):
+            parse_candidate(bad)
+
+
+def test_cli_search_end_to_end(tmp_path, capsys):
+    _model().save_pretrained(tmp_path / "model")
+    out = tmp_path / "patterns.json"
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps(torch.randint(0, 128, (800,)).tolist()))
+    argv = ["search", "--model", str(tmp_path / "model"), "--out", str(out), "--length", "512",
+            "--calibration", str(ids), "--budget", "a:16,128", "--budget", "vs:30,100", "--budget", "bs",
+            "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "layer 1:" in printed and "mean recall" in printed and str(out) in printed
+    config = mf.load_pattern_config(str(out), 2, 4)
+    assert {p for layer in config for p in layer} <= {A(16, 128), VS(30, 100), BS}
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--model", "{tmp}/missing"], "--model"),
+        (["--length", "0"], "--length must be >= 1"),
+        (["--budget", "vs:10"], "--budget"),
+        (["--budget", "diagonal:1,2"], "--budget"),
+        (["--out", "{tmp}/no/such/dir/out.json"], "--out"),
+        (["--tolerance", "2"], "--tolerance"),
+        (["--calibration", "{tmp}/none.txt"], "--calibration"),
+    ],
+)
+def test_cli_rejects_bad_arguments(tmp_path, capsys, args, words):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")  # never loaded: arguments are checked first
+    base = {"--model": str(model_dir), "--out": str(tmp_path / "out.json")}
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    for flag, value in base.items():
+        if flag not in args:
+            args = [flag, value] + args
+    with pytest.raises(SystemExit) as exc:
+        main(["search", *args])
+    assert exc.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_cli_requires_model_and_out(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--out", "x.json"])
+    assert "--model" in capsys.readouterr().err
