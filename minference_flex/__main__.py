@@ -1,6 +1,6 @@
 """Command line.
 
-  python -m minference_flex demo [--seq-len N] [--device cpu|cuda]
+  python -m minference_flex demo [--seq-len N] [--passkey-len N] [--device cpu|cuda]
   python -m minference_flex search --model DIR --out config.json [--length N] [--budget SPEC ...]
 """
 
@@ -119,16 +119,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minference-flex", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run each sparse pattern against dense attention")
-    demo.add_argument("--seq-len", type=int, default=None, help="tokens (default: 2048 on CPU, 131072 on GPU)")
+    demo = commands.add_parser(
+        "demo", help="the shipped retrieval model answers a passkey prompt with sparse pre-fill, then each "
+        "sparse kernel runs against dense attention",
+    )
+    demo.add_argument("--seq-len", type=int, default=None,
+                      help="kernel part: tokens (default: 2048 on CPU, 131072 on GPU)")
+    demo.add_argument("--passkey-len", type=int, default=None,
+                      help="model part: passkey prompt tokens (default: 4096 on CPU, 16384 on GPU)")
     demo.add_argument("--device", choices=["cpu", "cuda"], default=None)
     search = _add_search(commands)
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.seq_len is not None and args.seq_len < 1:
             parser.error(f"--seq-len must be >= 1, got {args.seq_len}")
+        if args.passkey_len is not None and args.passkey_len < 128:
+            parser.error(f"--passkey-len must be >= 128 tokens, got {args.passkey_len}")
         from .demo import run_demo
+        from .retrieval_model import MODEL_DIR, shipped_model_available
 
+        if shipped_model_available():
+            from .passkey_demo import run_passkey_demo
+
+            run_passkey_demo(args.passkey_len, args.device)
+        else:
+            print(f"(no trained retrieval model in {MODEL_DIR}: skipping the passkey part; "
+                  "train one with `python -m minference_flex.train --out <that dir>`)")
         run_demo(args.seq_len, args.device)
     elif args.command == "search":
         _run_search(search, args)

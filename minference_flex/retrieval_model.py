@@ -1,0 +1,57 @@
+"""The small retrieval model trained here (`minference_flex.train`) that ships with the package.
+
+It answers the tasks of `minference_flex.tasks` with the built-in word tokenizer; the demo and
+`perf/bench_accuracy.py` run on it. `MODEL_DIR` holds its safetensors, config, model card,
+training log and a pattern config searched for it (`pattern_config.json`), once trained.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "retrieval_llama")
+PATTERN_CONFIG = "pattern_config.json"
+
+
+def shipped_model_available(path: str | None = None) -> bool:
+    path = path or MODEL_DIR
+    return os.path.exists(os.path.join(path, "model.safetensors"))
+
+
+def load_retrieval_model(path: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """The trained retrieval model (LlamaForCausalLM) from `path` (default: the shipped one),
+    in eval mode, with SDPA attention. dtype defaults to fp32 on CPU and bf16 on CUDA."""
+    from transformers import LlamaForCausalLM
+
+    path = path or MODEL_DIR
+    if not shipped_model_available(path):
+        raise FileNotFoundError(
+            f"no trained retrieval model in {path}: train one with "
+            f"`python -m minference_flex.train --out {path}` (on a GPU: about 8 minutes)"
+        )
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = LlamaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return model.to(device).eval()
+
+
+def searched_config_path(path: str | None = None) -> str | None:
+    """The pattern config searched for the model in `path`, if one was saved next to it."""
+    config = os.path.join(path or MODEL_DIR, PATTERN_CONFIG)
+    return config if os.path.exists(config) else None
+
+
+@torch.no_grad()
+def answer(model, sample) -> list[int]:
+    """Greedy answer of `model` to a `tasks.Sample`: len(sample.answer) token ids after the prompt."""
+    from .tasks import TOKENIZER
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([sample.prompt], device=device)
+    out = model.generate(
+        ids, max_new_tokens=len(sample.answer), do_sample=False, pad_token_id=TOKENIZER.pad_id,
+        attention_mask=torch.ones_like(ids),
+    )
+    return out[0, ids.shape[1]:].tolist()

@@ -1,0 +1,98 @@
+"""Synthetic tasks, the word tokenizer and the training script (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from minference_flex.tasks import TASKS, TOKENIZER, exact_match, make_sample
+from minference_flex.train import PRESETS, batch_of, main as train_main
+
+
+def _find(seq: list[int], sub: list[int]) -> list[int]:
+    return [i for i in range(len(seq) - len(sub) + 1) if seq[i : i + len(sub)] == sub]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_samples_are_exact_length_seeded_and_answerable(task):
+    length = random.randrange(300, 3000) | 1  # odd, fresh each run
+    seed = random.randrange(10**6)
+    sample = make_sample(task, length, seed)
+    assert len(sample.prompt) == length and sample.prompt[0] == TOKENIZER.bos_id
+    assert make_sample(task, length, seed) == sample
+    assert make_sample(task, length, seed + 1).prompt != sample.prompt
+    assert all(TOKENIZER.vocab[t].isdigit() for t in sample.answer)
+    # the asked fact is in the context exactly where `depth` says, and nowhere else
+    text = TOKENIZER.decode(sample.prompt)
+    answer = TOKENIZER.decode(sample.answer)
+    hits = _find(sample.prompt, sample.answer)
+    assert hits, f"answer {answer} not in the prompt"
+    question = text[text.rindex(". ") :]
+    if task == "passkey":
+        assert f"the pass key is {answer}" in text
+    elif task in ("needle", "multikey"):
+        word = question.split(" for ")[1].split()[0]
+        assert f"special magic numbers for {word} is: {answer}" in text
+        assert text.count("special magic numbers for") == (1 if task == "needle" else 4)
+    else:
+        key = question.split(" key ")[1].split("?")[0]
+        assert f"key {key} value {answer}." in text
+    assert abs(sample.depth * length - min(hits)) < 30
+
+
+def test_tokenizer_round_trip_and_errors():
+    text = "the pass key is 40213. remember it. what is the special magic number for tiger?"
+    assert TOKENIZER.decode(TOKENIZER.encode(text)) == text
+    assert TOKENIZER.encode("4 0 2") == [TOKENIZER.ids[d] for d in "402"]
+    with pytest.raises(ValueError, match="'zebra' is not in the tasks' built-in vocabulary"):
+        TOKENIZER.encode("the zebra is blue")
+
+
+def test_bad_task_arguments():
+    with pytest.raises(ValueError, match="unknown task 'essay'"):
+        make_sample("essay", 1000, 0)
+    with pytest.raises(ValueError, match="length must be an int >= 64"):
+        make_sample("passkey", 10, 0)
+    with pytest.raises(ValueError, match="too short for this task; use at least"):
+        make_sample("multikey", 100, 0)
+
+
+def test_exact_match():
+    assert exact_match([5, 6, 7, 9], [5, 6, 7])
+    assert not exact_match([5, 6, 8], [5, 6, 7])
+    assert not exact_match([5, 6], [5, 6, 7])
+
+
+def test_batch_targets_are_the_answers():
+    samples = [make_sample("needle", 257, s) for s in range(3)]
+    ids, targets, on_answer = batch_of(samples, "cpu")
+    assert ids.shape == targets.shape == on_answer.shape == (3, 257 + 7 - 1)
+    for row, s in enumerate(samples):
+        assert targets[row][on_answer[row]].tolist() == s.answer
+        assert ids[row, : len(s.prompt)].tolist() == s.prompt
+        assert targets[row, :-7].tolist() == s.prompt[1:]
+
+
+def test_training_script_runs_and_saves_a_loadable_model(tmp_path, capsys):
+    from transformers import LlamaForCausalLM
+
+    out = tmp_path / "model"
+    train_main(["--out", str(out), "--preset", "smoke", "--stages", "128:6:2", "--eval-every", "5",
+                "--eval-samples", "1", "--tasks", "passkey", "needle"])
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["steps_done"] == 6 and all(torch.isfinite(torch.tensor(e["loss"])) for e in log["steps"])
+    assert set(log["final"]["128"]) == {"passkey", "needle"}
+    model = LlamaForCausalLM.from_pretrained(out)
+    smoke = PRESETS["smoke"]
+    assert model.config.num_hidden_layers == smoke.layers and model.config.vocab_size == len(TOKENIZER)
+    assert os.path.exists(out / "model.safetensors")
+
+
+def test_training_cli_rejects_bad_stages(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path), "--stages", "128:0"])
+    assert "--stages wants LENGTH:STEPS:BATCH" in capsys.readouterr().err
