@@ -1,4 +1,4 @@
-"""Attention recall of sparse patterns and a kernel-cost proxy, for the pattern search.
+"""Attention recall and kernel cost of sparse patterns, for the pattern search.
 
 Recall of a head under a pattern: the mean, over sampled query rows, of the dense causal
 attention probability (softmax in fp32 of q k^T * scale) that falls on keys the pattern's mask
@@ -6,6 +6,12 @@ keeps. The masks follow the documented kernel semantics and use the indices of t
 estimators (`estimate_vertical_slash`, `select_block_sparse_tiles`), so a head's recall is what
 the sparse kernels would keep on this input. Nothing S x S is built: the dense statistics exist
 only for the sampled rows, one KV group and one key chunk at a time (online softmax).
+
+Cost of a head under a pattern (`candidate_scores`): the fraction of dense causal bs x bs tiles
+its kernel computes. Vertical-slash: data-dependent and kernel-exact, from the index the kernel
+would run on this input (`vertical_slash_cost`, the same estimated indices the recall uses);
+A-shape and block-sparse: `pattern_cost`, which depends only on the budgets and the length.
+`pattern_cost` is also the analytical estimate for vertical-slash when no data is at hand.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+
+from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction
 
 from . import _checks
 from .attention import DENSE_FALLBACK_FRACTION
@@ -134,6 +143,45 @@ def _block_sparse_keep(tiles_idx: torch.Tensor, tiles: list[int]) -> torch.Tenso
     return keep
 
 
+def vertical_slash_cost(
+    v_idx: torch.Tensor,
+    s_idx: torch.Tensor,
+    seq_len: int,
+    block_size: int = 64,
+    dense_above: float = DENSE_FALLBACK_FRACTION,
+) -> torch.Tensor:
+    """Kernel-exact cost of vertical-slash heads on their real indices: [B, H] float32.
+
+    v_idx [B, H, NV], s_idx [B, H, NS] as `estimate_vertical_slash` returns them (values outside
+    [0, S) ignored). The kernel's index is built with `build_vertical_slash_index`, and entry
+    [b, h] is `computed_fraction` of head (b, h) alone: the bs x bs key tiles the kernel runs for
+    that head (band pieces + column chunks + clamped tiles, summed over its query tiles) over the
+    M(M+1)/2 dense causal tiles. It can exceed 1 (scattered pieces straddle key tiles, and
+    columns are chunked on top of the bands). Above `dense_above` (`DENSE_FALLBACK_FRACTION`)
+    the entry is 1.0, since the op would run dense SDPA instead.
+
+    The op decides that fallback once per call, on the mean fraction over every head of the
+    call (heads of other patterns count 0), so this per-head rule is the head's own view of it.
+    """
+    if v_idx.dim() != 3 or s_idx.dim() != 3 or v_idx.shape[:2] != s_idx.shape[:2]:
+        raise ValueError(
+            f"v_idx and s_idx must be [B, H, N] with the same B, H, got {tuple(v_idx.shape)} and {tuple(s_idx.shape)}"
+        )
+    _checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
+    _checks.check_nonnegative_int("block_size", block_size, minimum=1)
+    index = build_vertical_slash_index(v_idx, s_idx, seq_len, block_size)
+    # computed_fraction averages over every head it is given: map it over (batch, head)
+    per_head = torch.vmap(torch.vmap(lambda head: computed_fraction(head, block_size)))(index)
+    return torch.where(per_head > dense_above, 1.0, per_head).float()
+
+
+class CandidateScores(NamedTuple):
+    """`candidate_scores`' result: recall and cost, each [B, H, C] float32."""
+
+    recall: torch.Tensor
+    cost: torch.Tensor
+
+
 def _build_slots(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -143,15 +191,26 @@ def _build_slots(
     block_size: int,
     last_q: int,
     block_topk: int,
+    cost: torch.Tensor | None = None,
 ) -> list[_SlotMasks]:
+    """One `_SlotMasks` per candidate slot. With `cost` ([B, H, C]), also fill in each head's
+    cost: vertical-slash heads from the slot's estimated indices (`vertical_slash_cost`), the
+    others from `pattern_cost`."""
     heads, seq_len = q.shape[1], q.shape[2]
     device = q.device
     bs_tiles = None
     slots = []
+    analytical: dict[HeadPattern, float] = {}
     for c in range(len(head_patterns[0])):
         pats = [head_patterns[h][c] for h in range(heads)]
         kinds = {p.kind for p in pats}
         slot = _SlotMasks()
+        if cost is not None:
+            for h, p in enumerate(pats):
+                if p.kind != VERTICAL_SLASH:
+                    if p not in analytical:
+                        analytical[p] = pattern_cost(p, seq_len, block_size)
+                    cost[:, h, c] = analytical[p]
         if A_SHAPE in kinds:
             slot.a_init = torch.tensor([p.a if p.kind == A_SHAPE else 0 for p in pats], device=device)
             slot.a_local = torch.tensor([p.b if p.kind == A_SHAPE else 0 for p in pats], device=device)
@@ -162,6 +221,9 @@ def _build_slots(
             v_idx, s_idx = estimate_vertical_slash(q, k, verticals, slashes, last_q, scale)
             keep = torch.tensor(is_vs, device=device)[None, :, None]
             v_idx, s_idx = torch.where(keep, v_idx, -1), torch.where(keep, s_idx, -1)
+            if cost is not None:
+                vs_cost = vertical_slash_cost(v_idx, s_idx, seq_len, block_size)
+                cost[:, :, c] = torch.where(keep[..., 0], vs_cost, cost[:, :, c])
             slot.vs_cols, slot.vs_cover, slot.vs_clamped = _vertical_slash_parts(
                 v_idx, s_idx, seq_len, block_size, rows.tiles
             )
@@ -215,7 +277,23 @@ def candidate_recall(
     last_q: int = 64,
     block_topk: int = BLOCK_SPARSE_TOPK,
 ) -> torch.Tensor:
-    """Recall of several candidate patterns per head: [B, H, C] float32.
+    """Recall of several candidate patterns per head: [B, H, C] float32 (`candidate_scores`
+    without the costs)."""
+    return _score(q, k, head_patterns, scale, block_size, num_tiles, last_q, block_topk, False).recall
+
+
+def candidate_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    head_patterns: Sequence[Sequence[HeadPattern]],
+    scale: float | None = None,
+    *,
+    block_size: int = 64,
+    num_tiles: int = 32,
+    last_q: int = 64,
+    block_topk: int = BLOCK_SPARSE_TOPK,
+) -> CandidateScores:
+    """Recall and kernel cost of several candidate patterns per head, each [B, H, C] float32.
 
     Args:
         q: [B, H, S, D]; k: [B, Hkv, S, D] (dtypes as the estimators take them).
@@ -225,10 +303,30 @@ def candidate_recall(
             block-sparse head keeps (MInference's 100).
         num_tiles: query tiles sampled (`sample_query_tiles`).
 
-    Entry [b, h, c] is the mean over the sampled rows i of sum_{j in mask_c(i)} p(i, j), p the
+    recall[b, h, c]: the mean over the sampled rows i of sum_{j in mask_c(i)} p(i, j), p the
     dense causal softmax in fp32. Work: one [G, R, chunk] score block at a time (G query heads
     of one KV head, R sampled rows), accumulated with an online softmax over key chunks.
+
+    cost[b, h, c]: the fraction of dense causal bs x bs tiles the kernel computes for head h
+    under its slot-c pattern. Vertical-slash: `vertical_slash_cost` of the very indices the
+    recall masks use (estimated once), so per head and input, kernel-exact, and 1.0 above
+    `DENSE_FALLBACK_FRACTION`. A-shape and block-sparse: `pattern_cost` (the same for every
+    head and input).
     """
+    return _score(q, k, head_patterns, scale, block_size, num_tiles, last_q, block_topk, True)
+
+
+def _score(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    head_patterns: Sequence[Sequence[HeadPattern]],
+    scale: float | None,
+    block_size: int,
+    num_tiles: int,
+    last_q: int,
+    block_topk: int,
+    want_cost: bool,
+) -> CandidateScores:
     _checks.check_qkv(q, k, k)
     bsz, heads, seq_len, _ = q.shape
     kv_heads = k.shape[1]
@@ -249,7 +347,8 @@ def candidate_recall(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     ncand = len(head_patterns[0])
     rows = _sampled_rows(seq_len, block_size, num_tiles, q.device)
-    slots = _build_slots(q, k, head_patterns, scale, rows, block_size, last_q, block_topk)
+    cost = torch.zeros(bsz, heads, ncand, dtype=torch.float32, device=q.device) if want_cost else None
+    slots = _build_slots(q, k, head_patterns, scale, rows, block_size, last_q, block_topk, cost)
     nrows = rows.pos.shape[0]
     chunk = max(block_size, _CHUNK_ELEMENTS // (group * nrows))
     out = torch.empty(bsz, heads, ncand, dtype=torch.float32, device=q.device)
@@ -275,7 +374,7 @@ def candidate_recall(
                     inside[c] = inside[c] * alpha + (probs * kept).sum(-1)
                 run_max = new_max
             out[b, hs] = (inside / total).mean(-1).T
-    return out
+    return CandidateScores(out, cost)
 
 
 def attention_recall(
@@ -333,7 +432,13 @@ def _vertical_slash_tiles(m: int, nv: int, ns: int, seq_len: int, block_size: in
 
 
 def pattern_cost(pattern: HeadPattern, seq_len: int, block_size: int = 64) -> float:
-    """Kernel-cost proxy: the kernel's bs x bs tiles over the M(M+1)/2 dense causal tiles.
+    """Analytical kernel cost: the kernel's bs x bs tiles over the M(M+1)/2 dense causal tiles.
+
+    Needs only the budgets and the length. For A-shape it is the exact tile count of the mask,
+    for block-sparse an upper bound by one tile on each query tile m >= BLOCK_SPARSE_TOPK whose
+    diagonal tile is itself among its top-k (kept once), and `candidate_scores` uses it for both. For vertical-slash
+    it is an estimate for when no data is at hand: with q and k, `vertical_slash_cost` gives the
+    kernel-exact figure (on structured attention often far below this worst case).
 
     Per query tile m (M = ceil(S/bs) tiles, e = (m+1)*bs):
     - A-shape (init, local): the tiles n <= m holding a sink key (n < ceil(init/bs)) or a key of

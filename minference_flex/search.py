@@ -3,12 +3,19 @@
 The model runs once, densely, over a calibration prompt. A temporary attention function
 (registered with transformers' `AttentionInterface`) computes each layer's dense output with
 SDPA and, before returning it, scores every candidate pattern of every query head of that layer
-by attention recall (`recall.candidate_recall`). Only per-head numbers are kept, so memory is
-that of one layer's scoring on top of the model's own dense forward.
+by attention recall and kernel cost (`recall.candidate_scores`). Only per-head numbers are
+kept, so memory is that of one layer's scoring on top of the model's own dense forward.
+
+Cost of a candidate on a head: the fraction of dense causal bs x bs tiles its kernel computes
+(`recall.candidate_scores`). Vertical-slash: from the index the kernel would build on this
+layer's calibration q/k for that head (`recall.vertical_slash_cost`: the estimated indices the
+recall uses, `build_vertical_slash_index`, `computed_fraction`), 1.0 above
+`DENSE_FALLBACK_FRACTION` where the op runs dense; A-shape and block-sparse: `recall.pattern_cost`.
+So costs are per layer, per head, per candidate.
 
 Selection rule, per head: best = the highest recall over the candidates; the head gets the
-cheapest candidate (by `recall.pattern_cost` at the calibration length) whose recall is at least
-best - tolerance (ties: higher recall, then candidate order).
+cheapest candidate (by that head's costs) whose recall is at least best - tolerance (ties:
+higher recall, then candidate order).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from .config import (
     _parse_head,
     save_pattern_config,
 )
-from .recall import candidate_recall, pattern_cost
+from .recall import candidate_scores
 
 SEARCH_ATTENTION_NAME = "minference_flex_search"
 
@@ -91,13 +98,26 @@ def _check_candidates(candidates: Sequence[Any]) -> list[HeadPattern]:
     return out
 
 
-def select_patterns(recall: torch.Tensor, costs: Sequence[float], tolerance: float) -> list[int]:
-    """Per head, the index of the chosen candidate (module docstring rule); recall [H, C]."""
+def select_patterns(recall: torch.Tensor, costs: Any, tolerance: float) -> list[int]:
+    """Per head, the index of the chosen candidate (module docstring rule).
+
+    recall: [H, C]. costs: [H, C] (each head's own costs, as `candidate_scores` gives them) or
+    [C] (the same for every head, e.g. `pattern_cost` of each candidate).
+    """
+    recall = torch.as_tensor(recall)
+    cost = torch.as_tensor(costs, dtype=torch.float64)
+    if recall.dim() != 2 or cost.dim() not in (1, 2) or cost.shape[-1] != recall.shape[1] or (
+        cost.dim() == 2 and cost.shape[0] != recall.shape[0]
+    ):
+        raise ValueError(
+            f"recall must be [H, C] and costs [H, C] or [C], got {tuple(recall.shape)} and {tuple(cost.shape)}"
+        )
+    cost = cost.expand(recall.shape[0], -1)
     chosen = []
-    for row in recall.tolist():
+    for row, head_cost in zip(recall.tolist(), cost.tolist()):
         best = max(row)
         ok = [c for c, r in enumerate(row) if r >= best - tolerance]
-        chosen.append(min(ok, key=lambda c: (costs[c], -row[c], c)))
+        chosen.append(min(ok, key=lambda c: (head_cost[c], -row[c], c)))
     return chosen
 
 
@@ -107,9 +127,11 @@ class SearchResult:
 
     config: per layer, per query head, the chosen HeadPattern (pass it to
         `minference_flex.compile(model, pattern_config=result.config)`).
-    recall, cost: [layers][heads] recall and `pattern_cost` of the chosen pattern.
+    recall, cost: [layers][heads] recall and cost of the chosen pattern.
     candidates: the candidates scored; candidate_recall: [layers][heads][candidates].
-    candidate_cost: `pattern_cost` of each candidate at `seq_len`.
+    candidate_cost: [layers][heads][candidates], the fraction of dense causal tiles the kernel
+        computes (module docstring: vertical-slash from that head's real index on the
+        calibration prompt, 1.0 past the dense fallback; A-shape, block-sparse `pattern_cost`).
     seq_len: calibration tokens; seconds: wall time; layer_seconds: per layer, scoring only.
     """
 
@@ -118,7 +140,7 @@ class SearchResult:
     cost: list[list[float]]
     candidates: list[HeadPattern]
     candidate_recall: list[list[list[float]]]
-    candidate_cost: list[float]
+    candidate_cost: list[list[list[float]]]
     seq_len: int
     seconds: float
     layer_seconds: list[float]
@@ -128,17 +150,26 @@ class SearchResult:
         scores = [[round(r, 6) for r in layer] for layer in self.recall]
         save_pattern_config(self.config, path, scores=scores)
 
+    def mean_candidate_cost(self) -> list[float]:
+        """Per candidate, its cost averaged over every layer and head: [candidates]."""
+        rows = [head for layer in self.candidate_cost for head in layer]
+        return [sum(col) / len(col) for col in zip(*rows)]
+
     def summary(self) -> str:
-        """One line per layer: pattern counts and mean recall."""
+        """One line per layer: pattern counts, mean recall and mean cost of the chosen patterns."""
         lines = []
-        for i, (layer, rec) in enumerate(zip(self.config, self.recall)):
+        for i, (layer, rec, cost) in enumerate(zip(self.config, self.recall, self.cost)):
             counts = Counter(p.kind for p in layer)
             kinds = (VERTICAL_SLASH, A_SHAPE, BLOCK_SPARSE)
             parts = ", ".join(f"{kind} {counts[kind]}" for kind in kinds if counts[kind])
-            lines.append(f"layer {i}: {parts}; mean recall {sum(rec) / len(rec):.4f}")
+            lines.append(
+                f"layer {i}: {parts}; mean recall {sum(rec) / len(rec):.4f}, mean cost {sum(cost) / len(cost):.4f}"
+            )
         every = [r for layer in self.recall for r in layer]
+        costs = [c for layer in self.cost for c in layer]
         lines.append(
             f"all {len(self.config)} layers: mean recall {sum(every) / len(every):.4f}, "
+            f"mean cost {sum(costs) / len(costs):.4f} (of dense causal tiles), "
             f"{self.seq_len} tokens, {self.seconds:.1f} s"
         )
         return "\n".join(lines)
@@ -231,6 +262,7 @@ class _Session:
     progress: bool
     start: float
     recall: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+    cost: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
     layer_seconds: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def attention(
@@ -255,11 +287,12 @@ class _Session:
         tic = time.perf_counter()
         heads = query.shape[1]
         q, k = _scoring_dtype(query), _scoring_dtype(key)
-        scores = candidate_recall(
+        scores = candidate_scores(
             q, k, [self.candidates] * heads, scale,
             block_size=self.block_size, num_tiles=self.num_tiles, last_q=self.last_q,
         )
-        self.recall[layer] = scores.mean(0).cpu()
+        self.recall[layer] = scores.recall.mean(0).cpu()
+        self.cost[layer] = scores.cost.mean(0).cpu()
         self.layer_seconds[layer] = time.perf_counter() - tic
         if self.progress:
             done = len(self.recall)
@@ -317,12 +350,14 @@ def search(
         length: calibration tokens; default 32768 on CUDA, 4096 on CPU for the synthetic prompt.
         candidates: HeadPatterns to choose from (default `DEFAULT_CANDIDATES`).
         tolerance: recall a head may give up for a cheaper pattern (module docstring).
-        num_tiles, last_q, block_size: see `recall.candidate_recall`.
+        num_tiles, last_q, block_size: see `recall.candidate_scores`.
         seed: seed of the synthetic prompt; the same model, prompt and seed give the same result.
         progress: print per-layer progress and the summary to stderr.
 
     Measure: attention recall, the mean over sampled query rows of the dense attention
-    probability the head's sparse pattern keeps (`recall.attention_recall`).
+    probability the head's sparse pattern keeps (`recall.attention_recall`). Cost: per head, the
+    fraction of dense causal tiles its kernel computes, from the real vertical-slash index on
+    this prompt (`recall.candidate_scores`, module docstring).
     """
     num_layers, num_heads = _model_shape(model)
     cands = _check_candidates(candidates)
@@ -333,7 +368,6 @@ def search(
     device = next(model.parameters()).device
     ids = _calibration_ids(model, calibration, length, seed, tokenizer, device)
     seq_len = ids.shape[1]
-    costs = [pattern_cost(c, seq_len, block_size) for c in cands]
 
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
@@ -360,17 +394,18 @@ def search(
             "its attention function once per layer with module.layer_idx"
         )
 
-    config, recall, cost, table = [], [], [], []
+    config, recall, cost, table, cost_table = [], [], [], [], []
     for layer in range(num_layers):
-        scores = session.recall[layer]
+        scores, costs = session.recall[layer], session.cost[layer]
         chosen = select_patterns(scores, costs, tolerance)
         config.append([cands[c] for c in chosen])
         recall.append([float(scores[h, c]) for h, c in enumerate(chosen)])
-        cost.append([costs[c] for c in chosen])
+        cost.append([float(costs[h, c]) for h, c in enumerate(chosen)])
         table.append(scores.tolist())
+        cost_table.append(costs.tolist())
     result = SearchResult(
         config=config, recall=recall, cost=cost, candidates=cands, candidate_recall=table,
-        candidate_cost=costs, seq_len=seq_len, seconds=time.perf_counter() - start,
+        candidate_cost=cost_table, seq_len=seq_len, seconds=time.perf_counter() - start,
         layer_seconds=[session.layer_seconds[i] for i in range(num_layers)],
     )
     if progress:

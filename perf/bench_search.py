@@ -88,7 +88,7 @@ def main(argv=None) -> None:
         "peak_over_model_gib": (peak - model_bytes) / GIB,
         "mean_recall": sum(every) / len(every),
         "patterns": dict(counts.most_common()),
-        "candidate_cost": {f"{c.kind} {c.a},{c.b}": cost for c, cost in zip(result.candidates, result.candidate_cost)},
+        "mean_candidate_cost": {f"{c.kind} {c.a},{c.b}": cost for c, cost in zip(result.candidates, result.mean_candidate_cost())},
     }
     print(f"search at {result.seq_len} tokens: {result.seconds:.1f} s ({summary['scoring_s']:.1f} s scoring), "
           f"peak {peak / GIB:.2f} GiB ({model_bytes / GIB:.2f} GiB weights); model built in {build_s:.1f} s")

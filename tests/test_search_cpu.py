@@ -13,10 +13,17 @@ import transformers
 
 import minference_flex as mf
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction
+from minference_flex.attention import DENSE_FALLBACK_FRACTION
 from minference_flex import reference
 from minference_flex.__main__ import main
 from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
-from minference_flex.recall import candidate_recall, pattern_cost, sample_query_tiles
+from minference_flex.recall import (
+    candidate_recall,
+    candidate_scores,
+    pattern_cost,
+    sample_query_tiles,
+    vertical_slash_cost,
+)
 from minference_flex.search import parse_candidate, select_patterns, synthetic_prompt
 
 VS = lambda a, b: HeadPattern(VERTICAL_SLASH, a, b)  # noqa: E731
@@ -117,6 +124,91 @@ def test_cost_order_and_limits():
     assert pattern_cost(A(128, 4096), 131072) < pattern_cost(A(128, 8192), 131072)
 
 
+def _band_and_sinks(seq_len, tau=8.0, sink_logit=1.0, dim=8, seed=0):
+    """q, k [1, 1, S, dim] of a head that attends a local band and 4 sink keys (scale 1):
+    score(i, j) = j / tau, plus i / tau + sink_logit for j < 4, so the causal softmax decays as
+    exp(-(i - j) / tau) back from the diagonal and each sink weighs exp(sink_logit) x the
+    diagonal key; small random dims add noise."""
+    gen = torch.Generator().manual_seed(seed)
+    pos = torch.arange(seq_len, dtype=torch.float32)
+    q, k = torch.zeros(1, 1, seq_len, dim), torch.zeros(1, 1, seq_len, dim)
+    q[0, 0, :, 0] = 1.0
+    k[0, 0, :, 0] = pos / tau
+    q[0, 0, :, 1] = pos / tau + sink_logit
+    k[0, 0, :4, 1] = 1.0
+    q[0, 0, :, 2:] = torch.randn(seq_len, dim - 2, generator=gen) * 0.3
+    k[0, 0, :, 2:] = torch.randn(seq_len, dim - 2, generator=gen) * 0.3
+    return q, k
+
+
+def test_vertical_slash_cost_is_computed_fraction_of_each_heads_real_index():
+    batch, heads, kv_heads, seq_len, dim, bs = 2, 4, 2, 2048, 16, 64
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(batch, heads, seq_len, dim, generator=gen)
+    k = torch.randn(batch, kv_heads, seq_len, dim, generator=gen)
+    band_q, band_k = _band_and_sinks(seq_len, dim=dim)
+    q[1, 2:], k[1, 1:] = band_q[0, 0], band_k[0, 0]  # batch 1, KV head 1: structured heads
+    scale = 1.0
+    cands = [VS(30, 100), A(16, 256), VS(30, 300), BS, VS(200, 100), VS(1000, 700)]
+    # the cost does not depend on the sampled tiles: sample few, to keep the test fast
+    recall, cost = candidate_scores(q, k, [cands] * heads, scale, block_size=bs, num_tiles=2)
+    assert recall.shape == cost.shape == (batch, heads, len(cands))
+    assert torch.equal(recall, candidate_recall(q, k, [cands] * heads, scale, block_size=bs, num_tiles=2))
+    below = above = 0
+    for c, cand in enumerate(cands):
+        if cand.kind != VERTICAL_SLASH:
+            assert (cost[..., c] == pattern_cost(cand, seq_len, bs)).all()
+            continue
+        v_idx, s_idx = mf.estimate_vertical_slash(q, k, cand.a, cand.b, 64, scale)
+        for b in range(batch):
+            for h in range(heads):
+                index = build_vertical_slash_index(v_idx[b : b + 1, h : h + 1], s_idx[b : b + 1, h : h + 1], seq_len, bs)
+                frac = computed_fraction(index, bs).item()
+                want = 1.0 if frac > DENSE_FALLBACK_FRACTION else frac
+                assert cost[b, h, c].item() == pytest.approx(want, rel=1e-6, abs=0), (cand, b, h, frac)
+                below += frac <= DENSE_FALLBACK_FRACTION
+                above += frac > DENSE_FALLBACK_FRACTION
+        torch.testing.assert_close(
+            cost[..., c], vertical_slash_cost(v_idx, s_idx, seq_len, bs), rtol=0, atol=0
+        )
+    assert below and above, "both sides of the dense fallback are exercised"
+    # per head: the structured heads of batch 1 are far cheaper than the random ones
+    assert (cost[1, 2:, 2] < 0.5 * cost[0, :, 2].min()).all(), cost[..., 2]
+    # a mixed slot: heads of other patterns keep their analytical cost, VS heads their own
+    mixed = [[VS(30, 300)], [A(16, 256)], [VS(30, 300)], [BS]]
+    got = candidate_scores(q, k, mixed, scale, block_size=bs, num_tiles=1).cost[..., 0]
+    assert torch.equal(got[:, [0, 2]], cost[:, [0, 2], 2])
+    assert (got[:, 1] == pattern_cost(A(16, 256), seq_len, bs)).all()
+    assert (got[:, 3] == pattern_cost(BS, seq_len, bs)).all()
+
+
+def test_planted_band_and_sinks_head_picks_the_vertical_slash_whose_real_index_is_cheaper():
+    """Equal recall, opposite cost orders. On a local band + sinks head the estimator's extra
+    slashes go to the sink diagonals (offsets near S, live only in the last tiles) and the band
+    run 0..99, whose last piece has room: (30, 160) computes no more than (30, 100). The extra
+    columns of (1000, 100) are the keys just before the end, which the last ~16 query tiles all
+    compute. The analytical proxy spreads both over the sequence and charges one piece per
+    extra offset, so it ranks (1000, 100) far cheaper."""
+    seq_len = 8192
+    q, k = _band_and_sinks(seq_len)
+    many_columns, many_slashes = VS(1000, 100), VS(30, 160)
+    cands = [many_columns, many_slashes]
+    recall, cost = candidate_scores(q, k, [cands], 1.0)
+    recall, cost = recall[0], cost[0]
+    proxy = [pattern_cost(c, seq_len) for c in cands]
+
+    assert recall.min() > 0.9999 and abs(recall[0, 0] - recall[0, 1]) < 1e-5, recall
+    assert proxy[0] < 0.5 * proxy[1], proxy  # the proxy: many_columns is the cheap one
+    assert cost[0, 1] < 0.8 * cost[0, 0] and cost.max() < DENSE_FALLBACK_FRACTION, cost  # really
+    v_idx, s_idx = mf.estimate_vertical_slash(q, k, 30, 160, 64, 1.0)
+    assert (s_idx[s_idx >= 100] > seq_len - 64 - 4).all(), "extra slashes on the sink diagonals"
+    base = vertical_slash_cost(*mf.estimate_vertical_slash(q, k, 30, 100, 64, 1.0), seq_len)
+    assert cost[0, 1] < base[0, 0] * 1.01
+
+    assert select_patterns(recall, cost, 0.02) == [1]
+    assert select_patterns(recall, proxy, 0.02) == [0], "the proxy would pick the other"
+
+
 def test_planted_local_columnar_and_block_heads_get_their_patterns():
     seq_len, dim, bs = 8192, 64, 64  # above 100 tiles of 64, so block-sparse is sparse
     scale = dim**-0.5
@@ -135,9 +227,11 @@ def test_planted_local_columnar_and_block_heads_get_their_patterns():
     q[0, 2] += basis[topic]
     k[0, 2] += basis[topic]
     cands = [A(64, 1024), VS(1024, 100), BS]
-    recall = candidate_recall(q, k, [cands] * 3, scale)[0]
-    chosen = select_patterns(recall, [pattern_cost(c, seq_len) for c in cands], 0.02)
-    assert [cands[c].kind for c in chosen] == [A_SHAPE, VERTICAL_SLASH, BLOCK_SPARSE], recall
+    recall, cost = candidate_scores(q, k, [cands] * 3, scale)
+    recall, cost = recall[0], cost[0]
+    chosen = select_patterns(recall, cost, 0.02)
+    assert [cands[c].kind for c in chosen] == [A_SHAPE, VERTICAL_SLASH, BLOCK_SPARSE], (recall, cost)
+    assert select_patterns(recall, [pattern_cost(c, seq_len) for c in cands], 0.02) == chosen
     assert recall.diagonal().min() > 0.98 and recall.max(1).values.min() > 0.98
 
 
@@ -147,6 +241,10 @@ def test_select_patterns_rule():
     assert select_patterns(recall, costs, 0.02) == [1, 0, 2]
     assert select_patterns(recall, costs, 0.0) == [0, 0, 2]
     assert select_patterns(recall, [1.0, 1.0, 1.0], 0.2) == [0, 0, 0], "equal cost: the higher recall"
+    per_head = torch.tensor([[0.9, 0.3, 0.1], [0.2, 0.3, 0.1], [0.5, 0.5, 0.6]])
+    assert select_patterns(recall, per_head, 0.02) == [1, 0, 0], "each head by its own costs"
+    with pytest.raises(ValueError, match=r"costs \[H, C\] or \[C\]"):
+        select_patterns(recall, [0.1, 0.2], 0.02)
 
 
 def test_search_config_validates_compiles_and_is_deterministic(tmp_path, capsys):
@@ -159,6 +257,22 @@ def test_search_config_validates_compiles_and_is_deterministic(tmp_path, capsys)
     assert all(0 < r <= 1.0 + 1e-6 for layer in result.recall for r in layer)
     best = [[max(row) for row in layer] for layer in result.candidate_recall]
     assert all(r >= b - 0.3 for lr, lb in zip(result.recall, best) for r, b in zip(lr, lb))
+    # costs per layer, head and candidate; the chosen one's is the cheapest within tolerance
+    cost = torch.tensor(result.candidate_cost)
+    assert cost.shape == (2, 4, len(SMALL))
+    for c, cand in enumerate(SMALL):
+        if cand.kind == VERTICAL_SLASH:
+            assert ((cost[..., c] > 0) & (cost[..., c] <= 1)).all()
+        else:
+            assert (cost[..., c] == pattern_cost(cand, 1024)).all()
+    for layer, pats in enumerate(result.config):
+        for h, pat in enumerate(pats):
+            c = SMALL.index(pat)
+            assert result.cost[layer][h] == result.candidate_cost[layer][h][c]
+            ok = [d for d, r in enumerate(result.candidate_recall[layer][h]) if r >= best[layer][h] - 0.3]
+            assert result.cost[layer][h] == min(result.candidate_cost[layer][h][d] for d in ok)
+    assert result.mean_candidate_cost() == pytest.approx(cost.double().mean((0, 1)).tolist())
+    assert "mean cost" in err
     path = tmp_path / "patterns.json"
     result.save(path)
     loaded = mf.load_pattern_config(str(path), 2, 4)
@@ -167,6 +281,7 @@ def test_search_config_validates_compiles_and_is_deterministic(tmp_path, capsys)
 
     again = mf.search(_model(), length=1024, candidates=SMALL, tolerance=0.3, seed=3, progress=False)
     assert again.config == result.config and again.candidate_recall == result.candidate_recall
+    assert again.candidate_cost == result.candidate_cost
     assert not torch.equal(synthetic_prompt(128, 1024, 3), synthetic_prompt(128, 1024, 4))
 
     ids = torch.randint(1, 128, (1, 400))
@@ -214,7 +329,7 @@ def test_search_rejects_bad_options_and_restores_attention_on_error(monkeypatch)
         raise RuntimeError("scoring failed")
 
     # the module, not the function `minference_flex.search` that shadows its name
-    monkeypatch.setattr(sys.modules["minference_flex.search"], "candidate_recall", broken)
+    monkeypatch.setattr(sys.modules["minference_flex.search"], "candidate_scores", broken)
     with pytest.raises(RuntimeError, match="scoring failed"):
         mf.search(model, length=256, progress=False)
     assert model.config._attn_implementation == "sdpa"
