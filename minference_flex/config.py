@@ -81,7 +81,10 @@ def _parse_head(raw: object, where: str) -> HeadPattern:
 
 
 def parse_pattern_config(raw: object, num_layers: int, num_heads: int, origin: str = "config") -> PatternConfig:
-    """Validate a parsed config against the model's layer and query-head counts."""
+    """Validate a parsed config against the model's layer and query-head counts.
+
+    Each layer is MInference's {head: [pattern, a, b, score]} object, or a list with one
+    HeadPattern (or [pattern, a, b]) per query head, as `search(...).config` gives."""
     if not isinstance(raw, list):
         raise PatternConfigError(f"{origin}: expected a JSON list over layers, got {type(raw).__name__}")
     if len(raw) != num_layers:
@@ -91,6 +94,11 @@ def parse_pattern_config(raw: object, num_layers: int, num_heads: int, origin: s
     layers: PatternConfig = []
     for layer_idx, layer in enumerate(raw):
         where = f"{origin}, layer {layer_idx}"
+        if isinstance(layer, (list, tuple)) and not (layer and isinstance(layer[0], str)):
+            if len(layer) != num_heads:
+                raise PatternConfigError(f"{where}: has {len(layer)} heads but the model has {num_heads} query heads")
+            layers.append([_parse_head(tuple(p), f"{where}, head {h}") for h, p in enumerate(layer)])
+            continue
         if not isinstance(layer, dict):
             raise PatternConfigError(f"{where}: expected an object {{head: [pattern, a, b, score]}}, got {type(layer).__name__}")
         expected = {str(h) for h in range(num_heads)}

@@ -172,3 +172,19 @@ def test_torch_compile_of_the_patched_model():
         torch.testing.assert_close(compiled(ids, use_cache=False).logits, eager, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="before torch.compile"):
         mf.compile(compiled, MIXED)
+
+
+def test_compile_takes_head_pattern_lists_as_search_returns_them():
+    from minference_flex.config import HeadPattern
+
+    model = _model(ARCHS[0][1])
+    ids = torch.randint(1, 128, (1, SEQ))
+    as_lists = [[HeadPattern(*MIXED[0][str(h)][:3]) for h in range(HEADS)] for _ in range(LAYERS)]
+    with torch.no_grad():
+        mf.compile(model, MIXED, min_sparse_len=256)
+        from_file_format = model(ids).logits
+        mf.compile(model, as_lists, min_sparse_len=256)
+        from_lists = model(ids).logits
+    torch.testing.assert_close(from_lists, from_file_format, rtol=0, atol=0)
+    with pytest.raises(mf.PatternConfigError, match="layer 0: has 1 heads but the model has"):
+        mf.compile(model, [[HeadPattern("stream_llm", 4, 8)]] * LAYERS)
