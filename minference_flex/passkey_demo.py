@@ -8,9 +8,11 @@ next-token logits against dense. CPU: a few thousand tokens; GPU: longer.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import torch
 
+from .config import load_pattern_config
 from .hf import compile as compile_model, restore
 from .retrieval_model import answer, load_retrieval_model, searched_config_path
 from .tasks import TOKENIZER, exact_match, make_sample
@@ -34,13 +36,15 @@ def run_passkey_demo(
 ) -> dict:
     """Answer one held-out passkey sample densely and with sparse pre-fill; returns the figures."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    seq_len = seq_len or (16384 if dev.type == "cuda" else 4096)
+    seq_len = seq_len or (16384 if dev.type == "cuda" else 2048)
     model = load_retrieval_model(model_path, dev)
     config = searched_config_path(model_path)
     sample = make_sample("passkey", seq_len, seed=10**9 + seed)
     ids = torch.tensor([sample.prompt], device=dev)
-    print(f"retrieval model, passkey prompt of {seq_len} tokens on {dev.type}; "
-          f"pattern config: {config or 'default'}")
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    kinds = Counter(p.kind for layer in load_pattern_config(config, layers, heads) for p in layer) if config else {}
+    print(f"retrieval model, passkey prompt of {seq_len} tokens on {dev.type}; pattern config: "
+          f"{config or 'default'} ({', '.join(f'{k} x{n}' for k, n in kinds.items()) or 'default pattern'})")
 
     dense_logits, dense_s = _prefill(model, ids)
     dense_answer = answer(model, sample)

@@ -28,10 +28,8 @@ import minference_flex as mf  # noqa: E402
 from minference_flex.config import A_SHAPE, DEFAULT_PATTERN, HeadPattern, load_pattern_config  # noqa: E402
 from minference_flex.retrieval_model import answer, load_retrieval_model, searched_config_path  # noqa: E402
 from minference_flex.tasks import TASKS, exact_match, make_sample  # noqa: E402
+from perf.capture import run_with_probe  # noqa: E402
 from perf.common import machine, write_json  # noqa: E402
-
-PROBE = "minference_flex_recall_probe"
-
 
 def method_configs(model, length: int, searched: str | None) -> dict[str, list | None]:
     """Per method: the per-layer HeadPattern lists (None = dense)."""
@@ -46,32 +44,13 @@ def method_configs(model, length: int, searched: str | None) -> dict[str, list |
 
 def layer_recall(model, ids: torch.Tensor, configs: dict[str, list]) -> dict[str, list[float]]:
     """Mean attention recall over heads, per layer, of each config, from one dense forward."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    from minference_flex.hf import _padding_only_mask
-
     recall: dict[str, list[float]] = {name: [] for name in configs}
 
-    def probe(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    def on_layer(layer, q, k, scale):
         for name, config in configs.items():
-            r = mf.attention_recall(query, key, config[module.layer_idx], scale)
-            recall[name].append(r.mean().item())
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, is_causal=True, scale=scale, enable_gqa=query.shape[1] != key.shape[1]
-        )
-        return out.transpose(1, 2).contiguous(), None
+            recall[name].append(mf.attention_recall(q, k, config[layer], scale).mean().item())
 
-    AttentionInterface.register(PROBE, probe)
-    AttentionMaskInterface.register(PROBE, _padding_only_mask)
-    previous = model.config._attn_implementation
-    try:
-        model.set_attn_implementation(PROBE)
-        with torch.no_grad():
-            model(ids, logits_to_keep=1, use_cache=False)
-    finally:
-        model.set_attn_implementation(previous)
+    run_with_probe(model, ids, on_layer)
     return recall
 
 
