@@ -42,3 +42,29 @@ def test_full_budgets_match_dense_and_mixed_patterns_run_cuda():
         torch.testing.assert_close(compiled(ids, use_cache=False).logits.float(), sparse, rtol=3e-2, atol=3e-2)
     out = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.shape == (1, 4103)
+
+
+def test_search_on_cuda_bf16_gives_a_config_that_compiles():
+    model = _model()
+    candidates = [mf.HeadPattern("vertical_and_slash", 30, 100), mf.HeadPattern("stream_llm", 4, 256),
+                  mf.HeadPattern("block_sparse", 0, 0)]
+    result = mf.search(model, length=8192, candidates=candidates, progress=False)
+    again = mf.search(model, length=8192, candidates=candidates, progress=False)
+    assert result.config == again.config
+    assert all(0 <= r <= 1.0 + 1e-5 for layer in result.recall for r in layer)
+    mf.compile(model, result.config, min_sparse_len=1024)
+    ids = torch.randint(1, 128, (1, 8192), device="cuda")
+    with torch.no_grad():
+        assert torch.isfinite(model(ids, logits_to_keep=1).logits).all()
+
+
+def test_retrieval_model_answers_with_sparse_prefill_on_cuda():
+    from minference_flex.retrieval_model import answer, load_retrieval_model, searched_config_path, shipped_model_available
+    from minference_flex.tasks import exact_match, make_sample
+
+    if not shipped_model_available():
+        pytest.skip("no trained retrieval model ships")
+    model = load_retrieval_model(device="cuda")
+    mf.compile(model, searched_config_path(), min_sparse_len=1024)
+    samples = [make_sample("passkey", 2048, 10**9 + i) for i in range(5)]
+    assert sum(exact_match(answer(model, s), s.answer) for s in samples) >= 4
