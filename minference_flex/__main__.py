@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seq-len", type=int, default=None,
                       help="kernel part: tokens (default: 2048 on CPU, 131072 on GPU)")
     demo.add_argument("--passkey-len", type=int, default=None,
-                      help="model part: passkey prompt tokens (default: 2048 on CPU, 16384 on GPU)")
+                      help="model part: passkey prompt tokens (default: the longest length the model was trained on, at most 2048 on CPU)")
     demo.add_argument("--device", choices=["cpu", "cuda"], default=None)
     search = _add_search(commands)
     args = parser.parse_args(argv)

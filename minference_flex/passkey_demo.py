@@ -14,7 +14,7 @@ import torch
 
 from .config import load_pattern_config
 from .hf import compile as compile_model, restore
-from .retrieval_model import answer, load_retrieval_model, searched_config_path
+from .retrieval_model import answer, load_retrieval_model, searched_config_path, trained_length
 from .tasks import TOKENIZER, exact_match, make_sample
 
 
@@ -36,7 +36,10 @@ def run_passkey_demo(
 ) -> dict:
     """Answer one held-out passkey sample densely and with sparse pre-fill; returns the figures."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    seq_len = seq_len or (16384 if dev.type == "cuda" else 2048)
+    # default: the longest length the model was trained on (at most 2048 on CPU, where the
+    # Triton kernels run in the interpreter)
+    trained = trained_length(model_path) or 2048
+    seq_len = seq_len or (trained if dev.type == "cuda" else min(trained, 2048))
     model = load_retrieval_model(model_path, dev)
     config = searched_config_path(model_path)
     sample = make_sample("passkey", seq_len, seed=10**9 + seed)

@@ -37,6 +37,18 @@ def load_retrieval_model(path: str | None = None, device: str | torch.device = "
     return model.to(device).eval()
 
 
+def trained_length(path: str | None = None) -> int | None:
+    """The longest prompt the model in `path` was trained on (from its train_log.json)."""
+    import json
+
+    log = os.path.join(path or MODEL_DIR, "train_log.json")
+    if not os.path.exists(log):
+        return None
+    with open(log) as f:
+        stages = json.load(f)["preset"]["stages"]
+    return max(int(stage[0]) for stage in stages)
+
+
 def searched_config_path(path: str | None = None) -> str | None:
     """The pattern config searched for the model in `path`, if one was saved next to it."""
     config = os.path.join(path or MODEL_DIR, PATTERN_CONFIG)
