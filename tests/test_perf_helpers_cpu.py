@@ -1,0 +1,45 @@
+"""Helpers of the benchmarks that decide what is measured: planted indices (structured mode)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from minference_flex.estimate import FORCED_VERTICAL, vertical_slash_counts
+from perf.planted import planted_per_head
+
+
+def test_planted_per_head_respects_each_heads_budget():
+    seq_len = random.randrange(3000, 9000)
+    budgets = [(30, 100), (500, 700), (0, 0), (1000, 6096)]
+    v_idx, s_idx = planted_per_head(2, seq_len, [b[0] for b in budgets], [b[1] for b in budgets], "cpu", seed=3)
+    assert v_idx.shape[:2] == s_idx.shape[:2] == (2, 4)
+    for h, (nv, ns) in enumerate(budgets):
+        for b in range(2):
+            cols, diags = v_idx[b, h], s_idx[b, h]
+            if nv == ns == 0:
+                assert (cols == -1).all() and (diags == -1).all()
+                continue
+            want_v, want_s = vertical_slash_counts(seq_len, nv, ns)
+            assert int((cols >= 0).sum()) == want_v and int((diags >= 0).sum()) == want_s
+            assert (cols[:want_v] < seq_len).all() and (diags[:want_s] < seq_len).all()
+            assert set(range(FORCED_VERTICAL)) <= set(cols.tolist())
+            assert set(range(want_s // 2)) <= set(diags.tolist())  # the local band
+            assert (cols[want_v:] == -1).all() and (diags[want_s:] == -1).all()
+
+
+def test_structured_mode_runs_the_real_estimator_and_hands_over_planted_indices(monkeypatch):
+    import minference_flex.prefill as prefill
+    from perf import bench_e2e
+
+    calls = []
+    real = prefill.estimate_vertical_slash
+    monkeypatch.setattr(prefill, "estimate_vertical_slash", lambda *a: calls.append(a) or real(*a))
+    q, k = torch.randn(1, 4, 700, 32), torch.randn(1, 2, 700, 32)
+    with bench_e2e.planted_indices():
+        v_idx, s_idx = prefill.estimate_vertical_slash(q, k, [30] * 4, [100] * 4, 64, None)
+    assert len(calls) == 1, "the real estimator must run (its cost counts)"
+    expected = planted_per_head(1, 700, [30] * 4, [100] * 4, "cpu")
+    assert torch.equal(v_idx, expected[0]) and torch.equal(s_idx, expected[1])
+    assert prefill.estimate_vertical_slash is not None and len(calls) == 1
