@@ -170,6 +170,21 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, _padding_only_mask)
 
 
+def attention_model_shape(model: Any, purpose: str) -> tuple[int, int]:
+    """(layers, query heads) of a Hugging Face model whose attention goes through
+    `AttentionInterface`; TypeError / ValueError naming `purpose` otherwise."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "set_attn_implementation"):
+        raise TypeError(f"{purpose} expects a Hugging Face PreTrainedModel, got {type(model).__name__}")
+    if not (getattr(model, "_supports_attention_backend", False) and model._can_set_attn_implementation()):
+        raise ValueError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
+            f"so {purpose} cannot reach its attention without copying model code"
+        )
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return text_config.num_hidden_layers, text_config.num_attention_heads
+
+
 def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [
         m
@@ -203,16 +218,8 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
         raise
     if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         raise ValueError("call minference_flex.compile(model) before torch.compile(model), not after")
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "set_attn_implementation"):
-        raise TypeError(f"expected a Hugging Face PreTrainedModel, got {type(model).__name__}")
-    if not (getattr(model, "_supports_attention_backend", False) and model._can_set_attn_implementation()):
-        raise ValueError(
-            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
-            "so minference_flex cannot patch it without copying model code"
-        )
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    num_layers, num_heads = text_config.num_hidden_layers, text_config.num_attention_heads
+    num_layers, num_heads = attention_model_shape(model, "minference_flex.compile")
+    config = model.config
     modules = _attention_modules(model)
     if len(modules) != num_layers:
         raise ValueError(

@@ -7,28 +7,22 @@ next-token logits against dense. CPU: a few thousand tokens; GPU: longer.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import torch
 
 from .config import load_pattern_config
+from .demo import _timed
 from .hf import compile as compile_model, restore
 from .retrieval_model import answer, load_retrieval_model, searched_config_path, trained_length
 from .tasks import TOKENIZER, exact_match, make_sample
 
 
 def _prefill(model, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Last-position logits of one pre-fill and its seconds (warm: run twice, time the second)."""
+    """Last-position logits of one warm pre-fill and its seconds."""
     with torch.no_grad():
-        model(ids, logits_to_keep=1)
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        logits = model(ids, logits_to_keep=1).logits[0, -1].float()
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-    return logits, time.perf_counter() - start
+        logits, seconds = _timed(lambda: model(ids, logits_to_keep=1).logits[0, -1].float(), ids.device)
+    return logits, seconds
 
 
 def run_passkey_demo(

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction
+from custom_ops.vertical_slash import build_vertical_slash_index, head_fractions
 
 from . import _checks
 from .attention import DENSE_FALLBACK_FRACTION
@@ -170,16 +170,16 @@ def vertical_slash_cost(
     _checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
     _checks.check_nonnegative_int("block_size", block_size, minimum=1)
     index = build_vertical_slash_index(v_idx, s_idx, seq_len, block_size)
-    # computed_fraction averages over every head it is given: map it over (batch, head)
-    per_head = torch.vmap(torch.vmap(lambda head: computed_fraction(head, block_size)))(index)
+    per_head = head_fractions(index, block_size)
     return torch.where(per_head > dense_above, 1.0, per_head).float()
 
 
 class CandidateScores(NamedTuple):
-    """`candidate_scores`' result: recall and cost, each [B, H, C] float32."""
+    """`candidate_scores`' result: recall and cost, each [B, H, C] float32 (cost None when
+    not asked for)."""
 
     recall: torch.Tensor
-    cost: torch.Tensor
+    cost: torch.Tensor | None
 
 
 def _build_slots(
@@ -266,22 +266,6 @@ def _chunk_mask(
     return mask
 
 
-def candidate_recall(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    head_patterns: Sequence[Sequence[HeadPattern]],
-    scale: float | None = None,
-    *,
-    block_size: int = 64,
-    num_tiles: int = 32,
-    last_q: int = 64,
-    block_topk: int = BLOCK_SPARSE_TOPK,
-) -> torch.Tensor:
-    """Recall of several candidate patterns per head: [B, H, C] float32 (`candidate_scores`
-    without the costs)."""
-    return _score(q, k, head_patterns, scale, block_size, num_tiles, last_q, block_topk, False).recall
-
-
 def candidate_scores(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -292,6 +276,7 @@ def candidate_scores(
     num_tiles: int = 32,
     last_q: int = 64,
     block_topk: int = BLOCK_SPARSE_TOPK,
+    with_cost: bool = True,
 ) -> CandidateScores:
     """Recall and kernel cost of several candidate patterns per head, each [B, H, C] float32.
 
@@ -302,6 +287,7 @@ def candidate_scores(
         block_size, last_q: as the kernels and estimators use them; block_topk: tiles a
             block-sparse head keeps (MInference's 100).
         num_tiles: query tiles sampled (`sample_query_tiles`).
+        with_cost: also compute the costs (builds each vertical-slash candidate's kernel index).
 
     recall[b, h, c]: the mean over the sampled rows i of sum_{j in mask_c(i)} p(i, j), p the
     dense causal softmax in fp32. Work: one [G, R, chunk] score block at a time (G query heads
@@ -313,20 +299,6 @@ def candidate_scores(
     `DENSE_FALLBACK_FRACTION`. A-shape and block-sparse: `pattern_cost` (the same for every
     head and input).
     """
-    return _score(q, k, head_patterns, scale, block_size, num_tiles, last_q, block_topk, True)
-
-
-def _score(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    head_patterns: Sequence[Sequence[HeadPattern]],
-    scale: float | None,
-    block_size: int,
-    num_tiles: int,
-    last_q: int,
-    block_topk: int,
-    want_cost: bool,
-) -> CandidateScores:
     _checks.check_qkv(q, k, k)
     bsz, heads, seq_len, _ = q.shape
     kv_heads = k.shape[1]
@@ -347,7 +319,7 @@ def _score(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     ncand = len(head_patterns[0])
     rows = _sampled_rows(seq_len, block_size, num_tiles, q.device)
-    cost = torch.zeros(bsz, heads, ncand, dtype=torch.float32, device=q.device) if want_cost else None
+    cost = torch.zeros(bsz, heads, ncand, dtype=torch.float32, device=q.device) if with_cost else None
     slots = _build_slots(q, k, head_patterns, scale, rows, block_size, last_q, block_topk, cost)
     nrows = rows.pos.shape[0]
     chunk = max(block_size, _CHUNK_ELEMENTS // (group * nrows))
@@ -398,9 +370,11 @@ def attention_recall(
     """
     if not isinstance(patterns, (list, tuple)):
         raise TypeError(f"patterns must be a list of HeadPattern (one per query head), got {type(patterns).__name__}")
-    return candidate_recall(
-        q, k, [[p] for p in patterns], scale, block_size=block_size, num_tiles=num_tiles, last_q=last_q
-    )[..., 0]
+    scores = candidate_scores(
+        q, k, [[p] for p in patterns], scale, block_size=block_size, num_tiles=num_tiles, last_q=last_q,
+        with_cost=False,
+    )
+    return scores.recall[..., 0]
 
 
 def _a_shape_tiles(m: int, init: int, local: int, block_size: int) -> int:

@@ -21,7 +21,6 @@ higher recall, then candidate order).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import re
 import sys
@@ -41,9 +40,9 @@ from .config import (
     _parse_head,
     save_pattern_config,
 )
+from .hf import attention_model_shape
+from .probe import dense_forward_with_probe
 from .recall import candidate_scores
-
-SEARCH_ATTENTION_NAME = "minference_flex_search"
 
 #: MInference's search space: its five vertical-slash budgets, two A-shapes and block-sparse.
 DEFAULT_CANDIDATES: tuple[HeadPattern, ...] = (
@@ -265,25 +264,8 @@ class _Session:
     cost: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
     layer_seconds: dict[int, float] = dataclasses.field(default_factory=dict)
 
-    def attention(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float | None = None,
-        dropout: float = 0.0,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, None]:
-        """Dense causal SDPA (the forward stays exact) plus scoring of this layer's heads."""
-        from .hf import _dense
-
-        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        if attention_mask is not None or query.shape[2] != key.shape[2]:
-            raise ValueError("the search runs one unpadded prompt without a cache; got a padding mask or a cache")
-        out = _dense(query, key, value, None, scale)
-        layer = module.layer_idx
+    def score_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
+        """Score every candidate for this layer's heads (a `probe.dense_forward_with_probe` callback)."""
         tic = time.perf_counter()
         heads = query.shape[1]
         q, k = _scoring_dtype(query), _scoring_dtype(key)
@@ -302,28 +284,6 @@ class _Session:
                 f"search: layer {done}/{self.num_layers} done, elapsed {elapsed:.1f}s, ~{left:.1f}s left",
                 file=sys.stderr, flush=True,
             )
-        return out.transpose(1, 2).contiguous(), None
-
-
-def _model_shape(model: Any) -> tuple[int, int]:
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "set_attn_implementation"):
-        raise TypeError(f"model must be a Hugging Face PreTrainedModel, got {type(model).__name__}")
-    if not (getattr(model, "_supports_attention_backend", False) and model._can_set_attn_implementation()):
-        raise ValueError(
-            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
-            "so the search cannot capture its attention"
-        )
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return text.num_hidden_layers, text.num_attention_heads
-
-
-def _forward(model: Any, ids: torch.Tensor) -> None:
-    params = inspect.signature(model.forward).parameters
-    if "logits_to_keep" in params:  # no [S, vocab] logits
-        model(input_ids=ids, use_cache=False, logits_to_keep=1)
-    else:
-        model.base_model(input_ids=ids, use_cache=False)
 
 
 def search(
@@ -359,7 +319,7 @@ def search(
     fraction of dense causal tiles its kernel computes, from the real vertical-slash index on
     this prompt (`recall.candidate_scores`, module docstring).
     """
-    num_layers, num_heads = _model_shape(model)
+    num_layers, num_heads = attention_model_shape(model, "the search")
     cands = _check_candidates(candidates)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
@@ -369,25 +329,12 @@ def search(
     ids = _calibration_ids(model, calibration, length, seed, tokenizer, device)
     seq_len = ids.shape[1]
 
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    from .hf import _padding_only_mask
-
     start = time.perf_counter()
     session = _Session(cands, num_layers, num_tiles, last_q, block_size, progress, start)
-    AttentionInterface.register(SEARCH_ATTENTION_NAME, session.attention)
-    AttentionMaskInterface.register(SEARCH_ATTENTION_NAME, _padding_only_mask)
-    previous = model.config._attn_implementation
     if progress:
         print(f"search: {num_layers} layers x {num_heads} heads, {len(cands)} candidates, {seq_len} tokens",
               file=sys.stderr, flush=True)
-    try:
-        model.set_attn_implementation(SEARCH_ATTENTION_NAME)
-        with torch.no_grad():
-            _forward(model, ids)
-    finally:
-        model.set_attn_implementation(previous)
+    dense_forward_with_probe(model, ids, session.score_layer)
     if sorted(session.recall) != list(range(num_layers)):
         raise ValueError(
             f"captured {len(session.recall)} of {num_layers} layers: {type(model).__name__} does not call "

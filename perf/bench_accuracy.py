@@ -25,17 +25,19 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
-from minference_flex.config import A_SHAPE, DEFAULT_PATTERN, HeadPattern, load_pattern_config  # noqa: E402
+from minference_flex.config import A_SHAPE, HeadPattern, load_pattern_config  # noqa: E402
+from minference_flex.probe import dense_forward_with_probe  # noqa: E402
 from minference_flex.retrieval_model import answer, load_retrieval_model, searched_config_path  # noqa: E402
 from minference_flex.tasks import TASKS, exact_match, make_sample  # noqa: E402
-from perf.capture import run_with_probe  # noqa: E402
 from perf.common import machine, write_json  # noqa: E402
 
 def method_configs(model, length: int, searched: str | None) -> dict[str, list | None]:
     """Per method: the per-layer HeadPattern lists (None = dense)."""
     layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
     out: dict[str, list | None] = {"dense": None}
-    out["minference_flex default"] = [[HeadPattern(*DEFAULT_PATTERN)] * heads for _ in range(layers)]
+    with warnings.catch_warnings():  # the "no shipped config" warning: expected here
+        warnings.simplefilter("ignore")
+        out["minference_flex default"] = load_pattern_config(None, layers, heads, model.config._name_or_path)
     if searched:
         out["minference_flex searched"] = load_pattern_config(searched, layers, heads)
     out["A-shape (4, L/8)"] = [[HeadPattern(A_SHAPE, 4, max(1, length // 8))] * heads for _ in range(layers)]
@@ -50,7 +52,7 @@ def layer_recall(model, ids: torch.Tensor, configs: dict[str, list]) -> dict[str
         for name, config in configs.items():
             recall[name].append(mf.attention_recall(q, k, config[layer], scale).mean().item())
 
-    run_with_probe(model, ids, on_layer)
+    dense_forward_with_probe(model, ids, on_layer)
     return recall
 
 

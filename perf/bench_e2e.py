@@ -30,24 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minference_flex as mf  # noqa: E402
 import minference_flex.prefill as prefill  # noqa: E402
 from minference_flex.config import shipped_config_path  # noqa: E402
-from perf.common import machine, write_json  # noqa: E402
+from perf.common import llama3_8b, machine, write_json  # noqa: E402
 from perf.planted import planted_per_head  # noqa: E402
 
 SHIPPED = "gradientai/Llama-3-8B-Instruct-262k"
-
-
-def llama3_8b(layers: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=1 << 20,
-        tie_word_embeddings=False,
-    )
-    config._name_or_path = SHIPPED
-    with torch.device("cuda"):
-        model = LlamaForCausalLM._from_config(config, torch_dtype=torch.bfloat16, attn_implementation="sdpa")
-    return model.eval()
 
 
 @contextlib.contextmanager
@@ -123,7 +109,7 @@ def main(argv=None):
 
     info = machine()
     print(info, flush=True)
-    model = llama3_8b(args.layers)
+    model = llama3_8b(args.layers, name_or_path=SHIPPED)
     gen = torch.Generator(device="cpu").manual_seed(0)
     rows = []
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

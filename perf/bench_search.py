@@ -19,29 +19,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
-from perf.common import machine, write_json  # noqa: E402
+from perf.common import llama3_8b, machine, write_json  # noqa: E402
 
 GIB = 2**30
-
-
-def llama3_8b_config(num_layers: int = 32):
-    import transformers
-
-    return transformers.LlamaConfig(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=num_layers,
-        num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
-        max_position_embeddings=262144, tie_word_embeddings=False,
-    )
-
-
-def build_model(num_layers: int, seed: int):
-    """Random-weight Llama-3-8B shape, initialised on the GPU in bf16 (no fp32 CPU copy)."""
-    import transformers
-
-    torch.manual_seed(seed)
-    with torch.device("cuda"):
-        model = transformers.AutoModelForCausalLM.from_config(llama3_8b_config(num_layers), dtype=torch.bfloat16)
-    return model.eval()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +46,7 @@ def main(argv=None) -> None:
     info = machine()
     print(info)
     tic = time.perf_counter()
-    model = build_model(args.layers, args.seed)
+    model = llama3_8b(args.layers, args.seed)
     torch.cuda.synchronize()
     build_s = time.perf_counter() - tic
     model_bytes = torch.cuda.memory_allocated()

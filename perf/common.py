@@ -46,3 +46,23 @@ def write_json(path: str, payload: dict) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
     print(f"wrote {path}")
+
+
+def llama3_8b(num_layers: int = 32, seed: int = 0, name_or_path: str = ""):
+    """Random-weight Llama-3-8B shape (hidden 4096, 32/8 heads, MLP 14336, vocab 128256, RoPE base
+    5e5), built directly on the GPU in bf16 (no fp32 CPU copy), SDPA attention, eval mode.
+    `name_or_path` is what `minference_flex.compile` looks the shipped config up by."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=num_layers,
+        num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
+        max_position_embeddings=262144, tie_word_embeddings=False,
+    )
+    config._name_or_path = name_or_path
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    return model.eval()

@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from minference_flex.probe import dense_forward_with_probe  # noqa: E402
 from minference_flex.retrieval_model import load_retrieval_model  # noqa: E402
 from minference_flex.tasks import TASKS, make_sample  # noqa: E402
-from perf.capture import run_with_probe  # noqa: E402
 from perf.common import machine, write_json  # noqa: E402
 
 LAST_Q, SINKS, LOCAL = 64, 4, 128
@@ -80,7 +80,7 @@ def main(argv=None):
             shares = attention_shares(q, k, scale, needle).cpu()
             totals[layer] = totals.get(layer, 0) + shares / args.samples
 
-        run_with_probe(model, torch.tensor([sample.prompt], device=device), on_layer)
+        dense_forward_with_probe(model, torch.tensor([sample.prompt], device=device), on_layer)
     table = []
     print(f"{args.task}, {args.length} tokens, last {LAST_Q} queries, mean of {args.samples} samples")
     print("layer head | " + " | ".join(PARTS + EXTRA) + " | largest share")

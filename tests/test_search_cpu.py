@@ -18,7 +18,6 @@ from minference_flex import reference
 from minference_flex.__main__ import main
 from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
 from minference_flex.recall import (
-    candidate_recall,
     candidate_scores,
     pattern_cost,
     sample_query_tiles,
@@ -65,7 +64,9 @@ def test_recall_matches_float64_reference_for_every_pattern():
     q, k = torch.randn(batch, heads, seq_len, dim), torch.randn(batch, kv_heads, seq_len, dim)
     scale = 0.3
     cands = [A(20, 100), VS(40, 130), BS]
-    got = candidate_recall(q, k, [cands] * heads, scale, block_size=bs, num_tiles=8, block_topk=5)
+    got = candidate_scores(
+        q, k, [cands] * heads, scale, block_size=bs, num_tiles=8, block_topk=5, with_cost=False
+    ).recall
     v_idx, s_idx = mf.estimate_vertical_slash(q, k, 40, 130, 64, scale)
     masks = [
         reference.a_shape_mask(seq_len, 20, 100),
@@ -153,7 +154,8 @@ def test_vertical_slash_cost_is_computed_fraction_of_each_heads_real_index():
     # the cost does not depend on the sampled tiles: sample few, to keep the test fast
     recall, cost = candidate_scores(q, k, [cands] * heads, scale, block_size=bs, num_tiles=2)
     assert recall.shape == cost.shape == (batch, heads, len(cands))
-    assert torch.equal(recall, candidate_recall(q, k, [cands] * heads, scale, block_size=bs, num_tiles=2))
+    no_cost = candidate_scores(q, k, [cands] * heads, scale, block_size=bs, num_tiles=2, with_cost=False)
+    assert no_cost.cost is None and torch.equal(recall, no_cost.recall)
     below = above = 0
     for c, cand in enumerate(cands):
         if cand.kind != VERTICAL_SLASH:

@@ -146,9 +146,15 @@ def dedup_on_bands(index: VerticalSlashIndex) -> bool:
     return index.cols.shape[-1] > index.piece_lo.shape[-1]
 
 
-def computed_fraction(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
-    """0-dim float tensor: key tiles the kernel computes over those of dense causal attention."""
+def head_fractions(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
+    """[B, H] float: key tiles the kernel computes for each head over those of dense causal
+    attention (band pieces + column chunks + clamped tiles, summed over query tiles)."""
     nblocks = index.col_count.shape[-1]
     tiles = index.piece_count + (index.col_count + block_size - 1) // block_size + index.clamped
     dense = nblocks * (nblocks + 1) // 2
-    return tiles.float().sum(-1).mean() / dense
+    return tiles.float().sum(-1) / dense
+
+
+def computed_fraction(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
+    """0-dim float tensor: `head_fractions` averaged over batch and heads."""
+    return head_fractions(index, block_size).mean()
