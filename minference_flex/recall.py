@@ -154,7 +154,7 @@ def vertical_slash_cost(
 
     v_idx [B, H, NV], s_idx [B, H, NS] as `estimate_vertical_slash` returns them (values outside
     [0, S) ignored). The kernel's index is built with `build_vertical_slash_index`, and entry
-    [b, h] is `computed_fraction` of head (b, h) alone: the bs x bs key tiles the kernel runs for
+    [b, h] is `head_fractions` of head (b, h): the bs x bs key tiles the kernel runs for
     that head (band pieces + column chunks + clamped tiles, summed over its query tiles) over the
     M(M+1)/2 dense causal tiles. It can exceed 1 (scattered pieces straddle key tiles, and
     columns are chunked on top of the bands). Above `dense_above` (`DENSE_FALLBACK_FRACTION`)

@@ -1,15 +1,14 @@
 """Offline per-head pattern search: `search(model, calibration) -> SearchResult`.
 
-The model runs once, densely, over a calibration prompt. A temporary attention function
-(registered with transformers' `AttentionInterface`) computes each layer's dense output with
-SDPA and, before returning it, scores every candidate pattern of every query head of that layer
+The model runs once, densely, over a calibration prompt (`probe.dense_forward_with_probe`);
+inside each layer's attention the search scores every candidate pattern of every query head of that layer
 by attention recall and kernel cost (`recall.candidate_scores`). Only per-head numbers are
 kept, so memory is that of one layer's scoring on top of the model's own dense forward.
 
 Cost of a candidate on a head: the fraction of dense causal bs x bs tiles its kernel computes
 (`recall.candidate_scores`). Vertical-slash: from the index the kernel would build on this
 layer's calibration q/k for that head (`recall.vertical_slash_cost`: the estimated indices the
-recall uses, `build_vertical_slash_index`, `computed_fraction`), 1.0 above
+recall uses, `build_vertical_slash_index`, `head_fractions`), 1.0 above
 `DENSE_FALLBACK_FRACTION` where the op runs dense; A-shape and block-sparse: `recall.pattern_cost`.
 So costs are per layer, per head, per candidate.
 
