@@ -96,6 +96,11 @@ def _check_candidates(candidates: Sequence[Any]) -> list[HeadPattern]:
     return out
 
 
+#: Chosen recall under which `SearchResult.summary` warns: measured on the retrieval model, a
+#: searched config with mean recall ~0.86 lost up to 40 points of passkey accuracy (perf/RESULTS.md).
+LOW_RECALL = 0.95
+
+
 def select_patterns(recall: torch.Tensor, costs: Any, tolerance: float) -> list[int]:
     """Per head, the index of the chosen candidate (module docstring rule).
 
@@ -170,7 +175,20 @@ class SearchResult:
             f"mean cost {sum(costs) / len(costs):.4f} (of dense causal tiles), "
             f"{self.seq_len} tokens, {self.seconds:.1f} s"
         )
+        low = self.low_recall_heads()
+        if low:
+            lines.append(
+                f"warning: {len(low)} heads keep less than {LOW_RECALL:.0%} of their attention with every "
+                f"candidate (lowest {min(self.recall[l][h] for l, h in low):.3f}); their patterns can cost "
+                "accuracy: add a denser candidate, e.g. --budget vs:1000,6096 (dense-equivalent on short prompts)"
+            )
         return "\n".join(lines)
+
+    def low_recall_heads(self, threshold: float | None = None) -> list[tuple[int, int]]:
+        """(layer, head) of every head whose chosen pattern keeps less than `threshold`
+        (default LOW_RECALL) of its dense attention mass."""
+        threshold = LOW_RECALL if threshold is None else threshold
+        return [(l, h) for l, layer in enumerate(self.recall) for h, r in enumerate(layer) if r < threshold]
 
 
 def synthetic_prompt(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:

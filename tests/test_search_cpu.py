@@ -393,3 +393,20 @@ def test_cli_requires_model_and_out(capsys):
     with pytest.raises(SystemExit):
         main(["search", "--out", "x.json"])
     assert "--model" in capsys.readouterr().err
+
+
+def test_summary_warns_about_heads_that_no_candidate_covers():
+    from minference_flex.search import LOW_RECALL, SearchResult
+
+    pattern = HeadPattern(VERTICAL_SLASH, 30, 100)
+    recall = [[0.99, LOW_RECALL - 0.1], [0.97, 0.96]]
+    result = SearchResult(
+        config=[[pattern, pattern], [pattern, pattern]], recall=recall, cost=[[0.1, 0.2], [0.3, 0.4]],
+        candidates=[pattern], candidate_recall=[[[r] for r in layer] for layer in recall],
+        candidate_cost=[[[0.1], [0.2]], [[0.3], [0.4]]], seq_len=4096, seconds=1.0, layer_seconds=[0.5, 0.5],
+    )
+    assert result.low_recall_heads() == [(0, 1)]
+    assert result.low_recall_heads(0.98) == [(0, 1), (1, 0), (1, 1)]
+    assert "warning: 1 heads keep less than 95%" in result.summary()
+    recall[0][1] = 0.99
+    assert "warning" not in result.summary()
