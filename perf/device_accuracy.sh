@@ -6,6 +6,6 @@ export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pytest -m gpu -q tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|FAILED|Error" | head -30
-python3 perf/bench_accuracy.py --lengths ${LENGTHS:-4096 8192 16384 32768} --samples ${SAMPLES:-50} \
+python3 perf/bench_accuracy.py --lengths ${LENGTHS:-4096 8192 16384 32768} --samples ${SAMPLES:-50} --tasks ${TASKS:-passkey needle} \
     --out "$OUT/accuracy.json" 2>&1 | tee "$OUT/accuracy.log" | grep -vE "DEBUG|W1123"
 python3 -m minference_flex demo 2>&1 | tee "$OUT/demo.log" | tail -20
