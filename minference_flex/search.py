@@ -178,9 +178,10 @@ class SearchResult:
         low = self.low_recall_heads()
         if low:
             lines.append(
-                f"warning: {len(low)} heads keep less than {LOW_RECALL:.0%} of their attention with every "
-                f"candidate (lowest {min(self.recall[l][h] for l, h in low):.3f}); their patterns can cost "
-                "accuracy: add a denser candidate, e.g. --budget vs:1000,6096 (dense-equivalent on short prompts)"
+                f"warning: {len(low)} heads keep less than {LOW_RECALL:.0%} of their attention with the chosen "
+                f"pattern (lowest {min(self.recall[i][h] for i, h in low):.3f}); their patterns can cost "
+                "accuracy: lower --tolerance, or add a denser candidate, e.g. --budget vs:1000,6096 "
+                "(dense-equivalent on short prompts)"
             )
         return "\n".join(lines)
 
@@ -188,7 +189,7 @@ class SearchResult:
         """(layer, head) of every head whose chosen pattern keeps less than `threshold`
         (default LOW_RECALL) of its dense attention mass."""
         threshold = LOW_RECALL if threshold is None else threshold
-        return [(l, h) for l, layer in enumerate(self.recall) for h, r in enumerate(layer) if r < threshold]
+        return [(i, h) for i, layer in enumerate(self.recall) for h, r in enumerate(layer) if r < threshold]
 
 
 def synthetic_prompt(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:

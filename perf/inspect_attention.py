@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from minference_flex.estimate import _grouped_last_probs  # noqa: E402
 from minference_flex.probe import dense_forward_with_probe  # noqa: E402
 from minference_flex.retrieval_model import load_retrieval_model  # noqa: E402
 from minference_flex.tasks import TASKS, make_sample  # noqa: E402
@@ -35,14 +36,10 @@ def attention_shares(q: torch.Tensor, k: torch.Tensor, scale: float, needle: tor
     then the last query's mass on the needle and the mean mass of each row's top 1% keys.
 
     q [1, H, S, D], k [1, Hkv, S, D]; needle: bool [S] marking the asked fact's tokens."""
-    heads, seq_len = q.shape[1], q.shape[2]
-    group = heads // k.shape[1]
+    seq_len = q.shape[2]
     rows = torch.arange(seq_len - LAST_Q, seq_len, device=q.device)
     keys = torch.arange(seq_len, device=q.device)
-    kk = k[0].float().repeat_interleave(group, 0)  # small: only LAST_Q rows are scored
-    scores = (q[0, :, rows].float() @ kk.transpose(-1, -2)) * scale
-    scores.masked_fill_(keys[None, None, :] > rows[None, :, None], float("-inf"))
-    probs = scores.softmax(-1)  # [H, LAST_Q, S]
+    probs = _grouped_last_probs(q, k, LAST_Q, scale)[0]  # [H, LAST_Q, S], the estimator's softmax
     gap = rows[:, None] - keys[None, :]
     sink = keys[None, :] < SINKS
     local = (gap < LOCAL) & ~sink
