@@ -5,6 +5,6 @@ One folder per op: `index.py` (device-side work lists), `kernel.py` (Triton), `o
 in `minference_flex.reference`.
 """
 
-from . import vertical_slash
+from . import top_tiles, vertical_slash, vertical_slash_scores
 
-__all__ = ["vertical_slash"]
+__all__ = ["top_tiles", "vertical_slash", "vertical_slash_scores"]

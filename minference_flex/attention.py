@@ -16,8 +16,9 @@ from .estimate import estimate_vertical_slash, select_block_sparse_tiles
 from .flex import a_shape_block_mask, block_sparse_block_mask, flex_attend, flex_padded_length
 
 #: Above this fraction of dense causal key tiles, vertical-slash runs dense SDPA instead.
-#: Measured on H100 at 128K, the sparse kernel takes about 1.44 x fraction x cuDNN's dense
-#: time (break-even near 0.69), so index sets past 0.65 run faster dense (perf/RESULTS.md).
+#: Measured on H100 at 128K, the sparse kernel takes about 1.35-1.39 x fraction x cuDNN's
+#: dense time (break-even near 0.72; 1.44 before session 4's kernel changes), so index sets
+#: past 0.65 run dense: a margin for GPUs where the sparse kernel is relatively slower.
 DENSE_FALLBACK_FRACTION = 0.65
 
 

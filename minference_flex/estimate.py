@@ -10,6 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
+from custom_ops.top_tiles import top_tiles
+from custom_ops.vertical_slash_scores import vertical_slash_scores
+
 from . import _checks
 
 #: Keys that `estimate_vertical_slash` always keeps as columns (attention sinks).
@@ -29,24 +32,47 @@ def vertical_slash_counts(seq_len: int, vertical_size: int, slash_size: int) -> 
     return nv, ns
 
 
-def _grouped_last_probs(
+def _grouped_last_scores(
     q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
 ) -> torch.Tensor:
-    """Causal softmax in fp32 of the last `last_q` queries against all keys: [B, H, last_q, S].
+    """Scaled scores of the last `last_q` queries against all keys: [B, H, last_q, S], unmasked.
 
-    The scores come from one matmul per K head in the inputs' dtype (fp32 accumulation), so
-    K is read once and never repeated or upcast; the softmax runs in fp32.
+    One matmul per K head in the inputs' dtype (fp32 accumulation), so K is read once and
+    never repeated or upcast.
     """
     bsz, heads, seq_len, dim = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
     q_last = (q[:, :, seq_len - last_q :].float() * scale).to(q.dtype)
     q_last = q_last.reshape(bsz, kv_heads, group * last_q, dim)
-    scores = torch.matmul(q_last, k.transpose(-1, -2)).view(bsz, heads, last_q, seq_len)
+    return torch.matmul(q_last, k.transpose(-1, -2)).view(bsz, heads, last_q, seq_len)
+
+
+def _grouped_last_probs(
+    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
+) -> torch.Tensor:
+    """Causal softmax in fp32 of the last `last_q` queries against all keys: [B, H, last_q, S]."""
+    scores = _grouped_last_scores(q, k, last_q, scale)
+    seq_len = scores.shape[-1]
     rows = torch.arange(last_q, device=q.device)
     corner = rows[None, :] > rows[:, None]
     scores[..., seq_len - last_q :].masked_fill_(corner, float("-inf"))
     return torch.softmax(scores, dim=-1, dtype=torch.float32)
+
+
+def last_query_sums(
+    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vertical, slash) [B, H, S] fp32: the last queries' causal softmax summed down each key
+    column and along each diagonal offset i - j.
+
+    On CUDA a fused Triton op (`minference_flex::vertical_slash_scores`) reads the scores
+    twice and never materialises the fp32 probabilities; on CPU the same in PyTorch.
+    """
+    if q.is_cuda:
+        return vertical_slash_scores(_grouped_last_scores(q, k, last_q, scale))
+    probs = _grouped_last_probs(q, k, last_q, scale)
+    return probs.sum(-2), _diagonal_sums(probs)
 
 
 def _diagonal_sums(probs: torch.Tensor) -> torch.Tensor:
@@ -109,9 +135,7 @@ def estimate_vertical_slash(
     nv = max(c[0] for c in counts)
     ns = max(c[1] for c in counts)
 
-    probs = _grouped_last_probs(q, k, last_q, scale)
-    vertical = probs.sum(-2)
-    slash = _diagonal_sums(probs)
+    vertical, slash = last_query_sums(q, k, last_q, scale)
     vertical[..., :FORCED_VERTICAL] = float("inf")
     slash[..., :FORCED_SLASH] = float("inf")
     per_head = len(set(counts)) > 1
@@ -143,6 +167,22 @@ def pool_tiles(x: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.cat(means, dim=2) if len(means) > 1 else means[0]
 
 
+def pooled_tile_scores(q: torch.Tensor, k: torch.Tensor, block_size: int = 64) -> torch.Tensor:
+    """[B, H, M, M] dot products of mean-pooled query and key tiles, in the inputs' dtype
+    (entries n > m are computed too; callers ignore them). q [B, H, S, D], k [B, Hkv, S, D].
+
+    On CUDA a bf16/fp16 matmul and top-k over [M, M] per head cost a third of fp32's
+    (256K tokens: 16 ms in fp32); fp32 inputs stay exact.
+    """
+    bsz, heads = q.shape[:2]
+    kv_heads = k.shape[1]
+    pooled_q = pool_tiles(q, block_size).to(q.dtype)
+    pooled_k = pool_tiles(k, block_size).to(q.dtype)
+    nblocks = pooled_q.shape[2]
+    grouped = pooled_q.view(bsz, kv_heads, (heads // kv_heads) * nblocks, -1)
+    return torch.matmul(grouped, pooled_k.transpose(-1, -2)).view(bsz, heads, nblocks, nblocks)
+
+
 def select_block_sparse_tiles(
     q: torch.Tensor, k: torch.Tensor, topk: int, block_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,29 +193,29 @@ def select_block_sparse_tiles(
 
     Returns:
         (tiles, count): tiles [B, H, M, W] int32 with W = min(topk, M), M = ceil(S/bs), holding
-        per query tile m the best-scoring key tiles n < m in no particular order (the first
-        count entries are valid, the rest are padding M); count [B, H, M] int32. The diagonal tile m
-        is always kept and is not in `tiles`: callers add it as the one partial (causal) tile.
+        per query tile m the best-scoring key tiles n < m (the first count entries are valid,
+        ascending on CUDA, in no particular order on CPU; the rest are padding M); count
+        [B, H, M] int32. The diagonal tile m is always kept and is not in `tiles`: callers
+        add it as the one partial (causal) tile.
     """
-    bsz, heads = q.shape[:2]
-    kv_heads = k.shape[1]
-    group = heads // kv_heads
-    # Pooled scores in the inputs' dtype: on CUDA a bf16/fp16 matmul and top-k over [M, M] per
-    # head cost a third of fp32's (256K tokens: 16 ms in fp32); fp32 inputs stay exact.
-    pooled_q = pool_tiles(q, block_size).to(q.dtype)
-    pooled_k = pool_tiles(k, block_size).to(q.dtype)
-    nblocks = pooled_q.shape[2]
-    grouped = pooled_q.view(bsz, kv_heads, group * nblocks, -1)
-    scores = torch.matmul(grouped, pooled_k.transpose(-1, -2)).view(bsz, heads, nblocks, nblocks)
-    tiles = torch.arange(nblocks, device=q.device)
-    scores.masked_fill_(tiles[None, :] > tiles[:, None], float("-inf"))
+    scores = pooled_tile_scores(q, k, block_size)
+    if q.is_cuda:  # a radix search per row: no sort, tiles come out ascending
+        return top_tiles(scores, topk)
+    return _top_tiles_torch(scores, topk)
+
+
+def _top_tiles_torch(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`custom_ops.top_tiles` in PyTorch (the CPU path): same rows, tiles in no particular order."""
+    bsz, heads, nblocks, _ = scores.shape
+    tiles = torch.arange(nblocks, device=scores.device)
+    scores = scores.masked_fill(tiles[None, :] > tiles[:, None], float("-inf"))
     width = min(topk, nblocks)
     # Packing the kept tiles (not -inf, not the diagonal) to the front is a cumsum and a
     # scatter, much cheaper than sorting the indices.
     best = scores.topk(width, dim=-1, sorted=False)
     below_diagonal = (best.values > float("-inf")) & (best.indices != tiles[:, None])
     slot = torch.where(below_diagonal, torch.cumsum(below_diagonal, -1) - 1, width)
-    chosen = torch.full((bsz, heads, nblocks, width + 1), nblocks, dtype=torch.int32, device=q.device)
+    chosen = torch.full((bsz, heads, nblocks, width + 1), nblocks, dtype=torch.int32, device=scores.device)
     chosen.scatter_(-1, slot, best.indices.to(torch.int32))
     count = below_diagonal.sum(-1, dtype=torch.int32)
     return chosen[..., :width].contiguous(), count

@@ -27,7 +27,7 @@ from perf.planted import planted_vertical_slash  # noqa: E402
 VS_BUDGETS = [(3500, 100), (30, 800), (1000, 6096)]
 
 
-def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms):
+def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=VS_BUDGETS, flex=True):
     from torch.nn.attention import SDPBackend
 
     rows = []
@@ -49,7 +49,7 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms):
     add("dense SDPA flash", "-", t_flash, tflops=dense_flops / t_flash / 1e9)
     add("dense_attention (GQA, fallback path)", "-", t_ours_dense)
 
-    for nv, ns in VS_BUDGETS:
+    for nv, ns in vs_budgets:
         for mode in modes:
             if mode == "random":
                 v_idx, s_idx = mf.estimate_vertical_slash(q, k, nv, ns)
@@ -82,6 +82,8 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms):
                 estimate_ms=t_est, index_ms=t_index, computed_fraction=frac,
                 kernel_tile_tflops=tile_flops / t_kernel / 1e9)
 
+    if not flex:
+        return rows
     from minference_flex.estimate import select_block_sparse_tiles
     from minference_flex.flex import block_sparse_block_mask
 
@@ -120,6 +122,9 @@ def main(argv=None):
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--modes", nargs="+", default=["random", "structured"])
     parser.add_argument("--rep-ms", type=float, default=1000)
+    parser.add_argument("--vs-budgets", nargs="+", default=[f"{a},{b}" for a, b in VS_BUDGETS],
+                        help="vertical-slash budgets as NV,NS")
+    parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
     parser.add_argument("--out", default="perf/results/kernels.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -127,13 +132,15 @@ def main(argv=None):
     info = machine()
     print(info)
     rows = []
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for seq_len in args.lengths:
-        rows += bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms)
+        budgets = [tuple(int(x) for x in b.split(",")) for b in args.vs_budgets]
+        rows += bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms,
+                             budgets, not args.no_flex)
         torch.cuda.empty_cache()
         print_table([r for r in rows if r["S"] == seq_len], )
+        write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})  # after each length
     print_table(rows)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

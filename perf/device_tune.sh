@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
+# One device call: kernel variant sweeps at 128K (all) and 256K (estimator, block-sparse).
+#   bash perf/device_tune.sh        (writes $OUT/tune_*.json and logs)
 set -o pipefail
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-for s in ${LENGTHS:-131072}; do
-  python3 perf/tune_kernels.py --seq-len $s 2>&1 | tee "$OUT/tune_$s.log" | grep -vE "DEBUG|W1123" | tail -40
-done
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv
+python3 perf/tune_kernels.py --seq-len 131072 --out "$OUT/tune_131072.json" 2>&1 | tee "$OUT/tune_131072.log" | grep -vE "DEBUG|W1123"
+python3 perf/tune_kernels.py --seq-len 262144 --only estimate bs vs --flex-options current --stages 2 3 \
+  --out "$OUT/tune_262144.json" 2>&1 | tee "$OUT/tune_262144.log" | grep -vE "DEBUG|W1123"

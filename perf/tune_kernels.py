@@ -1,6 +1,9 @@
 """Launch-configuration sweeps and cost breakdowns for the kernels (GPU).
 
-    python perf/tune_kernels.py --seq-len 131072
+    python perf/tune_kernels.py --seq-len 131072 [--only estimate vs bs] [--out tune.json]
+
+Every variant's output is compared with the first (baseline) variant of its group, so a
+faster but wrong configuration shows up as a large max_abs_diff.
 """
 
 from __future__ import annotations
@@ -14,61 +17,193 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
+from custom_ops.top_tiles import top_tiles  # noqa: E402
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction  # noqa: E402
 from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
+from custom_ops.vertical_slash_scores import vertical_slash_scores  # noqa: E402
 from minference_flex.estimate import (  # noqa: E402
     _diagonal_sums,
     _grouped_last_probs,
-    select_block_sparse_tiles,
+    _grouped_last_scores,
+    _top_tiles_torch,
+    pool_tiles,
+    pooled_tile_scores,
 )
-from perf.common import median_ms  # noqa: E402
+from minference_flex.flex import (  # noqa: E402
+    FLEX_ALIGN,
+    _compiled_flex,
+    _kernel_options,
+    block_sparse_block_mask,
+    flex_padded_length,
+)
+from perf.common import machine, median_ms, write_json  # noqa: E402
 from perf.planted import planted_vertical_slash  # noqa: E402
 
-
-def estimate_breakdown(q, k):
-    probs = _grouped_last_probs(q, k, 64, 0.088)
-    vertical = probs.sum(-2)
-    slash = _diagonal_sums(probs)
-    print(f"estimate total (1000,6096): {median_ms(lambda: mf.estimate_vertical_slash(q, k, 1000, 6096)):.3f} ms")
-    print(f"  scores+softmax: {median_ms(lambda: _grouped_last_probs(q, k, 64, 0.088)):.3f} ms")
-    print(f"  vertical sum:   {median_ms(lambda: probs.sum(-2)):.3f} ms")
-    print(f"  diagonal sums:  {median_ms(lambda: _diagonal_sums(probs)):.3f} ms")
-    for n in (1000, 3500, 6096):
-        print(f"  topk {n}:      {median_ms(lambda: vertical.topk(n, dim=-1, sorted=False)):.3f} ms")
-    print(f"  index (1000,6096): {median_ms(lambda: build_vertical_slash_index(vertical.topk(1000, -1).indices, slash.topk(6096, -1).indices, q.shape[2], 64)):.3f} ms (incl. 2 topk)")
+ROWS: list[dict] = []
 
 
-def sweep_vertical_slash(q, k, v):
+def report(group: str, variant: str, ms: float, **extra) -> None:
+    ROWS.append({"group": group, "variant": variant, "ms": ms, **extra})
+    tail = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+    print(f"{group:28s} {variant:44s} {ms:9.3f} ms {tail}", flush=True)
+
+
+def diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def estimate_breakdown(q, k, rep):
+    scale = q.shape[-1] ** -0.5
+
+    def old():
+        probs = _grouped_last_probs(q, k, 64, scale)
+        return probs.sum(-2), _diagonal_sums(probs)
+
+    def fused():
+        return vertical_slash_scores(_grouped_last_scores(q, k, 64, scale))
+
+    (v0, s0), (v1, s1) = old(), fused()
+    report("estimate sums", "torch softmax + sums", median_ms(old, rep_ms=rep))
+    report("estimate sums", "fused Triton", median_ms(fused, rep_ms=rep),
+           max_abs_diff=max(diff(v0, v1), diff(s0, s1)), max_score=v0.max().item())
+    scores = _grouped_last_scores(q, k, 64, scale)
+    report("estimate sums", "  scores matmul alone", median_ms(lambda: _grouped_last_scores(q, k, 64, scale), rep_ms=rep))
+    from custom_ops.vertical_slash_scores.kernel import _row_stats_launch, _sums_launch
+
+    part = _row_stats_launch(scores, 1024)
+    report("estimate sums", "  row stats kernel", median_ms(lambda: _row_stats_launch(scores, 1024), rep_ms=rep))
+    v0, s0 = _sums_launch(scores, *part, 64, 256, 8)
+    for bl, bn, w in ((8, 512, 4), (8, 1024, 4), (4, 512, 4), (8, 512, 8), (4, 1024, 4)):
+        v1, s1 = _sums_launch(scores, *part, bl, bn, w)
+        report("estimate sums", f"  sums kernel rows={bl} keys={bn} warps={w}",
+               median_ms(lambda: _sums_launch(scores, *part, bl, bn, w), rep_ms=rep),
+               max_abs_diff=max(diff(v0, v1), diff(s0, s1)))
+    report("estimate", "estimate_vertical_slash (3500,100)",
+           median_ms(lambda: mf.estimate_vertical_slash(q, k, 3500, 100), rep_ms=rep))
+    report("estimate", "estimate_vertical_slash (1000,6096)",
+           median_ms(lambda: mf.estimate_vertical_slash(q, k, 1000, 6096), rep_ms=rep))
+
+
+def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3)):
     s = q.shape[2]
-    for label, (nv, ns), planted in [("random", (3500, 100), False), ("random", (30, 800), False),
-                                     ("planted", (1000, 6096), True)]:
+    scale = q.shape[-1] ** -0.5
+    cases = [("random", (3500, 100), False), ("random", (30, 800), False), ("planted", (1000, 6096), True)]
+    for label, (nv, ns), planted in cases:
         if planted:
             v_idx, s_idx = planted_vertical_slash(1, q.shape[1], s, nv, ns, "cuda")
         else:
             v_idx, s_idx = mf.estimate_vertical_slash(q, k, nv, ns)
         index = build_vertical_slash_index(v_idx, s_idx, s, 64)
         frac = computed_fraction(index, 64).item()
-        for col_block in (64, 128):
-            for stages in (2, 3, 4):
-                try:
-                    ms = median_ms(lambda: launch_vertical_slash(q, k, v, index, 64, 0.088, 4, stages, col_block))
-                except Exception as exc:
-                    print(f"vs {label} ({nv},{ns}) col_block={col_block} stages={stages}: {type(exc).__name__}")
-                    continue
-                print(f"vs {label} ({nv},{ns}) frac={frac:.3f} col_block={col_block} stages={stages}: {ms:.2f} ms")
+        group = f"vs {label} ({nv},{ns}) f={frac:.3f}"
+        report(group, "index build", median_ms(lambda: build_vertical_slash_index(v_idx, s_idx, s, 64), rep_ms=rep))
+        base = launch_vertical_slash(q, k, v, index, 64, scale, 4, 3)
+        for stages in stage_list:
+            name = f"stages={stages}"
+            try:
+                out = launch_vertical_slash(q, k, v, index, 64, scale, 4, stages)
+                ms = median_ms(lambda: launch_vertical_slash(q, k, v, index, 64, scale, 4, stages), rep_ms=rep)
+            except Exception as exc:  # a configuration that does not compile is a result too
+                print(f"{group} {name}: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            tile_flops = frac * 4 * q.shape[1] * q.shape[-1] * s * (s + 64) / 2
+            report(group, name, ms, max_abs_diff=diff(out, base), tflops=tile_flops / ms / 1e9)
+        whole = mf.dynamic_vertical_slash_attention if not planted else None
+        if whole is not None:
+            report(group, "whole (estimate+index+kernel)",
+                   median_ms(lambda: whole(q, k, v, nv, ns), rep_ms=rep))
+
+
+def _flex_run(q, k, v, mask, options):
+    scale = q.shape[-1] ** -0.5
+    seq_len = q.shape[2]
+    padded = flex_padded_length(seq_len)
+    if padded != seq_len:
+        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded - seq_len)) for t in (q, k, v))
+    q5, k5, v5 = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
+    return _compiled_flex()(q5, k5, v5, mask, scale, True, options)
+
+
+def sweep_block_sparse(q, k, v, rep, option_names=None):
+    s = q.shape[2]
+    scores = pooled_tile_scores(q, k, 64)
+    nb = scores.shape[2]
+    report("bs select", "pool + matmul", median_ms(lambda: (pool_tiles(q, 64), pool_tiles(k, 64)), rep_ms=rep))
+    report("bs select", "torch topk (old)", median_ms(lambda: _top_tiles_torch(scores, 100), rep_ms=rep))
+    report("bs select", "top_tiles Triton", median_ms(lambda: top_tiles(scores, 100), rep_ms=rep))
+    t_old, c_old = _top_tiles_torch(scores, 100)
+    t_new, c_new = top_tiles(scores, 100)
+    report("bs select", "count agreement", float((c_old == c_new).float().mean().item()))
+    report("bs select", "whole select_block_sparse_tiles", median_ms(lambda: mf.select_block_sparse_tiles(q, k, 100), rep_ms=rep))
+    masks = {
+        "unsorted": block_sparse_block_mask(t_old, c_old, s, 64),
+        "ascending": block_sparse_block_mask(t_new, c_new, s, 64),
+    }
+    base_opts = _kernel_options(q, masks["ascending"])
+    option_sets = {
+        "current": {},
+        "no_tma": {"USE_TMA": False},
+        "rows_safe": {"ROWS_GUARANTEED_SAFE": True},
+    }
+    if option_names:
+        option_sets = {n: o for n, o in option_sets.items() if n in option_names}
+    base = None
+    tiles = sum(min(m + 1, 101) for m in range(nb)) * q.shape[1]
+    for order, mask in masks.items():
+        for name, extra in option_sets.items():
+            if order == "unsorted" and name != "current":
+                continue
+            opts = {**base_opts, **extra}
+            try:
+                out = _flex_run(q, k, v, mask, opts)
+                ms = median_ms(lambda: _flex_run(q, k, v, mask, opts), rep_ms=rep)
+            except Exception as exc:
+                print(f"flex {order} {name}: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            base = out if base is None else base
+            report("bs flex kernel", f"{order} {name}", ms, max_abs_diff=diff(out[:, :, :s], base[:, :, :s]) if order == "ascending" else 0.0,
+                   tflops=tiles * 4 * 64 * 64 * q.shape[-1] / ms / 1e9)
+    report("bs", "block_sparse_attention (whole)", median_ms(lambda: mf.block_sparse_attention(q, k, v, 100), rep_ms=rep))
+    from minference_flex.flex import a_shape_block_mask
+
+    a_mask = a_shape_block_mask(1, q.shape[1], flex_padded_length(s), 128, 4096, q.device)
+    a_opts = _kernel_options(q, a_mask)
+    for name, extra in {"current": {}, "no_tma": {"USE_TMA": False}}.items():
+        opts = {**a_opts, **extra}
+        report("a-shape flex kernel", name, median_ms(lambda: _flex_run(q, k, v, a_mask, opts), rep_ms=rep))
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seq-len", type=int, default=131072)
+    parser.add_argument("--only", nargs="+", default=["estimate", "vs", "bs"])
+    parser.add_argument("--rep-ms", type=float, default=300)
+    parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--flex-options", nargs="*", default=None, help="subset of the flex option sets")
+    parser.add_argument("--out", default="")
     args = parser.parse_args()
     s = args.seq_len
+    print(machine())
+    torch.manual_seed(0)
     q = torch.randn(1, 32, s, 128, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, 8, s, 128, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    estimate_breakdown(q, k)
-    print(f"block-sparse select: {median_ms(lambda: select_block_sparse_tiles(q, k, 100, 64)):.3f} ms")
-    sweep_vertical_slash(q, k, v)
+    from torch.nn.attention import SDPBackend
+
+    from perf.common import sdpa_dense
+
+    k_rep, v_rep = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
+    t_dense = median_ms(sdpa_dense(q, k_rep, v_rep, SDPBackend.CUDNN_ATTENTION), rep_ms=args.rep_ms)
+    del k_rep, v_rep
+    report("dense", "cuDNN SDPA", t_dense, tflops=4 * 32 * 128 * s * s / 2 / t_dense / 1e9)
+    if "estimate" in args.only:
+        estimate_breakdown(q, k, args.rep_ms)
+    if "bs" in args.only:
+        sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options)
+    if "vs" in args.only:
+        sweep_vertical_slash(q, k, v, args.rep_ms, args.stages)
+    if args.out:
+        write_json(args.out, {"machine": machine(), "seq_len": s, "rows": ROWS})
 
 
 if __name__ == "__main__":

@@ -59,3 +59,17 @@ def test_structured_heads_are_found():
     q2[0, 0, 150:] += 3 * k2[0, 0, :-150]  # query i matches key i - 150
     _, s_idx = mf.estimate_vertical_slash(q2, k2, 30, 101)
     assert 150 in s_idx.flatten().tolist()
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 2, 333, 64, 64), (1, 2, 1, 500, 32, 100), (1, 1, 1, 40, 16, 40)])
+def test_fused_sums_match_torch(shape):
+    """The Triton estimator sums (CUDA's path, run here interpreted) equal the PyTorch path."""
+    from custom_ops.vertical_slash_scores import vertical_slash_scores
+    from minference_flex.estimate import _diagonal_sums, _grouped_last_probs, _grouped_last_scores
+
+    b, h, hk, s, d, last_q = shape
+    q, k, _ = random_qkv(b, h, hk, s, d)
+    vertical, slash = vertical_slash_scores(_grouped_last_scores(q, k, last_q, d**-0.5))
+    probs = _grouped_last_probs(q, k, last_q, d**-0.5)
+    torch.testing.assert_close(vertical, probs.sum(-2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(slash, _diagonal_sums(probs), rtol=1e-5, atol=1e-6)

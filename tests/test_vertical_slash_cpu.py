@@ -20,6 +20,9 @@ CASES = [  # batch, heads, kv_heads, seq_len, head_dim, n_vertical, n_slash
     (1, 2, 2, 517, 128, 50, 40),
     (1, 3, 1, 130, 32, 0, 1),  # no columns at all
     (1, 2, 1, 300, 64, 3, 300),  # offsets cover everything
+    (1, 2, 1, 700, 64, 300, 20),  # whole column chunks before the tile (no mask)
+    (1, 2, 1, 900, 64, 5, 40),  # plain band pieces (no mask), masked ones, clamped tiles
+    (2, 2, 1, 260, 96, 40, 30),  # head_dim that is not a power of two
 ]
 
 
@@ -37,6 +40,22 @@ def test_vertical_slash_matches_reference(case, nan_empty):
     v_idx, s_idx = _indices(b, h, s, nv, ns)
     out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
     assert_close_to_reference(out, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s))
+
+
+def test_fraction_bound_holds():
+    """The static bound that lets the op skip the host sync is never below the real fraction."""
+    from custom_ops.vertical_slash import computed_fraction, fraction_bound
+
+    for s, nv, ns, spread in ((2000, 5, 40, 2000), (700, 300, 20, 700), (3000, 0, 90, 150), (640, 64, 640, 640)):
+        index = build_vertical_slash_index(torch.randint(0, s, (2, 3, nv)), torch.randint(0, spread, (2, 3, ns)), s, 64)
+        assert computed_fraction(index, 64).item() <= fraction_bound(index, 64)
+
+
+def test_plain_pieces_and_column_chunks_are_exercised():
+    b, h, hk, s, d, nv, ns = CASES[6]
+    ranges = build_vertical_slash_index(*_indices(b, h, s, nv, ns), s, 64).piece_ranges
+    assert (ranges[..., 0] > 0).any(), "no plain piece"
+    assert (ranges[..., 3] > ranges[..., 2]).any(), "no masked piece"
 
 
 def test_both_dedup_sides_are_exercised():

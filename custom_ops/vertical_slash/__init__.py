@@ -1,6 +1,13 @@
 """Vertical-slash sparse attention: index conversion, Triton kernel and its torch op."""
 
-from .index import VerticalSlashIndex, build_vertical_slash_index, computed_fraction, dedup_on_bands, head_fractions
+from .index import (
+    VerticalSlashIndex,
+    build_vertical_slash_index,
+    computed_fraction,
+    dedup_on_bands,
+    fraction_bound,
+    head_fractions,
+)
 from .op import vertical_slash_attention, vertical_slash_attention_op
 
 __all__ = [
@@ -8,6 +15,7 @@ __all__ = [
     "build_vertical_slash_index",
     "computed_fraction",
     "dedup_on_bands",
+    "fraction_bound",
     "head_fractions",
     "vertical_slash_attention",
     "vertical_slash_attention_op",

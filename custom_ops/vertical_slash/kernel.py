@@ -2,12 +2,17 @@
 
 One program per (query tile m, batch * query head). It walks three work lists from
 `index.build_vertical_slash_index`: the band pieces (contiguous keys, at most one tile each),
-the clamped tile [0, bs) where it applies, and the vertical columns in chunks of bs gathered
-by index; online softmax in fp32 over all of them. A key that is both a column and in a band
-counts once: with DEDUP_ON_BANDS the bands skip column keys (a contiguous bitmap read per
+the clamped tile [0, bs) where it applies, and the vertical columns in chunks of bs; online
+softmax in fp32 over all of them. The columns' K/V rows are gathered once per head into
+contiguous buffers before the launch (`gather_columns`), so every chunk is a plain contiguous
+load that the pipeliner can prefetch, like the bands. A key that is both a column and in a
+band counts once: with DEDUP_ON_BANDS the bands skip column keys (a contiguous bitmap read per
 piece, cheap when pieces are few), otherwise the columns skip keys a band covers (a gather
 per column chunk, cheap when columns are few). MInference removes covered columns per tile
 in its index instead, which costs [B, H, M, NV] memory.
+
+Tiles that need no mask (a full band piece away from the diagonal and from key 0, a column
+chunk wholly before the tile when the bands do the de-duplication) skip the score masking.
 """
 
 from __future__ import annotations
@@ -34,34 +39,62 @@ _empty = torch.empty
 
 @triton.jit
 def _attend_keys(
-    q, k_base, v_base, offs_n, load_ok, key_ok, offs_m, offs_d, d_ok,
-    m_i, l_i, acc, stride_ks, stride_vs, qk_scale,
+    q, k_base, v_base, rows, stride_k, stride_v, load_ok, key_ok, pos, offs_m, offs_d, d_ok,
+    m_i, l_i, acc, qk_scale, MASKED: tl.constexpr,
 ):
-    """Online-softmax update of (m_i, l_i, acc) with keys offs_n.
+    """Online-softmax update of (m_i, l_i, acc) with the keys at K/V rows `rows`.
 
-    K/V rows are read where load_ok (which implies in bounds); a key counts where load_ok,
-    key_ok and j <= i. key_ok may come from a slower load: it only masks the scores.
+    Rows are read where load_ok (which implies in bounds). With MASKED, a key counts where
+    load_ok, key_ok and its position pos <= the query's; without, every key counts (the
+    caller guarantees it). key_ok may come from a slower load: it only masks the scores.
+    (TMA descriptor loads measured no faster here on H100: 11.4-25 ms against 11.9-23.7 ms
+    at (3500, 100), 125 against 122 ms at (30, 800), with their best stage counts.)
     """
-    k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
+    k = tl.load(k_base + rows[None, :] * stride_k + offs_d[:, None],
                 mask=load_ok[None, :] & d_ok[:, None], other=0.0)
-    qk = tl.dot(q, k) * qk_scale
-    keep = (load_ok & key_ok)[None, :] & (offs_n[None, :] <= offs_m[:, None])
-    qk = tl.where(keep, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(qk - m_safe[:, None])
+    qk = tl.dot(q, k)
+    if MASKED:
+        keep = (load_ok & key_ok)[None, :] & (pos[None, :] <= offs_m[:, None])
+        qk = tl.where(keep, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = m_new
+    p = tl.exp2(qk * qk_scale - m_safe[:, None])  # scale and shift in one FMA
     alpha = tl.exp2(m_i - m_safe)
-    v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
+    v = tl.load(v_base + rows[:, None] * stride_v + offs_d[None, :],
                 mask=load_ok[:, None] & d_ok[None, :], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     return m_new, l_i, acc
 
 
 @triton.jit
+def _attend_band(
+    q, k_base, v_base, lo_ptr, hi_ptr, col_bitmap, end, lower, seq_len, lanes, stride_k,
+    stride_v, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale, DEDUP_ON_BANDS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Masked update with one band piece [u_lo, u_hi]: keys [end - u_hi, end - u_lo] that are
+    >= lower and < seq_len count (with DEDUP_ON_BANDS, keys that are columns don't)."""
+    u_lo = tl.load(lo_ptr)
+    u_hi = tl.load(hi_ptr)
+    offs_n = end - u_lo - (BLOCK - 1) + lanes
+    key_ok = (offs_n >= end - u_hi) & (offs_n >= lower) & (offs_n < seq_len)
+    if DEDUP_ON_BANDS:
+        is_col = tl.load(col_bitmap + offs_n, mask=key_ok, other=1)
+        band_ok = is_col == 0
+    else:
+        band_ok = key_ok
+    return _attend_keys(q, k_base, v_base, offs_n, stride_k, stride_v, key_ok, band_ok, offs_n,
+                        offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale, True)
+
+
+@triton.jit
 def _vertical_slash_fwd(
-    Q, K, V, Out,
-    Cols, ColCount, PieceLo, PieceHi, PieceCount, Clamped, Dedup,
+    Q, K, V, KCols, VCols, Out,
+    Cols, ColCount, PieceLo, PieceHi, PieceRanges, Clamped, Dedup,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
@@ -96,18 +129,22 @@ def _vertical_slash_fwd(
 
     pieces = bh.to(tl.int64) * n_pieces_max
     bitmap = bh.to(tl.int64) * dedup_len
-    for t in range(0, tl.load(PieceCount + tile)):
-        u_lo = tl.load(PieceLo + pieces + t)
-        u_hi = tl.load(PieceHi + pieces + t)
-        offs_n = end - u_lo - (BLOCK - 1) + lanes
-        key_ok = (offs_n >= end - u_hi) & (offs_n >= lower) & (offs_n < seq_len)
-        if DEDUP_ON_BANDS:
-            is_col = tl.load(Dedup + bitmap + offs_n, mask=key_ok, other=1)
-            band_ok = is_col == 0
-        else:
-            band_ok = key_ok
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, key_ok, band_ok, offs_m,
-                                     offs_d, d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
+    ranges = PieceRanges + tile * 4
+    for t in range(0, tl.load(ranges)):  # plain pieces: full, before the tile, above `lower`
+        offs_n = end - tl.load(PieceLo + pieces + t) - (BLOCK - 1) + lanes
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, stride_ks, stride_vs,
+                                     lanes >= 0, lanes >= 0, offs_n, offs_m, offs_d, d_ok,
+                                     m_i, l_i, acc, qk_scale, False)
+    for t in range(tl.load(ranges), tl.load(ranges + 1)):
+        m_i, l_i, acc = _attend_band(q, k_base, v_base, PieceLo + pieces + t,
+                                     PieceHi + pieces + t, Dedup + bitmap, end, lower, seq_len,
+                                     lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i,
+                                     acc, qk_scale, DEDUP_ON_BANDS, BLOCK)
+    for t in range(tl.load(ranges + 2), tl.load(ranges + 3)):
+        m_i, l_i, acc = _attend_band(q, k_base, v_base, PieceLo + pieces + t,
+                                     PieceHi + pieces + t, Dedup + bitmap, end, lower, seq_len,
+                                     lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i,
+                                     acc, qk_scale, DEDUP_ON_BANDS, BLOCK)
     if clamped != 0:
         key_ok = lanes < seq_len
         if DEDUP_ON_BANDS:
@@ -115,13 +152,27 @@ def _vertical_slash_fwd(
             band_ok = is_col == 0
         else:
             band_ok = key_ok
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, key_ok, band_ok, offs_m,
-                                     offs_d, d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, stride_ks, stride_vs,
+                                     key_ok, band_ok, lanes, offs_m, offs_d, d_ok,
+                                     m_i, l_i, acc, qk_scale, True)
 
+    # columns: K/V rows gathered per head (`gather_columns`), chunk c is rows [c, c + COL_BLOCK)
     columns = bh.to(tl.int64) * n_cols_max
+    kc_base = KCols + columns * HEAD_DIM
+    vc_base = VCols + columns * HEAD_DIM
     n_cols = tl.load(ColCount + tile)
     col_lanes = tl.arange(0, COL_BLOCK)
-    for c in range(0, n_cols, COL_BLOCK):
+    c0 = 0
+    if DEDUP_ON_BANDS:
+        # whole chunks of columns before this tile (< m*bs) count as they are: no mask
+        n_before = tl.load(ColCount + tile - 1, mask=m > 0, other=0)
+        c0 = (n_before // COL_BLOCK) * COL_BLOCK
+        for c in range(0, c0, COL_BLOCK):
+            rows = c + col_lanes
+            m_i, l_i, acc = _attend_keys(q, kc_base, vc_base, rows, HEAD_DIM, HEAD_DIM,
+                                         col_lanes >= 0, col_lanes >= 0, rows, offs_m, offs_d,
+                                         d_ok, m_i, l_i, acc, qk_scale, False)
+    for c in range(c0, n_cols, COL_BLOCK):
         in_list = c + col_lanes < n_cols
         cols = tl.load(Cols + columns + c + col_lanes, mask=in_list, other=0)
         if DEDUP_ON_BANDS:
@@ -131,8 +182,9 @@ def _vertical_slash_fwd(
             # faster than loading them (H100, 128K, (3500, 100): 21 ms against 29 ms)
             banded = tl.load(Dedup + bitmap + end - cols, mask=in_list, other=1)
             col_ok = in_list & (banded == 0) & (cols >= lower)
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, cols, col_ok, col_ok, offs_m,
-                                     offs_d, d_ok, m_i, l_i, acc, stride_ks, stride_vs, qk_scale)
+        m_i, l_i, acc = _attend_keys(q, kc_base, vc_base, c + col_lanes, HEAD_DIM, HEAD_DIM,
+                                     col_ok, col_ok, cols, offs_m, offs_d, d_ok,
+                                     m_i, l_i, acc, qk_scale, True)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
@@ -150,6 +202,22 @@ def _check_interpreter() -> None:
         )
 
 
+def gather_columns(
+    k: torch.Tensor, v: torch.Tensor, cols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K/V rows of each query head's columns, contiguous: k, v [B, Hkv, S, D], cols [B, H, NV]
+    (padding >= S allowed) -> two [B, H, max(NV, 1), D] tensors (padding rows hold key S - 1;
+    with no columns, one unused row, so that the buffers are never empty)."""
+    if cols.shape[-1] == 0:
+        cols = cols.new_zeros(*cols.shape[:-1], 1)
+    bsz, heads = cols.shape[:2]
+    kv_heads, seq_len = k.shape[1], k.shape[2]
+    batch = torch.arange(bsz, device=k.device)[:, None, None]
+    head = (torch.arange(heads, device=k.device) // (heads // kv_heads))[None, :, None]
+    rows = cols.clamp(max=seq_len - 1).long()
+    return k[batch, head, rows].contiguous(), v[batch, head, rows].contiguous()
+
+
 def launch_vertical_slash(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -163,8 +231,9 @@ def launch_vertical_slash(
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D].
 
-    Defaults measured on H100 (perf/tune_kernels.py, 128K and 256K): 4 warps; 2 stages when
-    columns dominate (dedup on the bands), else 3; column chunks of bs (128 was slower).
+    Defaults measured on H100 (perf/tune_kernels.py, 128K): 4 warps; 2 stages when columns
+    dominate (dedup on the bands: 11.9 against 13.5 ms at (3500, 100)), else 3 (114.5
+    against 122 ms at (30, 800)); column chunks of bs (128 was slower).
     """
     if not q.is_cuda:
         _check_interpreter()
@@ -177,11 +246,12 @@ def launch_vertical_slash(
     on_bands = dedup_on_bands(index)
     if num_stages is None:
         num_stages = 2 if on_bands else 3
+    k_cols, v_cols = gather_columns(k, v, index.cols)
     log2e = 1.4426950408889634
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         _vertical_slash_fwd[grid](
-            q, k, v, out,
-            index.cols, index.col_count, index.piece_lo, index.piece_hi, index.piece_count,
+            q, k, v, k_cols, v_cols, out,
+            index.cols, index.col_count, index.piece_lo, index.piece_hi, index.piece_ranges,
             index.clamped, index.dedup,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
@@ -195,4 +265,3 @@ def launch_vertical_slash(
             num_warps=num_warps, num_stages=num_stages,
         )
     return out
-

@@ -3,14 +3,16 @@
 Registered with `torch.library.custom_op` so that `torch.compile(fullgraph=True)` traces
 estimate-then-attend without a graph break on CUDA and on CPU (where Triton runs interpreted).
 The dense fallback is decided inside the op: it reads one device scalar (the computed
-fraction), which the compiler never sees, so no data-dependent branch enters the graph.
+fraction), which the compiler never sees, so no data-dependent branch enters the graph; and
+only where the index's shapes allow more than the threshold (`index.fraction_bound`), so
+budgets that are sparse at this length never sync with the host.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .index import VerticalSlashIndex, computed_fraction
+from .index import VerticalSlashIndex, computed_fraction, fraction_bound
 from .kernel import launch_vertical_slash
 
 
@@ -23,7 +25,7 @@ def vertical_slash_attention_op(
     col_count: torch.Tensor,
     piece_lo: torch.Tensor,
     piece_hi: torch.Tensor,
-    piece_count: torch.Tensor,
+    piece_ranges: torch.Tensor,
     clamped: torch.Tensor,
     dedup: torch.Tensor,
     block_size: int,
@@ -35,8 +37,12 @@ def vertical_slash_attention_op(
     When the index computes more than `dense_above` of the dense causal key tiles, dense
     SDPA runs instead (a superset of the mask; pass a value > 1 to never fall back).
     """
-    index = VerticalSlashIndex(cols, col_count, piece_lo, piece_hi, piece_count, clamped, dedup)
-    if dense_above <= 1.0 and computed_fraction(index, block_size).item() > dense_above:
+    index = VerticalSlashIndex(cols, col_count, piece_lo, piece_hi, piece_ranges, clamped, dedup)
+    if (
+        dense_above <= 1.0
+        and fraction_bound(index, block_size) > dense_above
+        and computed_fraction(index, block_size).item() > dense_above
+    ):
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
@@ -45,7 +51,7 @@ def vertical_slash_attention_op(
 
 
 @vertical_slash_attention_op.register_fake
-def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_count, clamped, dedup, block_size, scale, dense_above):
+def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_ranges, clamped, dedup, block_size, scale, dense_above):
     return q.new_empty(q.shape)
 
 

@@ -1,0 +1,114 @@
+"""Triton kernel: each query tile's best key tiles, by a radix search for the k-th score.
+
+One program per row m of a [B, H, M, M] tile-score matrix. The scores n <= m (causal) are
+mapped to integers that sort like the floats; a radix search, two bits per step (8 steps for
+bf16/fp16, 16 for fp32), finds the k-th largest, and the tiles above it (ties: lowest tiles
+first) are written in ascending order, without sorting. Every pass reads only the causal
+part n <= m of the row, in chunks, so the work is a triangle, not the square.
+
+Ascending order also helps FlexAttention: programs of neighbouring query tiles then walk K/V
+in the same direction, which keeps more of it in L2 (block-sparse top-100 at 256K on H100:
+86.2 ms against 92.4 ms unsorted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..vertical_slash.kernel import _check_interpreter  # sets TRITON_INTERPRET without a GPU
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def _order_keys(Bits, row, nblocks, offs, valid, KEY_BITS: tl.constexpr):
+    """Integer keys >= 0 that sort like the scores' floats (raw 16- or 32-bit patterns: the
+    magnitude bits of negatives are flipped, then the sign is offset away); -1 where invalid."""
+    bits = tl.load(Bits + row * nblocks + offs, mask=valid, other=0)
+    if KEY_BITS == 16:
+        bits = bits.to(tl.int32)
+        key = (bits ^ ((bits >> 15) & 0x7FFF)) + 32768
+    else:
+        key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) + 2147483648
+    return tl.where(valid, key, -1)
+
+
+@triton.jit
+def _top_tiles(
+    Bits, Tiles, Count, nblocks, width, topk,
+    CHUNK: tl.constexpr, KEY_BITS: tl.constexpr, RADIX_BITS: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    m = (row % nblocks).to(tl.int32)
+    want = tl.minimum(topk, m + 1)
+    lanes = tl.arange(0, CHUNK)
+    if KEY_BITS == 16:
+        digits = tl.arange(0, 1 << RADIX_BITS)
+    else:
+        digits = tl.arange(0, 1 << RADIX_BITS).to(tl.int64)
+    # the k-th largest key, RADIX_BITS per step: count the keys at or above 2^RADIX_BITS
+    # candidates at once (over the causal part n <= m only, in chunks) and keep the largest
+    # candidate that still has `want` keys at or above it
+    kth = tl.sum(digits * 0, 0)
+    for i in range(0, KEY_BITS // RADIX_BITS):
+        shift = KEY_BITS - RADIX_BITS * (i + 1)
+        candidates = kth + (digits << shift)
+        above = tl.zeros([1 << RADIX_BITS], dtype=tl.int32)
+        for start in range(0, m + 1, CHUNK):
+            offs = start + lanes
+            key = _order_keys(Bits, row, nblocks, offs, offs <= m, KEY_BITS)
+            above += tl.sum((key[None, :] >= candidates[:, None]).to(tl.int32), 1)
+        best = tl.sum((above >= want).to(tl.int32), 0) - 1
+        kth = kth + (best.to(kth.dtype) << shift)
+    # keep the keys above kth and the first ties (lowest tiles) up to `want`, minus the
+    # diagonal (the caller adds it); write them in ascending order
+    n_greater = m * 0
+    for start in range(0, m + 1, CHUNK):
+        offs = start + lanes
+        key = _order_keys(Bits, row, nblocks, offs, offs <= m, KEY_BITS)
+        n_greater += tl.sum((key > kth).to(tl.int32), 0)
+    ties_left = want - n_greater
+    written = m * 0
+    for start in range(0, m + 1, CHUNK):
+        offs = start + lanes
+        key = _order_keys(Bits, row, nblocks, offs, offs <= m, KEY_BITS)
+        ties = key == kth
+        tie_rank = tl.cumsum(ties.to(tl.int32), 0)
+        keep = ((key > kth) | (ties & (tie_rank <= ties_left))) & (offs != m)
+        slot = written + tl.cumsum(keep.to(tl.int32), 0) - 1
+        tl.store(Tiles + row * width + slot, offs, mask=keep)
+        written += tl.sum(keep.to(tl.int32), 0)
+        ties_left -= tl.sum(ties.to(tl.int32), 0)
+    tl.store(Count + row, written)
+
+
+def launch_top_tiles(
+    scores: torch.Tensor, topk: int, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores [B, H, M, M] (row m scores key tiles n; entries n > m are ignored), topk >= 1 ->
+    (tiles [B, H, M, W] int32 with W = min(topk, M), count [B, H, M] int32).
+
+    Row m keeps the min(topk, m + 1) best tiles n <= m, ties broken towards lower n, then
+    drops the diagonal m; the count kept tiles are in ascending order, the rest is M.
+    """
+    if not scores.is_cuda:
+        _check_interpreter()
+    scores = scores.contiguous()
+    bsz, heads, nblocks, _ = scores.shape
+    key_bits = 8 * scores.element_size()
+    if key_bits not in (16, 32):
+        raise TypeError(f"top_tiles takes fp32, bf16 or fp16 scores, got {scores.dtype}")
+    bits = scores.view(torch.int16 if key_bits == 16 else torch.int32)
+    width = min(topk, nblocks)
+    tiles = torch.full((bsz, heads, nblocks, width), nblocks, dtype=torch.int32, device=scores.device)
+    count = torch.empty(bsz, heads, nblocks, dtype=torch.int32, device=scores.device)
+    chunk = chunk or min(1024, max(16, triton.next_power_of_2(nblocks)))
+    with torch.cuda.device(scores.device) if scores.is_cuda else contextlib.nullcontext():
+        _top_tiles[(bsz * heads * nblocks,)](
+            bits, tiles, count, nblocks, width, topk,
+            CHUNK=chunk, KEY_BITS=key_bits, RADIX_BITS=2, num_warps=4,
+        )
+    return tiles, count
