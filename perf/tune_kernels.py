@@ -84,10 +84,12 @@ def estimate_breakdown(q, k, rep):
            median_ms(lambda: mf.estimate_vertical_slash(q, k, 1000, 6096), rep_ms=rep))
 
 
-def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3)):
+def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, lazy_list=(False,), whole=True):
     s = q.shape[2]
     scale = q.shape[-1] ** -0.5
     cases = [("random", (3500, 100), False), ("random", (30, 800), False), ("planted", (1000, 6096), True)]
+    if case_names:
+        cases = [c for c in cases if f"{c[1][0]},{c[1][1]}" in case_names]
     for label, (nv, ns), planted in cases:
         if planted:
             v_idx, s_idx = planted_vertical_slash(1, q.shape[1], s, nv, ns, "cuda")
@@ -99,16 +101,17 @@ def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3)):
         report(group, "index build", median_ms(lambda: build_vertical_slash_index(v_idx, s_idx, s, 64), rep_ms=rep))
         base = launch_vertical_slash(q, k, v, index, 64, scale, 4, 3)
         for stages in stage_list:
-            name = f"stages={stages}"
-            try:
-                out = launch_vertical_slash(q, k, v, index, 64, scale, 4, stages)
-                ms = median_ms(lambda: launch_vertical_slash(q, k, v, index, 64, scale, 4, stages), rep_ms=rep)
-            except Exception as exc:  # a configuration that does not compile is a result too
-                print(f"{group} {name}: {type(exc).__name__}: {str(exc)[:300]}")
-                continue
-            tile_flops = frac * 4 * q.shape[1] * q.shape[-1] * s * (s + 64) / 2
-            report(group, name, ms, max_abs_diff=diff(out, base), tflops=tile_flops / ms / 1e9)
-        whole = mf.dynamic_vertical_slash_attention if not planted else None
+            for lazy in lazy_list:
+                name = f"stages={stages} lazy_rescale={int(lazy)}"
+                try:
+                    out = launch_vertical_slash(q, k, v, index, 64, scale, 4, stages, lazy_rescale=lazy)
+                    ms = median_ms(lambda: launch_vertical_slash(q, k, v, index, 64, scale, 4, stages, lazy_rescale=lazy), rep_ms=rep)
+                except Exception as exc:  # a configuration that does not compile is a result too
+                    print(f"{group} {name}: {type(exc).__name__}: {str(exc)[:300]}")
+                    continue
+                tile_flops = frac * 4 * q.shape[1] * q.shape[-1] * s * (s + 64) / 2
+                report(group, name, ms, max_abs_diff=diff(out, base), tflops=tile_flops / ms / 1e9)
+        whole = mf.dynamic_vertical_slash_attention if whole and not planted else None
         if whole is not None:
             report(group, "whole (estimate+index+kernel)",
                    median_ms(lambda: whole(q, k, v, nv, ns), rep_ms=rep))
@@ -179,6 +182,9 @@ def main():
     parser.add_argument("--only", nargs="+", default=["estimate", "vs", "bs"])
     parser.add_argument("--rep-ms", type=float, default=300)
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--vs-cases", nargs="*", default=None, help="e.g. 3500,100 30,800")
+    parser.add_argument("--lazy", action="store_true", help="also time the lazy-rescale kernel")
+    parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--flex-options", nargs="*", default=None, help="subset of the flex option sets")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
@@ -192,16 +198,18 @@ def main():
 
     from perf.common import sdpa_dense
 
-    k_rep, v_rep = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
-    t_dense = median_ms(sdpa_dense(q, k_rep, v_rep, SDPBackend.CUDNN_ATTENTION), rep_ms=args.rep_ms)
-    del k_rep, v_rep
-    report("dense", "cuDNN SDPA", t_dense, tflops=4 * 32 * 128 * s * s / 2 / t_dense / 1e9)
+    if not args.skip_dense:
+        k_rep, v_rep = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
+        t_dense = median_ms(sdpa_dense(q, k_rep, v_rep, SDPBackend.CUDNN_ATTENTION), rep_ms=args.rep_ms)
+        del k_rep, v_rep
+        report("dense", "cuDNN SDPA", t_dense, tflops=4 * 32 * 128 * s * s / 2 / t_dense / 1e9)
     if "estimate" in args.only:
         estimate_breakdown(q, k, args.rep_ms)
     if "bs" in args.only:
         sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options)
     if "vs" in args.only:
-        sweep_vertical_slash(q, k, v, args.rep_ms, args.stages)
+        sweep_vertical_slash(q, k, v, args.rep_ms, args.stages, args.vs_cases,
+                             (False, True) if args.lazy else (False,), whole=not args.skip_dense)
     if args.out:
         write_json(args.out, {"machine": machine(), "seq_len": s, "rows": ROWS})
 
