@@ -203,8 +203,12 @@ def fraction_bound(index: VerticalSlashIndex, block_size: int) -> float:
     """
     nblocks = index.col_count.shape[-1]
     n_pieces, chunks = index.piece_lo.shape[-1], math.ceil(index.cols.shape[-1] / block_size)
-    tiles = sum(min(n_pieces, 2 * m + 3) + min(chunks, m + 1) + 1 for m in range(nblocks))
-    return tiles / (nblocks * (nblocks + 1) // 2)
+    # closed forms of the sums over m < M (a Python loop would cost ms per call at 1M tokens)
+    short = min(max((n_pieces - 3) // 2 + 1, 0), nblocks)  # tiles m with 2m + 3 <= NS
+    pieces = short * short + 2 * short + (nblocks - short) * n_pieces
+    c = min(chunks, nblocks)
+    columns = c * (c + 1) // 2 + (nblocks - c) * c
+    return (pieces + columns + nblocks) / (nblocks * (nblocks + 1) // 2)
 
 
 def computed_fraction(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
