@@ -60,6 +60,29 @@ def _grouped_last_probs(
     return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
 
+#: Largest score buffer (bytes) an estimator materialises at once: heads are processed in
+#: groups of whole K heads below it, so a 1M-token prompt needs no more memory than 128K
+#: (block-sparse tile scores alone would be 17 GB at 1M tokens and 32 heads).
+SCORE_BUFFER_BYTES = 1 << 30
+
+
+def _kv_head_chunks(k: torch.Tensor, group: int, bytes_per_head: int) -> list[tuple[int, int]]:
+    """K-head ranges [a, b) whose query heads' buffers (bytes_per_head each) fit the budget."""
+    kv_heads = k.shape[1]
+    step = max(1, SCORE_BUFFER_BYTES // max(1, group * bytes_per_head))
+    return [(a, min(a + step, kv_heads)) for a in range(0, kv_heads, step)]
+
+
+def _in_head_chunks(fn, q: torch.Tensor, k: torch.Tensor, bytes_per_head: int, *args):
+    """Concatenate fn(q_part, k_part, *args) over K-head chunks (tuples of tensors, by head)."""
+    group = q.shape[1] // k.shape[1]
+    chunks = _kv_head_chunks(k, group, bytes_per_head)
+    if len(chunks) == 1:
+        return fn(q, k, *args)
+    parts = [fn(q[:, a * group : b * group], k[:, a:b], *args) for a, b in chunks]
+    return tuple(torch.cat(tensors, dim=1) for tensors in zip(*parts))
+
+
 def last_query_sums(
     q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +90,18 @@ def last_query_sums(
     column and along each diagonal offset i - j.
 
     On CUDA a fused Triton op (`minference_flex::vertical_slash_scores`) reads the scores
-    twice and never materialises the fp32 probabilities; on CPU the same in PyTorch.
+    twice and never materialises the fp32 probabilities; on CPU the same in PyTorch. Heads
+    go in chunks that keep the scores under `SCORE_BUFFER_BYTES`.
     """
+    bsz, _, seq_len, _ = q.shape
+    # the scores in q's dtype; on CPU the fp32 probabilities as well
+    per_head = bsz * last_q * seq_len * (q.element_size() + (0 if q.is_cuda else 4))
+    return _in_head_chunks(_last_query_sums, q, k, per_head, last_q, scale)
+
+
+def _last_query_sums(
+    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     if q.is_cuda:
         return vertical_slash_scores(_grouped_last_scores(q, k, last_q, scale))
     probs = _grouped_last_probs(q, k, last_q, scale)
@@ -174,13 +207,23 @@ def pooled_tile_scores(q: torch.Tensor, k: torch.Tensor, block_size: int = 64) -
     On CUDA a bf16/fp16 matmul and top-k over [M, M] per head cost a third of fp32's
     (256K tokens: 16 ms in fp32); fp32 inputs stay exact.
     """
-    bsz, heads = q.shape[:2]
-    kv_heads = k.shape[1]
-    pooled_q = pool_tiles(q, block_size).to(q.dtype)
-    pooled_k = pool_tiles(k, block_size).to(q.dtype)
-    nblocks = pooled_q.shape[2]
-    grouped = pooled_q.view(bsz, kv_heads, (heads // kv_heads) * nblocks, -1)
+    return _pooled_scores(pool_tiles(q, block_size).to(q.dtype), pool_tiles(k, block_size).to(q.dtype))
+
+
+def _pooled_scores(pooled_q: torch.Tensor, pooled_k: torch.Tensor) -> torch.Tensor:
+    bsz, heads, nblocks, dim = pooled_q.shape
+    kv_heads = pooled_k.shape[1]
+    grouped = pooled_q.reshape(bsz, kv_heads, (heads // kv_heads) * nblocks, dim)
     return torch.matmul(grouped, pooled_k.transpose(-1, -2)).view(bsz, heads, nblocks, nblocks)
+
+
+def _select_from_pooled(
+    pooled_q: torch.Tensor, pooled_k: torch.Tensor, topk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = _pooled_scores(pooled_q, pooled_k)
+    if scores.is_cuda:  # a radix search per row: no sort, tiles come out ascending
+        return top_tiles(scores, topk)
+    return _top_tiles_torch(scores, topk)
 
 
 def select_block_sparse_tiles(
@@ -196,12 +239,14 @@ def select_block_sparse_tiles(
         per query tile m the best-scoring key tiles n < m (the first count entries are valid,
         ascending on CUDA, in no particular order on CPU; the rest are padding M); count
         [B, H, M] int32. The diagonal tile m is always kept and is not in `tiles`: callers
-        add it as the one partial (causal) tile.
+        add it as the one partial (causal) tile. The [M, M] scores are built for chunks of
+        heads under `SCORE_BUFFER_BYTES`.
     """
-    scores = pooled_tile_scores(q, k, block_size)
-    if q.is_cuda:  # a radix search per row: no sort, tiles come out ascending
-        return top_tiles(scores, topk)
-    return _top_tiles_torch(scores, topk)
+    pooled_q = pool_tiles(q, block_size).to(q.dtype)
+    pooled_k = pool_tiles(k, block_size).to(q.dtype)
+    nblocks = pooled_q.shape[2]
+    per_head = q.shape[0] * nblocks * nblocks * q.element_size()
+    return _in_head_chunks(_select_from_pooled, pooled_q, pooled_k, per_head, topk)
 
 
 def _top_tiles_torch(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:

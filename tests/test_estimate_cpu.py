@@ -73,3 +73,19 @@ def test_fused_sums_match_torch(shape):
     probs = _grouped_last_probs(q, k, last_q, d**-0.5)
     torch.testing.assert_close(vertical, probs.sum(-2), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(slash, _diagonal_sums(probs), rtol=1e-5, atol=1e-6)
+
+
+def test_estimators_in_head_chunks_match_whole(monkeypatch):
+    """A score-buffer budget that forces one K head per chunk gives the same indices."""
+    from minference_flex import estimate
+
+    q, k, _ = random_qkv(2, 6, 3, 400, 32)
+    whole_vs = mf.estimate_vertical_slash(q, k, 40, 70)
+    whole_bs = mf.select_block_sparse_tiles(q, k, 3)
+    monkeypatch.setattr(estimate, "SCORE_BUFFER_BYTES", 1)
+    assert len(estimate._kv_head_chunks(k, 2, 10)) == 3
+    for a, b in zip(whole_vs, mf.estimate_vertical_slash(q, k, 40, 70)):
+        torch.testing.assert_close(a.sort(-1).values, b.sort(-1).values)
+    tiles, count = mf.select_block_sparse_tiles(q, k, 3)
+    torch.testing.assert_close(count, whole_bs[1])
+    torch.testing.assert_close(tiles.sort(-1).values, whole_bs[0].sort(-1).values)
