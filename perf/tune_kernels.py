@@ -84,7 +84,7 @@ def estimate_breakdown(q, k, rep):
            median_ms(lambda: mf.estimate_vertical_slash(q, k, 1000, 6096), rep_ms=rep))
 
 
-def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, lazy_list=(False,), whole=True):
+def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole=True):
     s = q.shape[2]
     scale = q.shape[-1] ** -0.5
     cases = [("random", (3500, 100), False), ("random", (30, 800), False), ("planted", (1000, 6096), True)]
@@ -101,16 +101,15 @@ def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, lazy_
         report(group, "index build", median_ms(lambda: build_vertical_slash_index(v_idx, s_idx, s, 64), rep_ms=rep))
         base = launch_vertical_slash(q, k, v, index, 64, scale, 4, 3)
         for stages in stage_list:
-            for lazy in lazy_list:
-                name = f"stages={stages} lazy_rescale={int(lazy)}"
-                try:
-                    out = launch_vertical_slash(q, k, v, index, 64, scale, 4, stages, lazy_rescale=lazy)
-                    ms = median_ms(lambda: launch_vertical_slash(q, k, v, index, 64, scale, 4, stages, lazy_rescale=lazy), rep_ms=rep)
-                except Exception as exc:  # a configuration that does not compile is a result too
-                    print(f"{group} {name}: {type(exc).__name__}: {str(exc)[:300]}")
-                    continue
-                tile_flops = frac * 4 * q.shape[1] * q.shape[-1] * s * (s + 64) / 2
-                report(group, name, ms, max_abs_diff=diff(out, base), tflops=tile_flops / ms / 1e9)
+            name = f"stages={stages}"
+            try:
+                out = launch_vertical_slash(q, k, v, index, 64, scale, 4, stages)
+                ms = median_ms(lambda: launch_vertical_slash(q, k, v, index, 64, scale, 4, stages), rep_ms=rep)
+            except Exception as exc:  # a configuration that does not compile is a result too
+                print(f"{group} {name}: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            tile_flops = frac * 4 * q.shape[1] * q.shape[-1] * s * (s + 64) / 2
+            report(group, name, ms, max_abs_diff=diff(out, base), tflops=tile_flops / ms / 1e9)
         whole = mf.dynamic_vertical_slash_attention if whole and not planted else None
         if whole is not None:
             report(group, "whole (estimate+index+kernel)",
@@ -131,7 +130,7 @@ def sweep_block_sparse(q, k, v, rep, option_names=None):
     s = q.shape[2]
     scores = pooled_tile_scores(q, k, 64)
     nb = scores.shape[2]
-    report("bs select", "pool + matmul", median_ms(lambda: (pool_tiles(q, 64), pool_tiles(k, 64)), rep_ms=rep))
+    report("bs select", "pool q and k", median_ms(lambda: (pool_tiles(q, 64), pool_tiles(k, 64)), rep_ms=rep))
     report("bs select", "torch topk (old)", median_ms(lambda: _top_tiles_torch(scores, 100), rep_ms=rep))
     report("bs select", "top_tiles Triton", median_ms(lambda: top_tiles(scores, 100), rep_ms=rep))
     t_old, c_old = _top_tiles_torch(scores, 100)
@@ -183,7 +182,6 @@ def main():
     parser.add_argument("--rep-ms", type=float, default=300)
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--vs-cases", nargs="*", default=None, help="e.g. 3500,100 30,800")
-    parser.add_argument("--lazy", action="store_true", help="also time the lazy-rescale kernel")
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--flex-options", nargs="*", default=None, help="subset of the flex option sets")
     parser.add_argument("--out", default="")
@@ -208,8 +206,7 @@ def main():
     if "bs" in args.only:
         sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options)
     if "vs" in args.only:
-        sweep_vertical_slash(q, k, v, args.rep_ms, args.stages, args.vs_cases,
-                             (False, True) if args.lazy else (False,), whole=not args.skip_dense)
+        sweep_vertical_slash(q, k, v, args.rep_ms, args.stages, args.vs_cases, whole=not args.skip_dense)
     if args.out:
         write_json(args.out, {"machine": machine(), "seq_len": s, "rows": ROWS})
 

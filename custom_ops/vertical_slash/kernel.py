@@ -40,7 +40,7 @@ _empty = torch.empty
 @triton.jit
 def _attend_keys(
     q, k_base, v_base, rows, stride_k, stride_v, load_ok, key_ok, pos, offs_m, offs_d, d_ok,
-    m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, LAZY: tl.constexpr,
+    m_i, l_i, acc, qk_scale, MASKED: tl.constexpr,
 ):
     """Online-softmax update of (m_i, l_i, acc) with the keys at K/V rows `rows`.
 
@@ -49,11 +49,6 @@ def _attend_keys(
     caller guarantees it). key_ok may come from a slower load: it only masks the scores.
     (TMA descriptor loads measured no faster here on H100: 11.4-25 ms against 11.9-23.7 ms
     at (3500, 100), 125 against 122 ms at (30, 800), with their best stage counts.)
-
-    With LAZY, the running max m_i and with it acc and l_i are rescaled only when some row's
-    max grew by more than 8 (log2 units: probabilities stay <= 256, as exact in bf16 as values
-    <= 1); otherwise the tile skips the [BLOCK, D] rescale of acc. Off by default: correct on
-    CPU, not yet timed on a GPU (`perf/tune_kernels.py --lazy`).
     """
     k = tl.load(k_base + rows[None, :] * stride_k + offs_d[:, None],
                 mask=load_ok[None, :] & d_ok[:, None], other=0.0)
@@ -61,38 +56,25 @@ def _attend_keys(
     if MASKED:
         keep = (load_ok & key_ok)[None, :] & (pos[None, :] <= offs_m[:, None])
         qk = tl.where(keep, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    if LAZY:
-        if tl.max((m_new > m_i + 8.0).to(tl.int32), 0) > 0:
-            alpha = tl.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
-            acc = acc * alpha[:, None]
-            l_i = l_i * alpha
-            m_i = m_new
-        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-        p = tl.exp2(qk * qk_scale - m_safe[:, None])
-        v = tl.load(v_base + rows[:, None] * stride_v + offs_d[None, :],
-                    mask=load_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        return m_i, l_i + tl.sum(p, 1), acc
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        if MASKED:
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            m_safe = m_new
-        p = tl.exp2(qk * qk_scale - m_safe[:, None])  # scale and shift in one FMA
-        alpha = tl.exp2(m_i - m_safe)
-        v = tl.load(v_base + rows[:, None] * stride_v + offs_d[None, :],
-                    mask=load_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        return m_new, l_i, acc
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = m_new
+    p = tl.exp2(qk * qk_scale - m_safe[:, None])  # scale and shift in one FMA
+    alpha = tl.exp2(m_i - m_safe)
+    v = tl.load(v_base + rows[:, None] * stride_v + offs_d[None, :],
+                mask=load_ok[:, None] & d_ok[None, :], other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_i, acc
 
 
 @triton.jit
 def _attend_band(
     q, k_base, v_base, lo_ptr, hi_ptr, col_bitmap, end, lower, seq_len, lanes, stride_k,
     stride_v, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale, DEDUP_ON_BANDS: tl.constexpr,
-    BLOCK: tl.constexpr, LAZY: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Masked update with one band piece [u_lo, u_hi]: keys [end - u_hi, end - u_lo] that are
     >= lower and < seq_len count (with DEDUP_ON_BANDS, keys that are columns don't)."""
@@ -106,7 +88,7 @@ def _attend_band(
     else:
         band_ok = key_ok
     return _attend_keys(q, k_base, v_base, offs_n, stride_k, stride_v, key_ok, band_ok, offs_n,
-                        offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale, True, LAZY)
+                        offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale, True)
 
 
 @triton.jit
@@ -120,7 +102,7 @@ def _vertical_slash_fwd(
     seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, dedup_len,
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    DEDUP_ON_BANDS: tl.constexpr, COL_BLOCK: tl.constexpr, LAZY: tl.constexpr,
+    DEDUP_ON_BANDS: tl.constexpr, COL_BLOCK: tl.constexpr,
 ):
     m = nblocks - 1 - tl.program_id(0)  # the longest rows first, for load balance
     bh = tl.program_id(1)
@@ -152,17 +134,17 @@ def _vertical_slash_fwd(
         offs_n = end - tl.load(PieceLo + pieces + t) - (BLOCK - 1) + lanes
         m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, stride_ks, stride_vs,
                                      lanes >= 0, lanes >= 0, offs_n, offs_m, offs_d, d_ok,
-                                     m_i, l_i, acc, qk_scale, False, LAZY)
+                                     m_i, l_i, acc, qk_scale, False)
     for t in range(tl.load(ranges), tl.load(ranges + 1)):
         m_i, l_i, acc = _attend_band(q, k_base, v_base, PieceLo + pieces + t,
                                      PieceHi + pieces + t, Dedup + bitmap, end, lower, seq_len,
                                      lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i,
-                                     acc, qk_scale, DEDUP_ON_BANDS, BLOCK, LAZY)
+                                     acc, qk_scale, DEDUP_ON_BANDS, BLOCK)
     for t in range(tl.load(ranges + 2), tl.load(ranges + 3)):
         m_i, l_i, acc = _attend_band(q, k_base, v_base, PieceLo + pieces + t,
                                      PieceHi + pieces + t, Dedup + bitmap, end, lower, seq_len,
                                      lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i,
-                                     acc, qk_scale, DEDUP_ON_BANDS, BLOCK, LAZY)
+                                     acc, qk_scale, DEDUP_ON_BANDS, BLOCK)
     if clamped != 0:
         key_ok = lanes < seq_len
         if DEDUP_ON_BANDS:
@@ -172,7 +154,7 @@ def _vertical_slash_fwd(
             band_ok = key_ok
         m_i, l_i, acc = _attend_keys(q, k_base, v_base, lanes, stride_ks, stride_vs,
                                      key_ok, band_ok, lanes, offs_m, offs_d, d_ok,
-                                     m_i, l_i, acc, qk_scale, True, LAZY)
+                                     m_i, l_i, acc, qk_scale, True)
 
     # columns: K/V rows gathered per head (`gather_columns`), chunk c is rows [c, c + COL_BLOCK)
     columns = bh.to(tl.int64) * n_cols_max
@@ -189,7 +171,7 @@ def _vertical_slash_fwd(
             rows = c + col_lanes
             m_i, l_i, acc = _attend_keys(q, kc_base, vc_base, rows, HEAD_DIM, HEAD_DIM,
                                          col_lanes >= 0, col_lanes >= 0, rows, offs_m, offs_d,
-                                         d_ok, m_i, l_i, acc, qk_scale, False, LAZY)
+                                         d_ok, m_i, l_i, acc, qk_scale, False)
     for c in range(c0, n_cols, COL_BLOCK):
         in_list = c + col_lanes < n_cols
         cols = tl.load(Cols + columns + c + col_lanes, mask=in_list, other=0)
@@ -202,7 +184,7 @@ def _vertical_slash_fwd(
             col_ok = in_list & (banded == 0) & (cols >= lower)
         m_i, l_i, acc = _attend_keys(q, kc_base, vc_base, c + col_lanes, HEAD_DIM, HEAD_DIM,
                                      col_ok, col_ok, cols, offs_m, offs_d, d_ok,
-                                     m_i, l_i, acc, qk_scale, True, LAZY)
+                                     m_i, l_i, acc, qk_scale, True)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
@@ -247,7 +229,6 @@ def launch_vertical_slash(
     num_warps: int = 4,
     num_stages: int | None = None,
     col_block: int | None = None,
-    lazy_rescale: bool = False,
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D].
 
@@ -281,7 +262,7 @@ def launch_vertical_slash(
             index.cols.shape[-1], index.piece_lo.shape[-1], index.dedup.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            DEDUP_ON_BANDS=on_bands, COL_BLOCK=col_block or block_size, LAZY=lazy_rescale,
+            DEDUP_ON_BANDS=on_bands, COL_BLOCK=col_block or block_size,
             num_warps=num_warps, num_stages=num_stages,
         )
     return out
