@@ -155,9 +155,9 @@ def vertical_slash_cost(
     v_idx [B, H, NV], s_idx [B, H, NS] as `estimate_vertical_slash` returns them (values outside
     [0, S) ignored). The kernel's index is built with `build_vertical_slash_index`, and entry
     [b, h] is `head_fractions` of head (b, h): the bs x bs key tiles the kernel runs for
-    that head (band pieces + column chunks + clamped tiles, summed over its query tiles) over the
-    M(M+1)/2 dense causal tiles. It can exceed 1 (scattered pieces straddle key tiles, and
-    columns are chunked on top of the bands). Above `dense_above` (`DENSE_FALLBACK_FRACTION`)
+    that head (band chunks + column chunks + clamped tiles, summed over its query tiles) over the
+    M(M+1)/2 dense causal tiles. It can exceed 1 (columns are chunked on top of the bands, and
+    partial chunks count whole). Above `dense_above` (`DENSE_FALLBACK_FRACTION`)
     the entry is 1.0, since the op would run dense SDPA instead.
 
     The op decides that fallback once per call, on the mean fraction over every head of the
@@ -389,9 +389,11 @@ def _vertical_slash_tiles(m: int, nv: int, ns: int, seq_len: int, block_size: in
     end = (m + 1) * block_size
     forced_s = min(FORCED_SLASH, ns)
     spread_s = ns - forced_s
-    forced_pieces = sum(1 for lo in range(1, forced_s + block_size, block_size) if lo <= end)
-    spread_live = spread_s * min(max(end - forced_s, 0), seq_len - forced_s) / max(seq_len - forced_s, 1)
-    pieces = min(forced_pieces + spread_live, m + 1)
+    forced_distances = min(forced_s + block_size - 1, end) if forced_s else 0  # one run 1..s+bs-1
+    # random bands of width bs at density spread_s / (S - forced_s) cover this share of distances
+    spread_cover = 1.0 - math.exp(-spread_s * block_size / max(seq_len - forced_s, 1))
+    spread_distances = spread_cover * min(max(end - forced_s - block_size + 1, 0), seq_len - forced_s)
+    band_chunks = min(math.ceil((forced_distances + spread_distances) / block_size), m + 1)
     forced_v = min(FORCED_VERTICAL, nv)
     spread_v = nv - forced_v
     columns = min(forced_v, end) + spread_v * min(max(end - forced_v, 0), seq_len - forced_v) / max(
@@ -402,7 +404,7 @@ def _vertical_slash_tiles(m: int, nv: int, ns: int, seq_len: int, block_size: in
         clamped = 1.0
     else:
         clamped = min(1.0, spread_s * (block_size - 1) / max(seq_len - forced_s, 1)) if end > forced_s else 0.0
-    return pieces + column_tiles + clamped
+    return band_chunks + column_tiles + clamped
 
 
 def pattern_cost(pattern: HeadPattern, seq_len: int, block_size: int = 64) -> float:
@@ -418,11 +420,13 @@ def pattern_cost(pattern: HeadPattern, seq_len: int, block_size: int = 64) -> fl
     - A-shape (init, local): the tiles n <= m holding a sink key (n < ceil(init/bs)) or a key of
       the local window of some row (n >= floor((m*bs - local + 1)/bs)).
     - block-sparse: min(BLOCK_SPARSE_TOPK, m) + 1 (the top-k tiles plus the diagonal).
-    - vertical-slash (a, b), budgets clamped as `vertical_slash_counts` does to (NV, NS): band
-      pieces + ceil(columns below e / bs) + 1 clamped tile where a band is clamped. The forced
-      offsets 0..99 form one merged run (ceil((100 + bs - 1)/bs) pieces); the other NS - 100
-      offsets and NV - 30 columns are taken as spread evenly over the sequence, each offset its
-      own piece (the estimator's scattered worst case), pieces capped at m + 1. A fraction above
+    - vertical-slash (a, b), budgets clamped as `vertical_slash_counts` does to (NV, NS):
+      ceil(band distances below e / bs) + ceil(columns below e / bs) + 1 clamped tile where a
+      band is clamped. The forced offsets 0..99 cover distances 1..99+bs; the other NS - 100
+      offsets are taken as uniformly random over the sequence (the estimator's scattered case,
+      on random input), so their bands cover an expected 1 - exp(-(NS - 100) bs / (S - 100))
+      of the distances beyond; the NV - 30 columns are spread evenly; band chunks capped at
+      m + 1. A fraction above
       DENSE_FALLBACK_FRACTION costs 1.0: the op then runs dense SDPA.
     """
     if not isinstance(pattern, HeadPattern) or pattern.kind not in PATTERNS:

@@ -187,9 +187,9 @@ def test_vertical_slash_cost_is_computed_fraction_of_each_heads_real_index():
 def test_planted_band_and_sinks_head_picks_the_vertical_slash_whose_real_index_is_cheaper():
     """Equal recall, opposite cost orders. On a local band + sinks head the estimator's extra
     slashes go to the sink diagonals (offsets near S, live only in the last tiles) and the band
-    run 0..99, whose last piece has room: (30, 160) computes no more than (30, 100). The extra
+    run 0..99, whose last chunk has room: (30, 160) computes no more than (30, 100). The extra
     columns of (1000, 100) are the keys just before the end, which the last ~16 query tiles all
-    compute. The analytical proxy spreads both over the sequence and charges one piece per
+    compute. The analytical proxy spreads both over the sequence and charges bs distances per
     extra offset, so it ranks (1000, 100) far cheaper."""
     seq_len = 8192
     q, k = _band_and_sinks(seq_len)

@@ -21,7 +21,7 @@ CASES = [  # batch, heads, kv_heads, seq_len, head_dim, n_vertical, n_slash
     (1, 3, 1, 130, 32, 0, 1),  # no columns at all
     (1, 2, 1, 300, 64, 3, 300),  # offsets cover everything
     (1, 2, 1, 700, 64, 300, 20),  # whole column chunks before the tile (no mask)
-    (1, 2, 1, 900, 64, 5, 40),  # plain band pieces (no mask), masked ones, clamped tiles
+    (1, 2, 1, 900, 64, 5, 40),  # unmasked band chunks, masked ones, clamped tiles
     (2, 2, 1, 260, 96, 40, 30),  # head_dim that is not a power of two
 ]
 
@@ -51,18 +51,63 @@ def test_fraction_bound_holds():
         assert computed_fraction(index, 64).item() <= fraction_bound(index, 64)
 
 
-def test_plain_pieces_and_column_chunks_are_exercised():
-    b, h, hk, s, d, nv, ns = CASES[6]
-    ranges = build_vertical_slash_index(*_indices(b, h, s, nv, ns), s, 64).piece_ranges
-    assert (ranges[..., 0] > 0).any(), "no plain piece"
-    assert (ranges[..., 3] > ranges[..., 2]).any(), "no masked piece"
+def test_band_pieces_and_distances_split_the_union_of_the_bands():
+    """Plain pieces (bs consecutive distances from u_lo >= bs) and the packed distances are
+    disjoint and together the union of the bands [s+1, s+bs] (offsets in [0, S) only); tile m
+    runs the pieces and distances with u <= e - lower, lower = bs where a band is clamped to
+    keys [0, bs), plus at most one piece that straddles e - lower, masked."""
+    s, bs = 611, 64
+    nblocks = -(-s // bs)
+    v_idx, s_idx = _indices(2, 3, s, 7, 25)
+    index = build_vertical_slash_index(v_idx, s_idx, s, bs)
+    big = nblocks * bs
+    for b in range(2):
+        for h in range(3):
+            offsets = {o for o in s_idx[b, h].tolist() if 0 <= o < s}
+            union = {u for o in offsets for u in range(o + 1, o + bs + 1)}  # may pass M*bs
+            pieces = [(lo, hi) for lo, hi in zip(index.piece_lo[b, h].tolist(), index.piece_hi[b, h].tolist()) if lo <= big]
+            assert all(hi - lo == bs - 1 and lo >= bs for lo, hi in pieces)
+            assert [lo for lo, _ in pieces] == sorted(lo for lo, _ in pieces)
+            in_pieces = [u for lo, hi in pieces for u in range(lo, hi + 1)]
+            dists = [u for u in index.dists[b, h].tolist() if u <= big]
+            assert dists == sorted(dists) and all(u > big for u in index.dists[b, h].tolist()[len(dists):])
+            assert not set(in_pieces) & set(dists) and set(in_pieces) <= union
+            assert {u for u in set(in_pieces) | set(dists) if u <= big} == {u for u in union if u <= big}
+            for m in range(nblocks):
+                end = (m + 1) * bs
+                clamped = any(end - bs < o < end for o in offsets)
+                assert index.clamped[b, h, m].item() == clamped
+                reach = end - (bs if clamped else 0)
+                r0, r1 = index.piece_ranges[b, h, m].tolist()
+                assert r0 == sum(hi <= reach for _, hi in pieces) and r1 == sum(lo <= reach for lo, _ in pieces)
+                assert index.dist_count[b, h, m].item() == sum(u <= reach for u in dists)
+
+
+def test_every_band_kind_matches_reference(nan_empty):
+    """Unmasked plain pieces, a piece reaching below a clamped tile's lowest key, packed
+    distances with the causal diagonal and partial chunks, on offsets placed to produce each,
+    with columns de-duplicated against them."""
+    s, bs = 900, 64
+    q, k, v = random_qkv(1, 2, 1, s, 64)
+    s_idx = torch.tensor([[[0, 5, 100, 130, 150, 333, 500, 505, 700], [64, 200, 201, 420, 421, 800, 90, 77, 99]]])
+    v_idx = torch.randint(0, s, (1, 2, 6))
+    index = build_vertical_slash_index(v_idx, s_idx, s, bs)
+    assert not dedup_on_bands(index, bs)
+    r0, r1 = index.piece_ranges.unbind(-1)
+    assert (r0 > 0).any(), "no unmasked piece"
+    assert (r1 > r0).any(), "no piece reaching below a clamped tile's lowest key"
+    assert (index.dists[..., 0] < bs).any(), "no causal distances"
+    assert (index.dist_count > bs).any() and (index.dist_count % bs != 0).any(), "no full and partial chunks"
+    assert index.clamped.bool().any()
+    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+    assert_close_to_reference(out, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s))
 
 
 def test_both_dedup_sides_are_exercised():
     index = build_vertical_slash_index(torch.zeros(1, 1, 9), torch.zeros(1, 1, 3), 100, 64)
-    assert dedup_on_bands(index)
+    assert dedup_on_bands(index, 64)
     index = build_vertical_slash_index(torch.zeros(1, 1, 3), torch.zeros(1, 1, 9), 100, 64)
-    assert not dedup_on_bands(index)
+    assert not dedup_on_bands(index, 64)
 
 
 def test_fp16_and_block_size_32(nan_empty):

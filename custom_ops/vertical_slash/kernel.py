@@ -1,18 +1,21 @@
 """Triton kernel of vertical-slash sparse attention (forward, causal, GQA-native).
 
-One program per (query tile m, batch * query head). It walks three work lists from
-`index.build_vertical_slash_index`: the band pieces (contiguous keys, at most one tile each),
-the clamped tile [0, bs) where it applies, and the vertical columns in chunks of bs; online
+One program per (query tile m, batch * query head). It walks four work lists from
+`index.build_vertical_slash_index`: the tile's plain band pieces (contiguous keys), its other
+band distances packed 64 per chunk (keys e - u), the clamped tile [0, bs) where it applies,
+and the vertical columns in chunks of bs; online
 softmax in fp32 over all of them. The columns' K/V rows are gathered once per head into
 contiguous buffers before the launch (`gather_columns`), so every chunk is a plain contiguous
-load that the pipeliner can prefetch, like the bands. A key that is both a column and in a
-band counts once: with DEDUP_ON_BANDS the bands skip column keys (a contiguous bitmap read per
-piece, cheap when pieces are few), otherwise the columns skip keys a band covers (a gather
-per column chunk, cheap when columns are few). MInference removes covered columns per tile
-in its index instead, which costs [B, H, M, NV] memory.
+load that the pipeliner can prefetch. A key that is both a column and in a band counts once:
+with DEDUP_ON_BANDS the bands skip column keys (a bitmap read per band chunk, cheap when
+band chunks are few; there are no plain pieces then), otherwise the columns skip keys a band covers (a gather per column
+chunk, cheap when columns are few). MInference removes covered columns per tile in its index
+instead, which costs [B, H, M, NV] memory.
 
-Tiles that need no mask (a full band piece away from the diagonal and from key 0, a column
-chunk wholly before the tile when the bands do the de-duplication) skip the score masking.
+Chunks that need no mask (plain pieces above the tile's lowest key; column chunks wholly
+before the tile, when the bands de-duplicate) skip the score masking. Plain pieces address
+their keys from one scalar; the packed distances need a vector load of indices first, which
+the pipeliner handles worse, so only what does not fill a whole piece goes there.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def _attend_keys(
     if MASKED:
         keep = (load_ok & key_ok)[None, :] & (pos[None, :] <= offs_m[:, None])
         qk = tl.where(keep, qk, float("-inf"))
+    if MASKED:
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
@@ -71,17 +75,31 @@ def _attend_keys(
 
 
 @triton.jit
-def _attend_band(
-    q, k_base, v_base, lo_ptr, hi_ptr, col_bitmap, end, lower, seq_len, lanes, stride_k,
-    stride_v, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale, DEDUP_ON_BANDS: tl.constexpr,
-    BLOCK: tl.constexpr,
+def _attend_piece(
+    q, k_base, v_base, lo_ptr, end, lower, lanes, stride_k, stride_v, offs_m, offs_d, d_ok,
+    m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Masked update with one band piece [u_lo, u_hi]: keys [end - u_hi, end - u_lo] that are
-    >= lower and < seq_len count (with DEDUP_ON_BANDS, keys that are columns don't)."""
-    u_lo = tl.load(lo_ptr)
-    u_hi = tl.load(hi_ptr)
-    offs_n = end - u_lo - (BLOCK - 1) + lanes
-    key_ok = (offs_n >= end - u_hi) & (offs_n >= lower) & (offs_n < seq_len)
+    """Update with the plain piece at lo_ptr: keys [e - u_lo - bs + 1, e - u_lo], all before
+    the tile; with MASKED only those >= lower count."""
+    offs_n = end - tl.load(lo_ptr) - (BLOCK - 1) + lanes
+    if MASKED:
+        ok = offs_n >= lower
+    else:
+        ok = lanes >= 0
+    return _attend_keys(q, k_base, v_base, offs_n, stride_k, stride_v, ok, ok, offs_n, offs_m,
+                        offs_d, d_ok, m_i, l_i, acc, qk_scale, MASKED)
+
+
+@triton.jit
+def _attend_distances(
+    q, k_base, v_base, dist_ptr, c, n, col_bitmap, end, seq_len, lanes, stride_k, stride_v,
+    offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale, DEDUP_ON_BANDS: tl.constexpr,
+):
+    """Masked update with band distances [c, min(c + bs, n)) of the tile's list: keys e - u
+    that are < seq_len and causal count (with DEDUP_ON_BANDS, keys that are columns don't)."""
+    in_list = c + lanes < n
+    offs_n = end - tl.load(dist_ptr + c + lanes, mask=in_list, other=0)
+    key_ok = in_list & (offs_n < seq_len)
     if DEDUP_ON_BANDS:
         is_col = tl.load(col_bitmap + offs_n, mask=key_ok, other=1)
         band_ok = is_col == 0
@@ -94,12 +112,12 @@ def _attend_band(
 @triton.jit
 def _vertical_slash_fwd(
     Q, K, V, KCols, VCols, Out,
-    Cols, ColCount, PieceLo, PieceHi, PieceRanges, Clamped, Dedup,
+    Cols, ColCount, PieceLo, PieceRanges, Dists, DistCount, Clamped, Dedup,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_os,
-    seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, dedup_len,
+    seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, n_dists_max, dedup_len,
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     DEDUP_ON_BANDS: tl.constexpr, COL_BLOCK: tl.constexpr,
@@ -127,24 +145,25 @@ def _vertical_slash_fwd(
     acc = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
     lanes = tl.arange(0, BLOCK)
 
-    pieces = bh.to(tl.int64) * n_pieces_max
+    # band keys: plain pieces (unmasked, then the one reaching below `lower`), then the packed
+    # remaining distances
+    pieces = PieceLo + bh.to(tl.int64) * n_pieces_max
+    r0 = tl.load(PieceRanges + tile * 2)
+    for t in range(0, r0):
+        m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, lanes, stride_ks,
+                                      stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale,
+                                      False, BLOCK)
+    for t in range(r0, tl.load(PieceRanges + tile * 2 + 1)):
+        m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, lanes, stride_ks,
+                                      stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale,
+                                      True, BLOCK)
+    dists = Dists + bh.to(tl.int64) * n_dists_max
     bitmap = bh.to(tl.int64) * dedup_len
-    ranges = PieceRanges + tile * 4
-    for t in range(0, tl.load(ranges)):  # plain pieces: full, before the tile, above `lower`
-        offs_n = end - tl.load(PieceLo + pieces + t) - (BLOCK - 1) + lanes
-        m_i, l_i, acc = _attend_keys(q, k_base, v_base, offs_n, stride_ks, stride_vs,
-                                     lanes >= 0, lanes >= 0, offs_n, offs_m, offs_d, d_ok,
-                                     m_i, l_i, acc, qk_scale, False)
-    for t in range(tl.load(ranges), tl.load(ranges + 1)):
-        m_i, l_i, acc = _attend_band(q, k_base, v_base, PieceLo + pieces + t,
-                                     PieceHi + pieces + t, Dedup + bitmap, end, lower, seq_len,
-                                     lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i,
-                                     acc, qk_scale, DEDUP_ON_BANDS, BLOCK)
-    for t in range(tl.load(ranges + 2), tl.load(ranges + 3)):
-        m_i, l_i, acc = _attend_band(q, k_base, v_base, PieceLo + pieces + t,
-                                     PieceHi + pieces + t, Dedup + bitmap, end, lower, seq_len,
-                                     lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i,
-                                     acc, qk_scale, DEDUP_ON_BANDS, BLOCK)
+    n_dists = tl.load(DistCount + tile)
+    for c in range(0, n_dists, BLOCK):
+        m_i, l_i, acc = _attend_distances(q, k_base, v_base, dists, c, n_dists, Dedup + bitmap, end,
+                                          seq_len, lanes, stride_ks, stride_vs, offs_m, offs_d,
+                                          d_ok, m_i, l_i, acc, qk_scale, DEDUP_ON_BANDS)
     if clamped != 0:
         key_ok = lanes < seq_len
         if DEDUP_ON_BANDS:
@@ -232,9 +251,10 @@ def launch_vertical_slash(
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D].
 
-    Defaults measured on H100 (perf/tune_kernels.py, 128K): 4 warps; 2 stages when columns
-    dominate (dedup on the bands: 11.9 against 13.5 ms at (3500, 100)), else 3 (114.5
-    against 122 ms at (30, 800)); column chunks of bs (128 was slower).
+    Defaults measured on H100 (perf/ab_vertical_slash.py; 128K and 256K): 4 warps; 3 stages
+    when the bands de-duplicate (12.3 against 12.5 ms at (3500, 100), 128K; 24.6 against
+    25.6 ms at 256K), else 2 (105.7 against 109.0 ms at (30, 800), 128K; 229.9 against
+    236.6 ms at 256K); column chunks of bs (128 was slower, perf/tune_kernels.py).
     """
     if not q.is_cuda:
         _check_interpreter()
@@ -244,22 +264,22 @@ def launch_vertical_slash(
     nblocks = index.col_count.shape[-1]
     block_d = max(16, triton.next_power_of_2(head_dim))
     grid = (nblocks, bsz * heads)
-    on_bands = dedup_on_bands(index)
+    on_bands = dedup_on_bands(index, block_size)
     if num_stages is None:
-        num_stages = 2 if on_bands else 3
+        num_stages = 3 if on_bands else 2
     k_cols, v_cols = gather_columns(k, v, index.cols)
     log2e = 1.4426950408889634
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         _vertical_slash_fwd[grid](
             q, k, v, k_cols, v_cols, out,
-            index.cols, index.col_count, index.piece_lo, index.piece_hi, index.piece_ranges,
-            index.clamped, index.dedup,
+            index.cols, index.col_count, index.piece_lo, index.piece_ranges, index.dists,
+            index.dist_count, index.clamped, index.dedup,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             seq_len, heads, heads // k.shape[1], nblocks,
-            index.cols.shape[-1], index.piece_lo.shape[-1], index.dedup.shape[-1],
+            index.cols.shape[-1], index.piece_lo.shape[-1], index.dists.shape[-1], index.dedup.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
             DEDUP_ON_BANDS=on_bands, COL_BLOCK=col_block or block_size,

@@ -26,6 +26,8 @@ def vertical_slash_attention_op(
     piece_lo: torch.Tensor,
     piece_hi: torch.Tensor,
     piece_ranges: torch.Tensor,
+    dists: torch.Tensor,
+    dist_count: torch.Tensor,
     clamped: torch.Tensor,
     dedup: torch.Tensor,
     block_size: int,
@@ -37,7 +39,9 @@ def vertical_slash_attention_op(
     When the index computes more than `dense_above` of the dense causal key tiles, dense
     SDPA runs instead (a superset of the mask; pass a value > 1 to never fall back).
     """
-    index = VerticalSlashIndex(cols, col_count, piece_lo, piece_hi, piece_ranges, clamped, dedup)
+    index = VerticalSlashIndex(
+        cols, col_count, piece_lo, piece_hi, piece_ranges, dists, dist_count, clamped, dedup
+    )
     if (
         dense_above <= 1.0
         and fraction_bound(index, block_size) > dense_above
@@ -51,7 +55,8 @@ def vertical_slash_attention_op(
 
 
 @vertical_slash_attention_op.register_fake
-def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_ranges, clamped, dedup, block_size, scale, dense_above):
+def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_ranges, dists, dist_count, clamped, dedup,
+      block_size, scale, dense_above):
     return q.new_empty(q.shape)
 
 
