@@ -41,7 +41,7 @@ class VerticalSlashIndex(NamedTuple):
         (u_hi <= e - lower) and [r0, r1) masked (at most one, reaching below `lower`);
         lower = bs when the tile is clamped, else 0.
     dists: [B, H, W] int32, the other distances u the band union covers, ascending, padded
-        with a large value; W = min(NS * bs, M * bs + 1), at least 1.
+        with a large value; W = max(NS * bs, 1).
     dist_count: [B, H, M] int32, how many of `dists` tile m reads: those with u <= e - lower.
     clamped: [B, H, M] int32, 1 when tile m also covers keys [0, bs) through a clamped band.
     dedup: int8 bitmap that makes a key in a band and in the columns count once. When
@@ -117,13 +117,12 @@ def _interval_cover(lo: torch.Tensor, hi: torch.Tensor, span: int, big: int) -> 
     return torch.cumsum(delta, dim=-1)[..., :span] > 0
 
 
-def _positions(mask: torch.Tensor, width: int, big: int) -> torch.Tensor:
-    """[..., width] long: the indices where mask [..., N] is True, ascending, padded with big
-    (width must be at least the number of True entries)."""
-    slot = torch.cumsum(mask.int(), dim=-1) - 1
-    out = torch.full((*mask.shape[:-1], width + 1), big, dtype=torch.long, device=mask.device)
-    index = torch.arange(mask.shape[-1], device=mask.device).expand_as(slot)
-    out.scatter_(-1, torch.where(mask, slot, width).long(), index)
+def _compact(values: torch.Tensor, keep: torch.Tensor, width: int, big: int) -> torch.Tensor:
+    """[..., width] long: the entries of values [..., N] where keep, in their order, padded
+    with big (width must be at least the number kept)."""
+    slot = torch.cumsum(keep.int(), dim=-1) - 1
+    out = torch.full((*values.shape[:-1], width + 1), big, dtype=torch.long, device=values.device)
+    out.scatter_(-1, torch.where(keep, slot, width).long(), values.long())
     return out[..., :width]
 
 
@@ -148,27 +147,29 @@ def build_vertical_slash_index(
     # offsets in (e - bs, e) are clamped to keys [0, bs), which the clamped tile serves
     clamped = torch.searchsorted(offsets, ends) > torch.searchsorted(offsets, ends - block_size, right=True)
     reach = ends - torch.where(clamped, block_size, 0)  # tile m reads distances u <= reach
-    span = nblocks * block_size + 1
-    covered = _interval_cover(offsets + 1, offsets + block_size, span, big)
     on_bands = cols.shape[-1] > offsets.shape[-1]
 
+    # pieces come ascending and disjoint, so both selections below stay ascending
     lo, hi = _band_pieces(offsets, block_size, big)
-    plain = (lo < big) & (hi - lo == block_size - 1) & (lo >= block_size) & (not on_bands)
-    order = torch.where(plain, lo, big).argsort(dim=-1)
-    piece_lo = torch.where(plain, lo, big).gather(-1, order).contiguous()
-    piece_hi = torch.where(plain, hi, big).gather(-1, order).contiguous()
+    live = lo < big
+    plain = live & (hi - lo == block_size - 1) & (lo >= block_size) & (not on_bands)
+    piece_lo = _compact(lo, plain, lo.shape[-1], big).contiguous()
+    piece_hi = _compact(hi, plain, lo.shape[-1], big).contiguous()
     r0 = torch.searchsorted(piece_hi, reach, right=True)
     r1 = torch.searchsorted(piece_lo, reach, right=True)
-    rest = covered & ~_interval_cover(piece_lo, piece_hi, span, big)
-    dists = _positions(rest, max(1, min(offsets.shape[-1] * block_size, span)), big)
+    # every other piece, expanded to its distances (at most bs each)
+    spread = lo[..., None] + torch.arange(block_size, device=device)
+    rest = (live & ~plain)[..., None] & (spread <= hi[..., None])
+    dists = _compact(spread.flatten(-2), rest.flatten(-2), max(1, offsets.shape[-1] * block_size), big)
     dist_count = torch.searchsorted(dists.contiguous(), reach, right=True)
 
     if on_bands:  # dedup on the bands: mark the columns
         dedup = torch.zeros(*cols.shape[:-1], seq_len + 1, dtype=torch.int8, device=device)
         dedup.scatter_(-1, cols.clamp(max=seq_len), 1)
         dedup = dedup[..., :seq_len]
-    else:  # dedup on the columns: the distances the bands cover
-        dedup = covered.to(torch.int8)
+    else:  # dedup on the columns: mark the distances the bands cover
+        span = nblocks * block_size + 1
+        dedup = _interval_cover(offsets + 1, offsets + block_size, span, big).to(torch.int8)
 
     return VerticalSlashIndex(
         cols=cols.to(torch.int32).contiguous(),
