@@ -19,6 +19,7 @@ CASES = [  # batch, heads, kv_heads, seq_len, head_dim, n_vertical, n_slash
     (2, 4, 2, 333, 64, 12, 20),  # batch 2, GQA, odd length: dedup on the columns
     (1, 2, 2, 517, 128, 50, 40),
     (1, 3, 1, 130, 32, 0, 1),  # no columns at all
+    (1, 2, 1, 150, 64, 5, 0),  # no slash offsets at all
     (1, 2, 1, 300, 64, 3, 300),  # offsets cover everything
     (1, 2, 1, 700, 64, 300, 20),  # whole column chunks before the tile (no mask)
     (1, 2, 1, 900, 64, 5, 40),  # unmasked band chunks, masked ones, clamped tiles

@@ -126,6 +126,21 @@ def _compact(values: torch.Tensor, keep: torch.Tensor, width: int, big: int) -> 
     return out[..., :width]
 
 
+def _expand_pieces(lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, width: int, big: int) -> torch.Tensor:
+    """[..., width] long: the distances of the kept pieces [lo, hi] (ascending, disjoint),
+    listed in order and padded with big. Each slot finds its piece by a searchsorted over the
+    running piece lengths (the same pattern as `_band_pieces`)."""
+    if lo.shape[-1] == 0:
+        return torch.full((*lo.shape[:-1], width), big, dtype=torch.long, device=lo.device)
+    length = torch.where(keep, hi - lo + 1, 0)
+    last = torch.cumsum(length, dim=-1)
+    slot = torch.arange(width, device=lo.device).expand(*lo.shape[:-1], width).contiguous()
+    owner = torch.searchsorted(last, slot, right=True).clamp(max=lo.shape[-1] - 1)
+    first = last.gather(-1, owner) - length.gather(-1, owner)
+    dist = lo.gather(-1, owner) + (slot - first)
+    return torch.where(slot < last[..., -1:], dist, big)
+
+
 def build_vertical_slash_index(
     v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int
 ) -> VerticalSlashIndex:
@@ -158,9 +173,7 @@ def build_vertical_slash_index(
     r0 = torch.searchsorted(piece_hi, reach, right=True)
     r1 = torch.searchsorted(piece_lo, reach, right=True)
     # every other piece, expanded to its distances (at most bs each)
-    spread = lo[..., None] + torch.arange(block_size, device=device)
-    rest = (live & ~plain)[..., None] & (spread <= hi[..., None])
-    dists = _compact(spread.flatten(-2), rest.flatten(-2), max(1, offsets.shape[-1] * block_size), big)
+    dists = _expand_pieces(lo, hi, live & ~plain, max(1, offsets.shape[-1] * block_size), big)
     dist_count = torch.searchsorted(dists.contiguous(), reach, right=True)
 
     if on_bands:  # dedup on the bands: mark the columns
