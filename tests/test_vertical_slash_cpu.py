@@ -165,6 +165,10 @@ def test_opcheck():
     index = build_vertical_slash_index(v_idx, s_idx, 150, 64)
     for dense_above in (2.0, 0.0):  # the kernel, and the dense fallback
         torch.library.opcheck(vertical_slash_attention_op, (q, k, v, *index, 64, 0.125, dense_above))
+    from custom_ops.vertical_slash.index import vertical_slash_index_op
+
+    for nv, ns in ((9, 4), (3, 7), (0, 5), (4, 0)):  # both dedup sides, no columns, no offsets
+        torch.library.opcheck(vertical_slash_index_op, (*_indices(2, 3, 150, nv, ns), 150, 64))
 
 
 def test_dense_fallback_threshold_dispatches():
