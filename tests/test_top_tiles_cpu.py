@@ -54,6 +54,19 @@ def test_top_tiles_in_chunks():
         check_selection(scores, *launch_top_tiles(scores, topk, chunk=16), topk)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_top_tiles_four_bits_per_pass(dtype):
+    """4 bits per pass finds the same k-th key as the default 2 (tested above)."""
+    from custom_ops.top_tiles.kernel import launch_top_tiles
+
+    scores = ((torch.randn(1, 2, 40, 40) * 3).round() / 3).to(dtype)
+    scores[..., 2] = -0.0
+    for topk in (1, 7, 40):
+        check_selection(scores, *launch_top_tiles(scores, topk, chunk=16, radix_bits=4), topk)
+    with pytest.raises(ValueError, match="radix_bits must be 2 or 4"):
+        launch_top_tiles(scores, 3, radix_bits=3)
+
+
 def test_top_tiles_rejects_other_dtypes():
     with pytest.raises(TypeError, match="top_tiles takes fp32, bf16 or fp16"):
         top_tiles(torch.zeros(1, 1, 4, 4, dtype=torch.float64), 2)

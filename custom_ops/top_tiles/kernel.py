@@ -86,14 +86,19 @@ def _top_tiles(
 
 
 def launch_top_tiles(
-    scores: torch.Tensor, topk: int, chunk: int | None = None
+    scores: torch.Tensor, topk: int, chunk: int | None = None, radix_bits: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """scores [B, H, M, M] (row m scores key tiles n; entries n > m are ignored), topk >= 1 ->
     (tiles [B, H, M, W] int32 with W = min(topk, M), count [B, H, M] int32).
 
     Row m keeps the min(topk, m + 1) best tiles n <= m, ties broken towards lower n, then
     drops the diagonal m; the count kept tiles are in ascending order, the rest is M.
+    chunk (keys per step of a pass) and radix_bits (2 or 4: bits of the k-th key found per
+    pass, 2^radix_bits candidates counted at once; 4 halves the passes and quadruples the
+    compares of each) are launch parameters; the result does not depend on them.
     """
+    if radix_bits not in (2, 4):
+        raise ValueError(f"radix_bits must be 2 or 4, got {radix_bits}")
     if not scores.is_cuda:
         _check_interpreter()
     scores = scores.contiguous()
@@ -109,6 +114,6 @@ def launch_top_tiles(
     with torch.cuda.device(scores.device) if scores.is_cuda else contextlib.nullcontext():
         _top_tiles[(bsz * heads * nblocks,)](
             bits, tiles, count, nblocks, width, topk,
-            CHUNK=chunk, KEY_BITS=key_bits, RADIX_BITS=2, num_warps=4,
+            CHUNK=chunk, KEY_BITS=key_bits, RADIX_BITS=radix_bits, num_warps=4,
         )
     return tiles, count

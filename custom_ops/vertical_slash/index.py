@@ -147,9 +147,9 @@ def build_vertical_slash_index(
     """Convert v_idx [B, H, NV] and s_idx [B, H, NS] into the kernel's work lists.
 
     Order and duplicates don't matter; values outside [0, S) are ignored. Runs as the op
-    `minference_flex::vertical_slash_index`, which torch.compile keeps whole: Inductor in
-    torch 2.11 generated invalid CUDA kernels when it fused these ~60 small operations, and
-    fusing them saved nothing measurable (the kernel launches overlap the estimation).
+    `minference_flex::vertical_slash_index`, which torch.compile keeps whole (the same ~60
+    eager operations as outside a compiled graph): Inductor in torch 2.11 generated invalid
+    CUDA kernels when it fused them.
     """
     return VerticalSlashIndex(*vertical_slash_index_op(v_idx, s_idx, seq_len, block_size))
 
