@@ -41,7 +41,7 @@ class VerticalSlashIndex(NamedTuple):
         (u_hi <= e - lower) and [r0, r1) masked (at most one, reaching below `lower`);
         lower = bs when the tile is clamped, else 0.
     dists: [B, H, W] int32, the other distances u the band union covers, ascending, padded
-        with a large value; W = max(NS * bs, 1).
+        with a large value; W = dists_width(NS, S, bs).
     dist_count: [B, H, M] int32, how many of `dists` tile m reads: those with u <= e - lower.
     clamped: [B, H, M] int32, 1 when tile m also covers keys [0, bs) through a clamped band.
     dedup: int8 bitmap that makes a key in a band and in the columns count once. When
@@ -141,6 +141,12 @@ def _expand_pieces(lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, width
     return torch.where(slot < last[..., -1:], dist, big)
 
 
+def dists_width(n_offsets: int, seq_len: int, block_size: int) -> int:
+    """Width of `VerticalSlashIndex.dists`: NS bands hold at most NS * bs distances, and their
+    union at most S + bs - 1 (distances 1 .. S - 1 + bs); at least 1."""
+    return max(1, min(n_offsets * block_size, seq_len + block_size - 1))
+
+
 def build_vertical_slash_index(
     v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int
 ) -> VerticalSlashIndex:
@@ -176,7 +182,7 @@ def _(v_idx, s_idx, seq_len, block_size):
     return (
         new(bsz, heads, n_cols), new(bsz, heads, nblocks), new(bsz, heads, n_offsets),
         new(bsz, heads, n_offsets), new(bsz, heads, nblocks, 2),
-        new(bsz, heads, max(1, n_offsets * block_size)), new(bsz, heads, nblocks),
+        new(bsz, heads, dists_width(n_offsets, seq_len, block_size)), new(bsz, heads, nblocks),
         new(bsz, heads, nblocks), new(bsz, heads, dedup_len, dtype=torch.int8),
     )
 
@@ -207,7 +213,7 @@ def _build_index(v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_s
     r0 = torch.searchsorted(piece_hi, reach, right=True)
     r1 = torch.searchsorted(piece_lo, reach, right=True)
     # every other piece, expanded to its distances (at most bs each)
-    dists = _expand_pieces(lo, hi, live & ~plain, max(1, offsets.shape[-1] * block_size), big)
+    dists = _expand_pieces(lo, hi, live & ~plain, dists_width(offsets.shape[-1], seq_len, block_size), big)
     dist_count = torch.searchsorted(dists.contiguous(), reach, right=True)
 
     if on_bands:  # dedup on the bands: mark the columns
