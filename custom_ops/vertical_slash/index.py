@@ -35,8 +35,8 @@ class VerticalSlashIndex(NamedTuple):
 
     cols: [B, H, NV] int32, the distinct in-range columns ascending, padded with M*bs.
     col_count: [B, H, M] int32, how many of `cols` are < e of tile m.
-    piece_lo, piece_hi: [B, H, NS] int32, the plain pieces [u_lo, u_hi] (bs distances, u_lo
-        >= bs, none when the bands de-duplicate) ascending, padded with a large value.
+    piece_lo: [B, H, NS] int32, the u_lo of the plain pieces [u_lo, u_lo + bs - 1] (u_lo >= bs;
+        none when the bands de-duplicate) ascending, padded with a large value.
     piece_ranges: [B, H, M, 2] int32 (r0, r1): tile m runs plain pieces [0, r0) unmasked
         (u_hi <= e - lower) and [r0, r1) masked (at most one, reaching below `lower`);
         lower = bs when the tile is clamped, else 0.
@@ -53,7 +53,6 @@ class VerticalSlashIndex(NamedTuple):
     cols: torch.Tensor
     col_count: torch.Tensor
     piece_lo: torch.Tensor
-    piece_hi: torch.Tensor
     piece_ranges: torch.Tensor
     dists: torch.Tensor
     dist_count: torch.Tensor
@@ -164,7 +163,7 @@ def build_vertical_slash_index(
 def vertical_slash_index_op(
     v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor]:
+           torch.Tensor]:
     """The fields of `build_vertical_slash_index`'s result, in `VerticalSlashIndex` order."""
     return tuple(_build_index(v_idx, s_idx, seq_len, block_size))
 
@@ -181,7 +180,7 @@ def _(v_idx, s_idx, seq_len, block_size):
     dedup_len = seq_len if n_cols > n_offsets else nblocks * block_size + 1
     return (
         new(bsz, heads, n_cols), new(bsz, heads, nblocks), new(bsz, heads, n_offsets),
-        new(bsz, heads, n_offsets), new(bsz, heads, nblocks, 2),
+        new(bsz, heads, nblocks, 2),
         new(bsz, heads, dists_width(n_offsets, seq_len, block_size)), new(bsz, heads, nblocks),
         new(bsz, heads, nblocks), new(bsz, heads, dedup_len, dtype=torch.int8),
     )
@@ -209,8 +208,7 @@ def _build_index(v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_s
     live = lo < big
     plain = live & (hi - lo == block_size - 1) & (lo >= block_size) & (not on_bands)
     piece_lo = _compact(lo, plain, lo.shape[-1], big).contiguous()
-    piece_hi = _compact(hi, plain, lo.shape[-1], big).contiguous()
-    r0 = torch.searchsorted(piece_hi, reach, right=True)
+    r0 = torch.searchsorted(piece_lo, reach - (block_size - 1), right=True)  # u_hi <= reach
     r1 = torch.searchsorted(piece_lo, reach, right=True)
     # every other piece, expanded to its distances (at most bs each)
     dists = _expand_pieces(lo, hi, live & ~plain, dists_width(offsets.shape[-1], seq_len, block_size), big)
@@ -228,7 +226,6 @@ def _build_index(v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_s
         cols=cols.to(torch.int32).contiguous(),
         col_count=col_count.to(torch.int32).contiguous(),
         piece_lo=piece_lo.clamp(max=2**30).to(torch.int32).contiguous(),
-        piece_hi=piece_hi.clamp(max=2**30).to(torch.int32).contiguous(),
         piece_ranges=torch.stack([r0, r1], dim=-1).to(torch.int32).contiguous(),
         dists=dists.clamp(max=2**30).to(torch.int32).contiguous(),
         dist_count=dist_count.to(torch.int32).contiguous(),

@@ -24,7 +24,6 @@ def vertical_slash_attention_op(
     cols: torch.Tensor,
     col_count: torch.Tensor,
     piece_lo: torch.Tensor,
-    piece_hi: torch.Tensor,
     piece_ranges: torch.Tensor,
     dists: torch.Tensor,
     dist_count: torch.Tensor,
@@ -40,7 +39,7 @@ def vertical_slash_attention_op(
     SDPA runs instead (a superset of the mask; pass a value > 1 to never fall back).
     """
     index = VerticalSlashIndex(
-        cols, col_count, piece_lo, piece_hi, piece_ranges, dists, dist_count, clamped, dedup
+        cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup
     )
     if (
         dense_above <= 1.0
@@ -55,7 +54,7 @@ def vertical_slash_attention_op(
 
 
 @vertical_slash_attention_op.register_fake
-def _(q, k, v, cols, col_count, piece_lo, piece_hi, piece_ranges, dists, dist_count, clamped, dedup,
+def _(q, k, v, cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup,
       block_size, scale, dense_above):
     return q.new_empty(q.shape)
 
