@@ -122,8 +122,8 @@ def main(argv=None):
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--modes", nargs="+", default=["random", "structured"])
     parser.add_argument("--rep-ms", type=float, default=1000)
-    parser.add_argument("--vs-budgets", nargs="+", default=[f"{a},{b}" for a, b in VS_BUDGETS],
-                        help="vertical-slash budgets as NV,NS")
+    parser.add_argument("--vs-budgets", nargs="*", default=[f"{a},{b}" for a, b in VS_BUDGETS],
+                        help="vertical-slash budgets as NV,NS (none: skip vertical-slash)")
     parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
     parser.add_argument("--out", default="perf/results/kernels.json")
     args = parser.parse_args(argv)

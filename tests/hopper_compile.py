@@ -1,0 +1,65 @@
+"""Compile every Triton kernel of the package for an H100 (sm_90) without a GPU.
+
+The CPU suite runs the kernels under TRITON_INTERPRET=1, which does not type-check them the
+way the GPU compiler does (a loop-carried variable changing shape passes the interpreter and
+fails to compile). This compiles each kernel, with the constexpr variants the launchers use,
+down to a cubin. Run in a process where TRITON_INTERPRET=0 (tests/test_kernels_compile_cpu.py):
+    TRITON_INTERPRET=0 python -m tests.hopper_compile
+"""
+
+from __future__ import annotations
+
+import os
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    raise SystemExit("run with TRITON_INTERPRET=0: interpreted kernels cannot be compiled")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from custom_ops.top_tiles.kernel import _top_tiles  # noqa: E402
+from custom_ops.vertical_slash.kernel import _vertical_slash_fwd  # noqa: E402
+from custom_ops.vertical_slash_scores.kernel import _column_and_diagonal_sums, _row_stats  # noqa: E402
+
+H100 = GPUTarget("cuda", 90, 32)
+
+
+def compile_for_h100(kernel, pointers: dict[str, str], constants: dict, floats=(), **options) -> None:
+    """Compile `kernel` with pointer dtypes `pointers`, constexpr values `constants`; every
+    other argument is an int32 scalar, except the names in `floats` (fp32)."""
+    signature = {}
+    for param in kernel.params:
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = pointers[name]
+        else:
+            signature[name] = "fp32" if name in floats else "i32"
+    triton.compile(ASTSource(kernel, signature, constants), target=H100, options=options)
+
+
+def main() -> None:
+    bf16 = {n: "*bf16" for n in ("Q", "K", "V", "KCols", "VCols", "Out")}
+    index = {n: "*i32" for n in ("Cols", "ColCount", "PieceLo", "PieceRanges", "Dists", "DistCount", "Clamped")}
+    for head_dim, block_d in ((64, 64), (128, 128), (96, 128)):
+        for on_bands, stages in ((True, 3), (False, 2)):
+            compile_for_h100(
+                _vertical_slash_fwd, {**bf16, **index, "Dedup": "*i8"},
+                {"BLOCK": 64, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "DEDUP_ON_BANDS": on_bands,
+                 "COL_BLOCK": 64},
+                floats=("qk_scale",), num_warps=4, num_stages=stages,
+            )
+    for bits, dtype in ((16, "*i16"), (32, "*i32")):
+        compile_for_h100(_top_tiles, {"Bits": dtype, "Tiles": "*i32", "Count": "*i32"},
+                         {"CHUNK": 512, "KEY_BITS": bits}, num_warps=2)
+    stats = {"Scores": "*bf16", "PartMax": "*fp32", "PartSum": "*fp32"}
+    compile_for_h100(_row_stats, stats, {"BLOCK": 1024}, num_warps=4)
+    compile_for_h100(_column_and_diagonal_sums, {**stats, "Vertical": "*fp32", "Slash": "*fp32"},
+                     {"BLOCK_L": 8, "BLOCK_N": 512, "BLOCK_SPLIT": 32}, num_warps=4)
+    print("all kernels compiled for sm_90")
+
+
+if __name__ == "__main__":
+    main()
