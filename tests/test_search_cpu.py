@@ -112,10 +112,16 @@ def test_a_shape_cost_counts_the_tiles_of_its_mask():
     "seq_len, budgets", [(8192, (500, 100)), (8192, (300, 120)), (16384, (1000, 150)), (16384, (30, 200))]
 )
 def test_vertical_slash_cost_tracks_the_kernel_index_on_random_inputs(seq_len, budgets):
-    q, k = torch.randn(1, 2, seq_len, 64), torch.randn(1, 2, seq_len, 64)
-    v_idx, s_idx = mf.estimate_vertical_slash(q, k, *budgets)
-    real = computed_fraction(build_vertical_slash_index(v_idx, s_idx, seq_len, 64), 64).item()
-    assert pattern_cost(VS(*budgets), seq_len) == pytest.approx(real, rel=0.15)
+    """`pattern_cost` is an expectation over randomly placed offsets and columns, so it is
+    compared with the kernel-exact fraction averaged over draws: with few scattered offsets
+    one draw alone varies by about +-10% ((300, 120) at 8K: 0.204-0.248 over 12 seeds, the
+    model 0.238)."""
+    reals = []
+    for _ in range(8):
+        q, k = torch.randn(1, 2, seq_len, 64), torch.randn(1, 2, seq_len, 64)
+        v_idx, s_idx = mf.estimate_vertical_slash(q, k, *budgets)
+        reals.append(computed_fraction(build_vertical_slash_index(v_idx, s_idx, seq_len, 64), 64).item())
+    assert pattern_cost(VS(*budgets), seq_len) == pytest.approx(sum(reals) / len(reals), rel=0.15)
 
 
 def test_cost_order_and_limits():
