@@ -73,18 +73,25 @@ def estimate_breakdown(q, k, rep):
     part = _row_stats_launch(scores, 1024)
     report("estimate sums", "  row stats kernel", median_ms(lambda: _row_stats_launch(scores, 1024), rep_ms=rep))
     v0, s0 = _sums_launch(scores, *part, 64, 256, 8)
-    for bl, bn, w in ((8, 512, 4), (8, 1024, 4), (4, 512, 4), (8, 512, 8), (4, 1024, 4)):
+    for bl, bn, w in ((8, 512, 4), (8, 1024, 4), (4, 1024, 4), (2, 1024, 4), (4, 2048, 4), (2, 2048, 4),
+                      (4, 4096, 4), (2, 4096, 4), (4, 2048, 8), (2, 4096, 8), (4, 4096, 8)):
         v1, s1 = _sums_launch(scores, *part, bl, bn, w)
         report("estimate sums", f"  sums kernel rows={bl} keys={bn} warps={w}",
                median_ms(lambda: _sums_launch(scores, *part, bl, bn, w), rep_ms=rep),
                max_abs_diff=max(diff(v0, v1), diff(s0, s1)))
+    for kk in (30, 800, 3500, 6096):
+        report("estimate", f"  torch.topk k={kk} of the slash scores",
+               median_ms(lambda: s1.topk(kk, dim=-1, sorted=False), rep_ms=rep))
+    report("estimate", "estimate_vertical_slash (30,800)",
+           median_ms(lambda: mf.estimate_vertical_slash(q, k, 30, 800), rep_ms=rep))
     report("estimate", "estimate_vertical_slash (3500,100)",
            median_ms(lambda: mf.estimate_vertical_slash(q, k, 3500, 100), rep_ms=rep))
     report("estimate", "estimate_vertical_slash (1000,6096)",
            median_ms(lambda: mf.estimate_vertical_slash(q, k, 1000, 6096), rep_ms=rep))
 
 
-def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole=True):
+def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole=True, warps_list=(4,),
+                         col_blocks=(64,)):
     s = q.shape[2]
     scale = q.shape[-1] ** -0.5
     cases = [("random", (3500, 100), False), ("random", (30, 800), False), ("planted", (1000, 6096), True)]
@@ -101,15 +108,18 @@ def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole
         report(group, "index build", median_ms(lambda: build_vertical_slash_index(v_idx, s_idx, s, 64), rep_ms=rep))
         base = launch_vertical_slash(q, k, v, index, 64, scale, 4, 3)
         for stages in stage_list:
-            name = f"stages={stages}"
-            try:
-                out = launch_vertical_slash(q, k, v, index, 64, scale, 4, stages)
-                ms = median_ms(lambda: launch_vertical_slash(q, k, v, index, 64, scale, 4, stages), rep_ms=rep)
-            except Exception as exc:  # a configuration that does not compile is a result too
-                print(f"{group} {name}: {type(exc).__name__}: {str(exc)[:300]}")
-                continue
-            tile_flops = frac * 4 * q.shape[1] * q.shape[-1] * s * (s + 64) / 2
-            report(group, name, ms, max_abs_diff=diff(out, base), tflops=tile_flops / ms / 1e9)
+            for warps in warps_list:
+                for col_block in col_blocks:
+                    name = f"stages={stages} warps={warps} col_block={col_block}"
+                    args = (q, k, v, index, 64, scale, warps, stages, col_block)
+                    try:
+                        out = launch_vertical_slash(*args)
+                        ms = median_ms(lambda: launch_vertical_slash(*args), rep_ms=rep)
+                    except Exception as exc:  # a configuration that does not compile is a result too
+                        print(f"{group} {name}: {type(exc).__name__}: {str(exc)[:300]}")
+                        continue
+                    tile_flops = frac * 4 * q.shape[1] * q.shape[-1] * s * (s + 64) / 2
+                    report(group, name, ms, max_abs_diff=diff(out, base), tflops=tile_flops / ms / 1e9)
         whole = mf.dynamic_vertical_slash_attention if whole and not planted else None
         if whole is not None:
             report(group, "whole (estimate+index+kernel)",
@@ -190,6 +200,8 @@ def main():
     parser.add_argument("--only", nargs="+", default=["estimate", "vs", "bs"])
     parser.add_argument("--rep-ms", type=float, default=300)
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--warps", type=int, nargs="+", default=[4])
+    parser.add_argument("--col-blocks", type=int, nargs="+", default=[64])
     parser.add_argument("--vs-cases", nargs="*", default=None, help="e.g. 3500,100 30,800")
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--flex-options", nargs="*", default=None, help="subset of the flex option sets")
@@ -215,7 +227,8 @@ def main():
     if "bs" in args.only:
         sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options)
     if "vs" in args.only:
-        sweep_vertical_slash(q, k, v, args.rep_ms, args.stages, args.vs_cases, whole=not args.skip_dense)
+        sweep_vertical_slash(q, k, v, args.rep_ms, args.stages, args.vs_cases, whole=not args.skip_dense,
+                             warps_list=args.warps, col_blocks=args.col_blocks)
     if args.out:
         write_json(args.out, {"machine": machine(), "seq_len": s, "rows": ROWS})
 

@@ -57,7 +57,7 @@ def main() -> None:
     stats = {"Scores": "*bf16", "PartMax": "*fp32", "PartSum": "*fp32"}
     compile_for_h100(_row_stats, stats, {"BLOCK": 1024}, num_warps=4)
     compile_for_h100(_column_and_diagonal_sums, {**stats, "Vertical": "*fp32", "Slash": "*fp32"},
-                     {"BLOCK_L": 8, "BLOCK_N": 512, "BLOCK_SPLIT": 32}, num_warps=4)
+                     {"BLOCK_L": 2, "BLOCK_N": 2048, "BLOCK_SPLIT": 32}, num_warps=4)
     print("all kernels compiled for sm_90")
 
 

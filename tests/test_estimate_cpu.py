@@ -75,6 +75,20 @@ def test_fused_sums_match_torch(shape):
     torch.testing.assert_close(slash, _diagonal_sums(probs), rtol=1e-5, atol=1e-6)
 
 
+def test_fused_sums_in_cuda_step_sizes():
+    """The sums kernel with CUDA's steps (2 rows x 2048 keys), interpreted: one key block
+    spans the whole row, and rows come two at a time."""
+    from custom_ops.vertical_slash_scores.kernel import _row_stats_launch, _sums_launch
+    from minference_flex.estimate import _diagonal_sums, _grouped_last_probs, _grouped_last_scores
+
+    q, k, _ = random_qkv(1, 2, 1, 301, 32)
+    scores = _grouped_last_scores(q, k, 33, 32**-0.5)
+    vertical, slash = _sums_launch(scores, *_row_stats_launch(scores, 128))
+    probs = _grouped_last_probs(q, k, 33, 32**-0.5)
+    torch.testing.assert_close(vertical, probs.sum(-2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(slash, _diagonal_sums(probs), rtol=1e-5, atol=1e-6)
+
+
 def test_estimators_in_head_chunks_match_whole(monkeypatch):
     """A score-buffer budget that forces one K head per chunk gives the same indices."""
     from minference_flex import estimate

@@ -104,10 +104,10 @@ def _row_stats_launch(scores: torch.Tensor, block: int) -> tuple[torch.Tensor, t
 
 def _sums_launch(
     scores: torch.Tensor, part_max: torch.Tensor, part_sum: torch.Tensor,
-    block_l: int = 8, block_n: int = 512, num_warps: int = 4,
+    block_l: int = 2, block_n: int = 2048, num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    # defaults: 8 rows x 512 keys per step, 4 warps: 1.75 ms at 256K on H100 against 3.48 ms
-    # with 64 x 256 and 8 warps (more programs resident per SM hide the load latency)
+    # defaults: 2 rows x 2048 keys per step, 4 warps: 0.80 ms at 256K on H100, against 1.75 ms
+    # with 8 x 512 and 3.48 ms with 64 x 256 and 8 warps (perf/tune_kernels.py --only estimate)
     bsz, heads, last_q, seq_len = scores.shape
     vertical = torch.empty(bsz, heads, seq_len, dtype=torch.float32, device=scores.device)
     slash = torch.empty_like(vertical)
@@ -132,4 +132,6 @@ def launch_vertical_slash_scores(scores: torch.Tensor) -> tuple[torch.Tensor, to
     on_gpu = scores.is_cuda
     with torch.cuda.device(scores.device) if on_gpu else contextlib.nullcontext():
         part_max, part_sum = _row_stats_launch(scores, 1024 if on_gpu else 128)
-        return _sums_launch(scores, part_max, part_sum, block_n=512 if on_gpu else 64)
+        if on_gpu:
+            return _sums_launch(scores, part_max, part_sum)
+        return _sums_launch(scores, part_max, part_sum, block_l=8, block_n=64)
