@@ -426,8 +426,7 @@ def pattern_cost(pattern: HeadPattern, seq_len: int, block_size: int = 64) -> fl
       offsets are taken as uniformly random over the sequence (the estimator's scattered case,
       on random input), so their bands cover an expected 1 - exp(-(NS - 100) bs / (S - 100))
       of the distances beyond; the NV - 30 columns are spread evenly; band chunks capped at
-      m + 1. A fraction above
-      DENSE_FALLBACK_FRACTION costs 1.0: the op then runs dense SDPA.
+      m + 1. A fraction above DENSE_FALLBACK_FRACTION costs 1.0: the op then runs dense SDPA.
     """
     if not isinstance(pattern, HeadPattern) or pattern.kind not in PATTERNS:
         raise TypeError(f"pattern must be a HeadPattern with kind in {PATTERNS}, got {pattern!r}")

@@ -74,6 +74,17 @@ def _distinct_columns(v_idx: torch.Tensor, seq_len: int, pad: int) -> torch.Tens
     return torch.where(repeated, pad, cols).sort(dim=-1).values
 
 
+def _slot_owners(lengths: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lay the entries of lengths [..., N] (>= 0) end to end over `width` slots; per slot:
+    (the entry it falls in, its rank inside that entry, whether any entry reaches it).
+    A searchsorted over the running lengths: no loop, no host sync."""
+    last = torch.cumsum(lengths, dim=-1)
+    slot = torch.arange(width, device=lengths.device).expand(*lengths.shape[:-1], width).contiguous()
+    owner = torch.searchsorted(last, slot, right=True).clamp(max=max(lengths.shape[-1] - 1, 0))
+    rank = slot - (last.gather(-1, owner) - lengths.gather(-1, owner))
+    return owner, rank, slot < last[..., -1:]
+
+
 def _band_pieces(offsets: torch.Tensor, block_size: int, big: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge bands [s+1, s+bs] of sorted offsets (pads = big) and cut them into <= bs pieces.
 
@@ -96,13 +107,9 @@ def _band_pieces(offsets: torch.Tensor, block_size: int, big: int) -> tuple[torc
     nruns = starts.sum(-1, keepdim=True)
     live = torch.arange(width, device=offsets.device) < nruns
     npieces = torch.where(live, (run_hi - run_lo + block_size) // block_size, 0)
-    last = torch.cumsum(npieces, dim=-1)
-    slot = torch.arange(width, device=offsets.device).expand_as(last).contiguous()
-    owner = torch.searchsorted(last, slot, right=True).clamp(max=width - 1)
-    first_of_owner = last.gather(-1, owner) - npieces.gather(-1, owner)
-    lo = run_lo.gather(-1, owner) + (slot - first_of_owner) * block_size
+    owner, rank, used = _slot_owners(npieces, width)
+    lo = run_lo.gather(-1, owner) + rank * block_size
     hi = torch.minimum(lo + block_size - 1, run_hi.gather(-1, owner))
-    used = slot < last[..., -1:]
     return torch.where(used, lo, big), torch.where(used, hi, big)
 
 
@@ -127,17 +134,11 @@ def _compact(values: torch.Tensor, keep: torch.Tensor, width: int, big: int) -> 
 
 def _expand_pieces(lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, width: int, big: int) -> torch.Tensor:
     """[..., width] long: the distances of the kept pieces [lo, hi] (ascending, disjoint),
-    listed in order and padded with big. Each slot finds its piece by a searchsorted over the
-    running piece lengths (the same pattern as `_band_pieces`)."""
+    listed in order and padded with big."""
     if lo.shape[-1] == 0:
         return torch.full((*lo.shape[:-1], width), big, dtype=torch.long, device=lo.device)
-    length = torch.where(keep, hi - lo + 1, 0)
-    last = torch.cumsum(length, dim=-1)
-    slot = torch.arange(width, device=lo.device).expand(*lo.shape[:-1], width).contiguous()
-    owner = torch.searchsorted(last, slot, right=True).clamp(max=lo.shape[-1] - 1)
-    first = last.gather(-1, owner) - length.gather(-1, owner)
-    dist = lo.gather(-1, owner) + (slot - first)
-    return torch.where(slot < last[..., -1:], dist, big)
+    owner, rank, used = _slot_owners(torch.where(keep, hi - lo + 1, 0), width)
+    return torch.where(used, lo.gather(-1, owner) + rank, big)
 
 
 def dists_width(n_offsets: int, seq_len: int, block_size: int) -> int:
