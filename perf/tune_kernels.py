@@ -9,6 +9,7 @@ faster but wrong configuration shows up as a large max_abs_diff.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -91,7 +92,7 @@ def estimate_breakdown(q, k, rep):
 
 
 def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole=True, warps_list=(4,),
-                         col_blocks=(64,)):
+                         col_blocks=(64,), col_stage_list=(3,)):
     s = q.shape[2]
     scale = q.shape[-1] ** -0.5
     cases = [("random", (3500, 100), False), ("random", (30, 800), False), ("planted", (1000, 6096), True)]
@@ -109,9 +110,10 @@ def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole
         base = launch_vertical_slash(q, k, v, index, 64, scale, 4, 3)
         for stages in stage_list:
             for warps in warps_list:
-                for col_block in col_blocks:
+                for col_block, col_stages in itertools.product(col_blocks, col_stage_list):
                     name = f"stages={stages} warps={warps} col_block={col_block}"
-                    args = (q, k, v, index, 64, scale, warps, stages, col_block)
+                    name += f" col_stages={col_stages or stages}"
+                    args = (q, k, v, index, 64, scale, warps, stages, col_block, col_stages)
                     try:
                         out = launch_vertical_slash(*args)
                         ms = median_ms(lambda: launch_vertical_slash(*args), rep_ms=rep)
@@ -136,7 +138,7 @@ def _flex_run(q, k, v, mask, options):
     return _compiled_flex()(q5, k5, v5, mask, scale, True, options)
 
 
-def sweep_block_sparse(q, k, v, rep, option_names=None):
+def sweep_block_sparse(q, k, v, rep, option_names=None, sweep_select=True):
     s = q.shape[2]
     scores = pooled_tile_scores(q, k, 64)
     nb = scores.shape[2]
@@ -146,7 +148,7 @@ def sweep_block_sparse(q, k, v, rep, option_names=None):
     from custom_ops.top_tiles.kernel import launch_top_tiles
 
     t_base, c_base = launch_top_tiles(scores, 100)
-    for chunk in (256, 512, 1024, 2048):
+    for chunk in (256, 512, 1024, 2048) if sweep_select else ():
         for warps in (2, 4, 8):
             t, c = launch_top_tiles(scores, 100, chunk, warps)
             same = bool(torch.equal(t, t_base) and torch.equal(c, c_base))
@@ -165,6 +167,10 @@ def sweep_block_sparse(q, k, v, rep, option_names=None):
         "current": {},
         "no_tma": {"USE_TMA": False},
         "rows_safe": {"ROWS_GUARANTEED_SAFE": True},
+        "stages2": {"num_stages": 2},
+        "stages4": {"num_stages": 4},
+        "warps8": {"num_warps": 8},
+        "warps8_stages4": {"num_warps": 8, "num_stages": 4},
     }
     if option_names:
         option_sets = {n: o for n, o in option_sets.items() if n in option_names}
@@ -202,9 +208,12 @@ def main():
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--warps", type=int, nargs="+", default=[4])
     parser.add_argument("--col-blocks", type=int, nargs="+", default=[64])
+    parser.add_argument("--col-stages", nargs="+", default=["3"],
+                        help="stages of the unmasked column loop ('same': the kernel-wide count)")
     parser.add_argument("--vs-cases", nargs="*", default=None, help="e.g. 3500,100 30,800")
     parser.add_argument("--skip-dense", action="store_true")
-    parser.add_argument("--flex-options", nargs="*", default=None, help="subset of the flex option sets")
+    parser.add_argument("--flex-options", nargs="*", default=None,
+                        help="subset of the flex option sets (given: the top-k launch sweep is skipped)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     s = args.seq_len
@@ -225,10 +234,11 @@ def main():
     if "estimate" in args.only:
         estimate_breakdown(q, k, args.rep_ms)
     if "bs" in args.only:
-        sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options)
+        sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options, sweep_select=not args.flex_options)
     if "vs" in args.only:
         sweep_vertical_slash(q, k, v, args.rep_ms, args.stages, args.vs_cases, whole=not args.skip_dense,
-                             warps_list=args.warps, col_blocks=args.col_blocks)
+                             warps_list=args.warps, col_blocks=args.col_blocks,
+                             col_stage_list=[None if c == "same" else int(c) for c in args.col_stages])
     if args.out:
         write_json(args.out, {"machine": machine(), "seq_len": s, "rows": ROWS})
 

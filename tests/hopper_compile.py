@@ -44,12 +44,12 @@ def main() -> None:
     bf16 = {n: "*bf16" for n in ("Q", "K", "V", "KCols", "VCols", "Out")}
     index = {n: "*i32" for n in ("Cols", "ColCount", "PieceLo", "PieceRanges", "Dists", "DistCount", "Clamped")}
     for head_dim, block_d in ((64, 64), (128, 128), (96, 128)):
-        for on_bands, stages in ((True, 3), (False, 2)):
+        for on_bands in (True, False):
             compile_for_h100(
                 _vertical_slash_fwd, {**bf16, **index, "Dedup": "*i8"},
                 {"BLOCK": 64, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "DEDUP_ON_BANDS": on_bands,
-                 "COL_BLOCK": 64},
-                floats=("qk_scale",), num_warps=4, num_stages=stages,
+                 "COL_BLOCK": 64, "COL_STAGES": 3},
+                floats=("qk_scale",), num_warps=4, num_stages=2,
             )
     for bits, dtype in ((16, "*i16"), (32, "*i32")):
         compile_for_h100(_top_tiles, {"Bits": dtype, "Tiles": "*i32", "Count": "*i32"},

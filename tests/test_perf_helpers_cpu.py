@@ -43,3 +43,14 @@ def test_structured_mode_runs_the_real_estimator_and_hands_over_planted_indices(
     expected = planted_per_head(1, 700, [30] * 4, [100] * 4, "cpu")
     assert torch.equal(v_idx, expected[0]) and torch.equal(s_idx, expected[1])
     assert prefill.estimate_vertical_slash is not None and len(calls) == 1
+
+
+def test_interleaved_ratio_pairs_each_round_with_its_own_baseline(monkeypatch):
+    from perf import bench_kernels
+
+    # per round: the baseline's time, then the candidate's
+    times = iter([10.0, 11.0, 20.0, 19.0, 10.0, 30.0])
+    monkeypatch.setattr(bench_kernels, "median_ms", lambda fn, rep_ms: next(times))
+    ratio, ratios = bench_kernels.interleaved_ratio(lambda: None, lambda: None, 3, 1.0)
+    assert ratios == [1.1, 0.95, 3.0]
+    assert ratio == 1.1

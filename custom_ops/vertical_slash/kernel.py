@@ -121,6 +121,7 @@ def _vertical_slash_fwd(
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     DEDUP_ON_BANDS: tl.constexpr, COL_BLOCK: tl.constexpr,
+    COL_STAGES: tl.constexpr = None,
 ):
     m = nblocks - 1 - tl.program_id(0)  # the longest rows first, for load balance
     bh = tl.program_id(1)
@@ -186,7 +187,7 @@ def _vertical_slash_fwd(
         # whole chunks of columns before this tile (< m*bs) count as they are: no mask
         n_before = tl.load(ColCount + tile - 1, mask=m > 0, other=0)
         c0 = (n_before // COL_BLOCK) * COL_BLOCK
-        for c in range(0, c0, COL_BLOCK):
+        for c in tl.range(0, c0, COL_BLOCK, num_stages=COL_STAGES):
             rows = c + col_lanes
             m_i, l_i, acc = _attend_keys(q, kc_base, vc_base, rows, HEAD_DIM, HEAD_DIM,
                                          col_lanes >= 0, col_lanes >= 0, rows, offs_m, offs_d,
@@ -246,15 +247,18 @@ def launch_vertical_slash(
     block_size: int,
     scale: float,
     num_warps: int = 4,
-    num_stages: int | None = None,
+    num_stages: int = 2,
     col_block: int | None = None,
+    col_stages: int | None = 3,
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D].
 
-    Defaults measured on H100 (perf/ab_vertical_slash.py; 128K and 256K): 4 warps; 3 stages
-    when the bands de-duplicate (12.3 against 12.5 ms at (3500, 100), 128K; 24.6 against
-    25.6 ms at 256K), else 2 (105.7 against 109.0 ms at (30, 800), 128K; 229.9 against
-    236.6 ms at 256K); column chunks of bs (128 was slower, perf/tune_kernels.py).
+    Defaults measured on H100 (perf/tune_kernels.py, perf/ab_vertical_slash.py; 128K and
+    256K): 4 warps; 2 pipeline stages (105.7 against 109.0 ms for 3 at (30, 800), 128K), but
+    3 for the unmasked column loop (`col_stages`; 11.6 against 12.5 ms at (3500, 100), 128K,
+    23.4 against 25.0 ms at 256K; 3 stages for every loop: 12.6 / 25.0 ms; 4: 16.5 ms);
+    column chunks of bs (128 was slower). Warp specialization of any loop (Triton 3.6):
+    no change.
     """
     if not q.is_cuda:
         _check_interpreter()
@@ -265,8 +269,6 @@ def launch_vertical_slash(
     block_d = max(16, triton.next_power_of_2(head_dim))
     grid = (nblocks, bsz * heads)
     on_bands = dedup_on_bands(index, block_size)
-    if num_stages is None:
-        num_stages = 3 if on_bands else 2
     k_cols, v_cols = gather_columns(k, v, index.cols)
     log2e = 1.4426950408889634
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
@@ -283,6 +285,7 @@ def launch_vertical_slash(
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
             DEDUP_ON_BANDS=on_bands, COL_BLOCK=col_block or block_size,
+            COL_STAGES=col_stages,
             num_warps=num_warps, num_stages=num_stages,
         )
     return out
