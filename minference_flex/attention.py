@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from custom_ops.vertical_slash import build_vertical_slash_index, vertical_slash_attention
+from custom_ops.vertical_slash import vertical_slash_sparse_attention_op
 
 from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
 from .flex import a_shape_block_mask, block_sparse_block_mask, flex_attend, flex_padded_length
 
-#: Above this fraction of dense causal key tiles, vertical-slash runs dense SDPA instead.
+#: Above this fraction of dense causal key tiles, vertical-slash runs dense SDPA instead
+#: (counted from the sorted indices: `custom_ops.vertical_slash.index.sorted_head_fractions`).
 #: Measured on H100 at 128K, the sparse kernel takes about 1.35-1.39 x fraction x cuDNN's
 #: dense time (break-even near 0.72; 1.44 before session 4's kernel changes), so index sets
 #: past 0.65 run dense: a margin for GPUs where the sparse kernel is relatively slower.
@@ -111,24 +112,24 @@ def vertical_slash_sparse_attention(
             Order and duplicates don't matter; values outside [0, S) are ignored.
         block_size: query tile size bs (16, 32, 64 or 128).
         scale: softmax scale, default 1/sqrt(D).
-        dense_fallback: when the index covers more than `DENSE_FALLBACK_FRACTION` of the dense
-            causal key tiles, run dense SDPA instead (exact superset of the mask, and faster).
+        dense_fallback: when the pattern covers more than `DENSE_FALLBACK_FRACTION` of the
+            dense causal key tiles, run dense SDPA instead (exact superset of the mask, and
+            faster); the index is then not built.
 
     Semantics: for query tile m (rows [m*bs, (m+1)*bs), e = (m+1)*bs) each offset s < e covers
     the band of keys [max(e - s, bs) - bs, max(e - s, bs)); offsets s >= e cover nothing.
     Query i attends key j iff j <= i and (j is in v_idx or in one of the bands of i's tile):
     exactly the union of the bands, no extra keys.
 
-    Returns: [B, H, S, D]. Runs the `minference_flex::vertical_slash_attention` Triton op.
+    Returns: [B, H, S, D]. Runs the `minference_flex::vertical_slash_sparse_attention` op
+    (index conversion and Triton kernel).
     """
     _checks.check_qkv(q, k, v)
     _checks.check_index("v_idx", v_idx, q)
     _checks.check_index("s_idx", s_idx, q)
     block_size = _checks.check_block_size(block_size)
-    scale = _scale(q, scale)
-    index = build_vertical_slash_index(v_idx, s_idx, q.shape[2], block_size)
     dense_above = DENSE_FALLBACK_FRACTION if dense_fallback else 2.0
-    return vertical_slash_attention(q, k, v, index, block_size, scale, dense_above)
+    return vertical_slash_sparse_attention_op(q, k, v, v_idx, s_idx, block_size, _scale(q, scale), dense_above)
 
 
 def dynamic_vertical_slash_attention(

@@ -128,6 +128,25 @@ def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole
                    median_ms(lambda: whole(q, k, v, nv, ns), rep_ms=rep))
 
 
+def fallback_decision(q, k, rep, budgets=((1000, 6096), (30, 800), (3500, 100))):
+    """Time the dense-fallback decision: from the sorted indices (what the op does) against
+    building the whole index and reading its computed fraction (sessions 3-6)."""
+    from custom_ops.vertical_slash.index import sort_indices, sorted_head_fractions
+
+    s = q.shape[2]
+    for nv, ns in budgets:
+        v_idx, s_idx = mf.estimate_vertical_slash(q, k, nv, ns)
+        group = f"fallback decision ({nv},{ns})"
+        exact = computed_fraction(build_vertical_slash_index(v_idx, s_idx, s, 64), 64).item()
+        counted = sorted_head_fractions(sort_indices(v_idx, s_idx, s, 64), 64).mean().item()
+        report(group, "whole index + computed_fraction", median_ms(
+            lambda: computed_fraction(build_vertical_slash_index(v_idx, s_idx, s, 64), 64).item(), rep_ms=rep),
+            fraction=exact)
+        report(group, "sorted indices + sorted_head_fractions", median_ms(
+            lambda: sorted_head_fractions(sort_indices(v_idx, s_idx, s, 64), 64).mean().item(), rep_ms=rep),
+            fraction=counted)
+
+
 def _flex_run(q, k, v, mask, options):
     scale = q.shape[-1] ** -0.5
     seq_len = q.shape[2]
@@ -233,6 +252,8 @@ def main():
         report("dense", "cuDNN SDPA", t_dense, tflops=4 * 32 * 128 * s * s / 2 / t_dense / 1e9)
     if "estimate" in args.only:
         estimate_breakdown(q, k, args.rep_ms)
+    if "fallback" in args.only:
+        fallback_decision(q, k, args.rep_ms)
     if "bs" in args.only:
         sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options, sweep_select=not args.flex_options)
     if "vs" in args.only:

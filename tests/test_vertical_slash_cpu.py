@@ -9,7 +9,9 @@ import minference_flex as mf
 from custom_ops.vertical_slash import (
     build_vertical_slash_index,
     dedup_on_bands,
+    head_fractions,
     vertical_slash_attention_op,
+    vertical_slash_sparse_attention_op,
 )
 from minference_flex import reference
 from tests.helpers import assert_close_to_reference, random_qkv
@@ -50,6 +52,31 @@ def test_fraction_bound_holds():
     for s, nv, ns, spread in ((2000, 5, 40, 2000), (700, 300, 20, 700), (3000, 0, 90, 150), (640, 64, 640, 640)):
         index = build_vertical_slash_index(torch.randint(0, s, (2, 3, nv)), torch.randint(0, spread, (2, 3, ns)), s, 64)
         assert computed_fraction(index, 64).item() <= fraction_bound(index, 64)
+
+
+def test_sorted_fractions_are_within_one_tile_per_query_tile_of_the_index():
+    """The fallback decision counts tiles from the sorted indices alone: per head, the index's
+    tile count minus that count is in [0, M] (its band pieces and packed distances can take
+    one tile more than their union needs)."""
+    from custom_ops.vertical_slash.index import sort_indices, sorted_head_fractions
+
+    gen = torch.Generator().manual_seed(torch.seed())
+    below = 0
+    for _ in range(40):
+        s = int(torch.randint(1, 2500, (1,), generator=gen))
+        bs = (16, 32, 64, 128)[int(torch.randint(0, 4, (1,), generator=gen))]
+        nv, ns = (int(x) for x in torch.randint(0, 250, (2,), generator=gen))
+        spread = (s, 3 * bs, 10)[int(torch.randint(0, 3, (1,), generator=gen))]
+        v_idx = torch.randint(-5, s + 5, (2, 3, nv), generator=gen)
+        s_idx = torch.randint(-3, spread + 3, (2, 3, ns), generator=gen)
+        nblocks = -(-s // bs)
+        dense = nblocks * (nblocks + 1) // 2
+        exact = head_fractions(build_vertical_slash_index(v_idx, s_idx, s, bs), bs) * dense
+        counted = sorted_head_fractions(sort_indices(v_idx, s_idx, s, bs), bs) * dense
+        gap = (exact - counted).round()
+        assert (gap >= 0).all() and (gap <= nblocks).all(), (s, bs, nv, ns, spread, gap)
+        below += int((gap > 0).sum())
+    assert below > 0  # the cases where the index takes more tiles than the union were drawn
 
 
 def test_band_pieces_and_distances_split_the_union_of_the_bands():
@@ -163,15 +190,16 @@ def test_opcheck():
     q, k, v = random_qkv(1, 2, 1, 150, 64)
     v_idx, s_idx = _indices(1, 2, 150, 9, 4)
     index = build_vertical_slash_index(v_idx, s_idx, 150, 64)
+    torch.library.opcheck(vertical_slash_attention_op, (q, k, v, *index, 64, 0.125))
     for dense_above in (2.0, 0.0):  # the kernel, and the dense fallback
-        torch.library.opcheck(vertical_slash_attention_op, (q, k, v, *index, 64, 0.125, dense_above))
+        torch.library.opcheck(vertical_slash_sparse_attention_op, (q, k, v, v_idx, s_idx, 64, 0.125, dense_above))
     from custom_ops.vertical_slash.index import vertical_slash_index_op
 
     for nv, ns in ((9, 4), (3, 7), (0, 5), (4, 0)):  # both dedup sides, no columns, no offsets
         torch.library.opcheck(vertical_slash_index_op, (*_indices(2, 3, 150, nv, ns), 150, 64))
 
 
-def test_dense_fallback_threshold_dispatches():
+def test_dense_fallback_threshold_dispatches(monkeypatch):
     q, k, v = random_qkv(1, 2, 1, 2048, 64)
     dense = mf.dense_attention(q, k, v)
     # a local band and one column: far below the threshold, so the sparse kernel runs
@@ -180,6 +208,13 @@ def test_dense_fallback_threshold_dispatches():
     sparse = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx)
     assert (sparse - dense).abs().max() > 1e-2
     assert_close_to_reference(sparse, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, 2048))
-    # offsets every 64 keys cover every tile: above the threshold, so dense SDPA runs
+    # offsets every 64 keys cover every tile: above the threshold, so dense SDPA runs, without
+    # building the rest of the index
+    import custom_ops.vertical_slash.op as op
+
+    def no_index(*args):
+        raise AssertionError("the index was built for a dense fallback")
+
     s_idx = torch.arange(0, 2048, 64).expand(1, 2, -1)
+    monkeypatch.setattr(op, "index_from_sorted", no_index)
     torch.testing.assert_close(mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx), dense)

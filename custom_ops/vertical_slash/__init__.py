@@ -1,4 +1,4 @@
-"""Vertical-slash sparse attention: index conversion, Triton kernel and its torch op."""
+"""Vertical-slash sparse attention: index conversion, Triton kernel and its torch ops."""
 
 from .index import (
     VerticalSlashIndex,
@@ -8,7 +8,7 @@ from .index import (
     fraction_bound,
     head_fractions,
 )
-from .op import vertical_slash_attention, vertical_slash_attention_op
+from .op import vertical_slash_attention, vertical_slash_attention_op, vertical_slash_sparse_attention_op
 
 __all__ = [
     "VerticalSlashIndex",
@@ -19,4 +19,5 @@ __all__ = [
     "head_fractions",
     "vertical_slash_attention",
     "vertical_slash_attention_op",
+    "vertical_slash_sparse_attention_op",
 ]

@@ -1,19 +1,76 @@
-"""`minference_flex::vertical_slash_attention`: the kernel as a torch op with a fake kernel.
+"""The vertical-slash torch ops, with fake kernels.
+
+- `minference_flex::vertical_slash_sparse_attention`: index conversion and kernel from v_idx
+  and s_idx, or dense SDPA when the pattern is near dense. What `minference_flex` calls.
+- `minference_flex::vertical_slash_attention`: the kernel alone, over a prepared
+  `VerticalSlashIndex` (`build_vertical_slash_index`), for callers that reuse or time one.
 
 Registered with `torch.library.custom_op` so that `torch.compile(fullgraph=True)` traces
 estimate-then-attend without a graph break on CUDA and on CPU (where Triton runs interpreted).
-The dense fallback is decided inside the op: it reads one device scalar (the computed
-fraction), which the compiler never sees, so no data-dependent branch enters the graph; and
-only where the index's shapes allow more than the threshold (`index.fraction_bound`), so
-budgets that are sparse at this length never sync with the host.
+The dense fallback is decided inside the op: it reads one device scalar, which the compiler
+never sees, so no data-dependent branch enters the graph; and only where the shapes allow
+more than the threshold (`fraction_bound_for`), so budgets that are sparse at this length
+never sync with the host. The scalar comes from the sorted indices
+(`sorted_head_fractions`), so a fallback skips the rest of the index build.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .index import VerticalSlashIndex, computed_fraction, fraction_bound
+from .index import (
+    VerticalSlashIndex,
+    fraction_bound_for,
+    index_from_sorted,
+    sort_indices,
+    sorted_head_fractions,
+)
 from .kernel import launch_vertical_slash
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    return out.contiguous()
+
+
+@torch.library.custom_op("minference_flex::vertical_slash_sparse_attention", mutates_args=())
+def vertical_slash_sparse_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    v_idx: torch.Tensor,
+    s_idx: torch.Tensor,
+    block_size: int,
+    scale: float,
+    dense_above: float,
+) -> torch.Tensor:
+    """Vertical-slash attention from v_idx [B, H, NV] and s_idx [B, H, NS]; [B, H, S, D].
+
+    When the pattern's key tiles exceed `dense_above` of the dense causal ones
+    (`sorted_head_fractions`, averaged over batch and heads; within one tile per query tile
+    of what the kernel would compute), dense SDPA runs instead: a superset of the mask. Pass
+    a value > 1 to never fall back.
+    """
+    seq_len = q.shape[2]
+    nblocks = math.ceil(seq_len / block_size)
+    sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size)
+    if (
+        dense_above <= 1.0
+        and fraction_bound_for(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size) > dense_above
+        and sorted_head_fractions(sorted_idx, block_size).mean().item() > dense_above
+    ):
+        return _dense(q, k, v, scale)
+    index = index_from_sorted(sorted_idx, seq_len, block_size)
+    return launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale)
+
+
+@vertical_slash_sparse_attention_op.register_fake
+def _(q, k, v, v_idx, s_idx, block_size, scale, dense_above):
+    return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("minference_flex::vertical_slash_attention", mutates_args=())
@@ -31,31 +88,17 @@ def vertical_slash_attention_op(
     dedup: torch.Tensor,
     block_size: int,
     scale: float,
-    dense_above: float,
 ) -> torch.Tensor:
-    """Vertical-slash attention over a prepared `VerticalSlashIndex`; returns [B, H, S, D].
-
-    When the index computes more than `dense_above` of the dense causal key tiles, dense
-    SDPA runs instead (a superset of the mask; pass a value > 1 to never fall back).
-    """
+    """The kernel over a prepared `VerticalSlashIndex` (its fields in order); [B, H, S, D]."""
     index = VerticalSlashIndex(
         cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup
     )
-    if (
-        dense_above <= 1.0
-        and fraction_bound(index, block_size) > dense_above
-        and computed_fraction(index, block_size).item() > dense_above
-    ):
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
-        return out.contiguous()
     return launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale)
 
 
 @vertical_slash_attention_op.register_fake
 def _(q, k, v, cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup,
-      block_size, scale, dense_above):
+      block_size, scale):
     return q.new_empty(q.shape)
 
 
@@ -66,7 +109,6 @@ def vertical_slash_attention(
     index: VerticalSlashIndex,
     block_size: int,
     scale: float,
-    dense_above: float = 2.0,
 ) -> torch.Tensor:
-    """Call the op with the fields of `index` (see `index.VerticalSlashIndex`)."""
-    return vertical_slash_attention_op(q, k, v, *index, block_size, scale, dense_above)
+    """The kernel alone: call the op with the fields of `index` (see `index.VerticalSlashIndex`)."""
+    return vertical_slash_attention_op(q, k, v, *index, block_size, scale)
