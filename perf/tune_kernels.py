@@ -92,7 +92,7 @@ def estimate_breakdown(q, k, rep):
 
 
 def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole=True, warps_list=(4,),
-                         col_blocks=(64,), col_stage_list=(3,)):
+                         col_blocks=(64,), col_stage_list=(3,), col_tma_list=(True,), piece_tma_list=(False,)):
     s = q.shape[2]
     scale = q.shape[-1] ** -0.5
     cases = [("random", (3500, 100), False), ("random", (30, 800), False), ("planted", (1000, 6096), True)]
@@ -110,10 +110,11 @@ def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole
         base = launch_vertical_slash(q, k, v, index, 64, scale, 4, 3)
         for stages in stage_list:
             for warps in warps_list:
-                for col_block, col_stages in itertools.product(col_blocks, col_stage_list):
+                for col_block, col_stages, col_tma, piece_tma in itertools.product(
+                        col_blocks, col_stage_list, col_tma_list, piece_tma_list):
                     name = f"stages={stages} warps={warps} col_block={col_block}"
-                    name += f" col_stages={col_stages or stages}"
-                    args = (q, k, v, index, 64, scale, warps, stages, col_block, col_stages)
+                    name += f" col_stages={col_stages or stages} col_tma={int(col_tma)} piece_tma={int(piece_tma)}"
+                    args = (q, k, v, index, 64, scale, warps, stages, col_block, col_stages, col_tma, piece_tma)
                     try:
                         out = launch_vertical_slash(*args)
                         ms = median_ms(lambda: launch_vertical_slash(*args), rep_ms=rep)
@@ -229,6 +230,8 @@ def main():
     parser.add_argument("--col-blocks", type=int, nargs="+", default=[64])
     parser.add_argument("--col-stages", nargs="+", default=["3"],
                         help="stages of the unmasked column loop ('same': the kernel-wide count)")
+    parser.add_argument("--col-tma", type=int, nargs="+", default=[1], help="TMA loads in the column loop: 0 1")
+    parser.add_argument("--piece-tma", type=int, nargs="+", default=[0], help="TMA loads in the plain-piece loop: 0 1")
     parser.add_argument("--vs-cases", nargs="*", default=None, help="e.g. 3500,100 30,800")
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--flex-options", nargs="*", default=None,
@@ -259,7 +262,9 @@ def main():
     if "vs" in args.only:
         sweep_vertical_slash(q, k, v, args.rep_ms, args.stages, args.vs_cases, whole=not args.skip_dense,
                              warps_list=args.warps, col_blocks=args.col_blocks,
-                             col_stage_list=[None if c == "same" else int(c) for c in args.col_stages])
+                             col_stage_list=[None if c == "same" else int(c) for c in args.col_stages],
+                             col_tma_list=[bool(t) for t in args.col_tma],
+                             piece_tma_list=[bool(t) for t in args.piece_tma])
     if args.out:
         write_json(args.out, {"machine": machine(), "seq_len": s, "rows": ROWS})
 

@@ -44,11 +44,16 @@ def main() -> None:
     bf16 = {n: "*bf16" for n in ("Q", "K", "V", "KCols", "VCols", "Out")}
     index = {n: "*i32" for n in ("Cols", "ColCount", "PieceLo", "PieceRanges", "Dists", "DistCount", "Clamped")}
     for head_dim, block_d in ((64, 64), (128, 128), (96, 128)):
+        tma = head_dim == block_d  # as launch_vertical_slash decides
+        rows = f"tensordesc<bf16[64,{block_d}]>"
         for on_bands in (True, False):
+            col_tma, piece_tma = tma and on_bands, tma and not on_bands
+            descriptors = {"KDesc": rows if piece_tma else "*bf16", "VDesc": rows if piece_tma else "*bf16",
+                           "KColsDesc": rows if col_tma else "*bf16", "VColsDesc": rows if col_tma else "*bf16"}
             compile_for_h100(
-                _vertical_slash_fwd, {**bf16, **index, "Dedup": "*i8"},
+                _vertical_slash_fwd, {**bf16, **index, **descriptors, "Dedup": "*i8"},
                 {"BLOCK": 64, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "DEDUP_ON_BANDS": on_bands,
-                 "COL_BLOCK": 64, "COL_STAGES": 3},
+                 "COL_BLOCK": 64, "COL_STAGES": 3, "COL_TMA": col_tma, "PIECE_TMA": piece_tma},
                 floats=("qk_scale",), num_warps=4, num_stages=2,
             )
     for bits, dtype in ((16, "*i16"), (32, "*i32")):

@@ -13,7 +13,8 @@ chunk, cheap when columns are few). MInference removes covered columns per tile 
 instead, which costs [B, H, M, NV] memory.
 
 Chunks that need no mask (plain pieces above the tile's lowest key; column chunks wholly
-before the tile, when the bands de-duplicate) skip the score masking. Plain pieces address
+before the tile, when the bands de-duplicate) skip the score masking, and on CUDA load K/V
+by TMA (`_attend_rows_tma`). Plain pieces address
 their keys from one scalar; the packed distances need a vector load of indices first, which
 the pipeliner handles worse (packing every distance, plain ones included, ran no faster than
 the old piece-by-piece list on H100), so only what does not fill a whole piece goes there.
@@ -51,8 +52,6 @@ def _attend_keys(
     Rows are read where load_ok (which implies in bounds). With MASKED, a key counts where
     load_ok, key_ok and its position pos <= the query's; without, every key counts (the
     caller guarantees it). key_ok may come from a slower load: it only masks the scores.
-    (TMA descriptor loads measured no faster here on H100: 11.4-25 ms against 11.9-23.7 ms
-    at (3500, 100), 125 against 122 ms at (30, 800), with their best stage counts.)
     """
     k = tl.load(k_base + rows[None, :] * stride_k + offs_d[:, None],
                 mask=load_ok[None, :] & d_ok[:, None], other=0.0)
@@ -69,6 +68,21 @@ def _attend_keys(
     alpha = tl.exp2(m_i - m_safe)
     v = tl.load(v_base + rows[:, None] * stride_v + offs_d[None, :],
                 mask=load_ok[:, None] & d_ok[None, :], other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _attend_rows_tma(q, k_desc, v_desc, row, m_i, l_i, acc, qk_scale):
+    """`_attend_keys` without a mask, for the K/V rows [row, row + block) of two TMA
+    descriptors over 2-D [rows, D] views."""
+    k = k_desc.load([row, 0])
+    qk = tl.dot(q, tl.trans(k))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    v = v_desc.load([row, 0])
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     return m_new, l_i, acc
@@ -111,7 +125,7 @@ def _attend_distances(
 
 @triton.jit
 def _vertical_slash_fwd(
-    Q, K, V, KCols, VCols, Out,
+    Q, K, V, KDesc, VDesc, KCols, VCols, KColsDesc, VColsDesc, Out,
     Cols, ColCount, PieceLo, PieceRanges, Dists, DistCount, Clamped, Dedup,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
@@ -121,7 +135,7 @@ def _vertical_slash_fwd(
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     DEDUP_ON_BANDS: tl.constexpr, COL_BLOCK: tl.constexpr,
-    COL_STAGES: tl.constexpr = None,
+    COL_STAGES: tl.constexpr = None, COL_TMA: tl.constexpr = False, PIECE_TMA: tl.constexpr = False,
 ):
     m = nblocks - 1 - tl.program_id(0)  # the longest rows first, for load balance
     bh = tl.program_id(1)
@@ -150,10 +164,16 @@ def _vertical_slash_fwd(
     # remaining distances
     pieces = PieceLo + bh.to(tl.int64) * n_pieces_max
     r0 = tl.load(PieceRanges + tile * 2)
-    for t in range(0, r0):
-        m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, lanes, stride_ks,
-                                      stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale,
-                                      False, BLOCK)
+    if PIECE_TMA:
+        kv_row = (b * (num_heads // group) + hk) * seq_len + end - (BLOCK - 1)
+        for t in range(0, r0):
+            m_i, l_i, acc = _attend_rows_tma(q, KDesc, VDesc, (kv_row - tl.load(pieces + t)).to(tl.int32),
+                                             m_i, l_i, acc, qk_scale)
+    else:
+        for t in range(0, r0):
+            m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, lanes, stride_ks,
+                                          stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale,
+                                          False, BLOCK)
     for t in range(r0, tl.load(PieceRanges + tile * 2 + 1)):
         m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, lanes, stride_ks,
                                       stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale,
@@ -187,11 +207,16 @@ def _vertical_slash_fwd(
         # whole chunks of columns before this tile (< m*bs) count as they are: no mask
         n_before = tl.load(ColCount + tile - 1, mask=m > 0, other=0)
         c0 = (n_before // COL_BLOCK) * COL_BLOCK
-        for c in tl.range(0, c0, COL_BLOCK, num_stages=COL_STAGES):
-            rows = c + col_lanes
-            m_i, l_i, acc = _attend_keys(q, kc_base, vc_base, rows, HEAD_DIM, HEAD_DIM,
-                                         col_lanes >= 0, col_lanes >= 0, rows, offs_m, offs_d,
-                                         d_ok, m_i, l_i, acc, qk_scale, False)
+        if COL_TMA:
+            for c in tl.range(0, c0, COL_BLOCK, num_stages=COL_STAGES):
+                m_i, l_i, acc = _attend_rows_tma(q, KColsDesc, VColsDesc, (columns + c).to(tl.int32),
+                                                 m_i, l_i, acc, qk_scale)
+        else:
+            for c in tl.range(0, c0, COL_BLOCK, num_stages=COL_STAGES):
+                rows = c + col_lanes
+                m_i, l_i, acc = _attend_keys(q, kc_base, vc_base, rows, HEAD_DIM, HEAD_DIM,
+                                             col_lanes >= 0, col_lanes >= 0, rows, offs_m, offs_d,
+                                             d_ok, m_i, l_i, acc, qk_scale, False)
     for c in range(c0, n_cols, COL_BLOCK):
         in_list = c + col_lanes < n_cols
         cols = tl.load(Cols + columns + c + col_lanes, mask=in_list, other=0)
@@ -239,6 +264,17 @@ def gather_columns(
     return k[batch, head, rows].contiguous(), v[batch, head, rows].contiguous()
 
 
+def _tma_ready(t: torch.Tensor) -> bool:
+    return t.is_contiguous() and t.data_ptr() % 16 == 0
+
+
+def _row_descriptor(t: torch.Tensor, rows: int):
+    """TMA descriptor over contiguous t [..., D] seen as [numel / D, D], loading [rows, D]."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor.from_tensor(t.view(-1, t.shape[-1]), [rows, t.shape[-1]])
+
+
 def launch_vertical_slash(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -250,6 +286,8 @@ def launch_vertical_slash(
     num_stages: int = 2,
     col_block: int | None = None,
     col_stages: int | None = 3,
+    col_tma: bool = True,
+    piece_tma: bool = True,
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D].
 
@@ -257,8 +295,12 @@ def launch_vertical_slash(
     256K): 4 warps; 2 pipeline stages (105.7 against 109.0 ms for 3 at (30, 800), 128K), but
     3 for the unmasked column loop (`col_stages`; 11.6 against 12.5 ms at (3500, 100), 128K,
     23.4 against 25.0 ms at 256K; 3 stages for every loop: 12.6 / 25.0 ms; 4: 16.5 ms);
-    column chunks of bs (128 was slower). Warp specialization of any loop (Triton 3.6):
-    no change.
+    column chunks of bs (128 was slower). Warp specialization of any loop (Triton 3.6): no
+    change. The two unmasked contiguous loops load by TMA on CUDA where D is a power of two
+    (`col_tma`: gathered columns, 11.3 against 11.9-12.1 ms at (3500, 100), 128K, 22.5
+    against 23.7-25.0 at 256K; `piece_tma`: plain band pieces, 100.3 against 105.1 ms at
+    (30, 800), 128K, 218.6-221.9 against 226.3-228.6 at 256K). The other loops gather rows
+    through index vectors, which TMA tiles cannot.
     """
     if not q.is_cuda:
         _check_interpreter()
@@ -270,10 +312,18 @@ def launch_vertical_slash(
     grid = (nblocks, bsz * heads)
     on_bands = dedup_on_bands(index, block_size)
     k_cols, v_cols = gather_columns(k, v, index.cols)
+    tma = q.is_cuda and block_d == head_dim  # whole rows, 16-byte aligned (D >= 16)
+    col_tma = col_tma and tma and on_bands
+    piece_tma = piece_tma and tma and not on_bands and all(_tma_ready(t) for t in (k, v))
+    k_desc, v_desc, kc_desc, vc_desc = k, v, k_cols, v_cols
+    if col_tma:
+        kc_desc, vc_desc = (_row_descriptor(t, col_block or block_size) for t in (k_cols, v_cols))
+    if piece_tma:
+        k_desc, v_desc = (_row_descriptor(t, block_size) for t in (k, v))
     log2e = 1.4426950408889634
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         _vertical_slash_fwd[grid](
-            q, k, v, k_cols, v_cols, out,
+            q, k, v, k_desc, v_desc, k_cols, v_cols, kc_desc, vc_desc, out,
             index.cols, index.col_count, index.piece_lo, index.piece_ranges, index.dists,
             index.dist_count, index.clamped, index.dedup,
             q.stride(0), q.stride(1), q.stride(2),
@@ -285,7 +335,7 @@ def launch_vertical_slash(
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
             DEDUP_ON_BANDS=on_bands, COL_BLOCK=col_block or block_size,
-            COL_STAGES=col_stages,
+            COL_STAGES=col_stages, COL_TMA=col_tma, PIECE_TMA=piece_tma,
             num_warps=num_warps, num_stages=num_stages,
         )
     return out
