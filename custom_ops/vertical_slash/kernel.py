@@ -14,10 +14,10 @@ instead, which costs [B, H, M, NV] memory.
 
 Chunks that need no mask (plain pieces above the tile's lowest key; column chunks wholly
 before the tile, when the bands de-duplicate) skip the score masking, and on CUDA load K/V
-by TMA (`_attend_rows_tma`). Plain pieces address
-their keys from one scalar; the packed distances need a vector load of indices first, which
-the pipeliner handles worse (packing every distance, plain ones included, ran no faster than
-the old piece-by-piece list on H100), so only what does not fill a whole piece goes there.
+by TMA (`_attend_rows_tma`). Plain pieces address their keys from one scalar; the packed
+distances need a vector load of indices first, which the pipeliner handles worse (packing
+every distance, plain ones included, ran no faster than the old piece-by-piece list on
+H100), so only what does not fill a whole piece goes there.
 """
 
 from __future__ import annotations
