@@ -92,7 +92,7 @@ def estimate_breakdown(q, k, rep):
 
 
 def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole=True, warps_list=(4,),
-                         col_blocks=(64,), col_stage_list=(3,), col_tma_list=(True,), piece_tma_list=(False,)):
+                         col_blocks=(64,), col_stage_list=(3,), col_tma_list=(True,), piece_tma_list=(True,)):
     s = q.shape[2]
     scale = q.shape[-1] ** -0.5
     cases = [("random", (3500, 100), False), ("random", (30, 800), False), ("planted", (1000, 6096), True)]
@@ -231,7 +231,7 @@ def main():
     parser.add_argument("--col-stages", nargs="+", default=["3"],
                         help="stages of the unmasked column loop ('same': the kernel-wide count)")
     parser.add_argument("--col-tma", type=int, nargs="+", default=[1], help="TMA loads in the column loop: 0 1")
-    parser.add_argument("--piece-tma", type=int, nargs="+", default=[0], help="TMA loads in the plain-piece loop: 0 1")
+    parser.add_argument("--piece-tma", type=int, nargs="+", default=[1], help="TMA loads in the plain-piece loop: 0 1")
     parser.add_argument("--vs-cases", nargs="*", default=None, help="e.g. 3500,100 30,800")
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--flex-options", nargs="*", default=None,

@@ -51,7 +51,7 @@ def test_fraction_bound_holds():
 
     for s, nv, ns, spread in ((2000, 5, 40, 2000), (700, 300, 20, 700), (3000, 0, 90, 150), (640, 64, 640, 640)):
         index = build_vertical_slash_index(torch.randint(0, s, (2, 3, nv)), torch.randint(0, spread, (2, 3, ns)), s, 64)
-        assert computed_fraction(index, 64).item() <= fraction_bound(index, 64)
+        assert computed_fraction(index, 64).item() <= fraction_bound(nv, ns, -(-s // 64), 64)
 
 
 def test_sorted_fractions_are_within_one_tile_per_query_tile_of_the_index():

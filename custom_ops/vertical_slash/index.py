@@ -166,7 +166,7 @@ def vertical_slash_index_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
     """The fields of `build_vertical_slash_index`'s result, in `VerticalSlashIndex` order."""
-    return tuple(_build_index(v_idx, s_idx, seq_len, block_size))
+    return tuple(index_from_sorted(sort_indices(v_idx, s_idx, seq_len, block_size), seq_len, block_size))
 
 
 @vertical_slash_index_op.register_fake
@@ -252,10 +252,6 @@ def sorted_head_fractions(sorted_idx: SortedIndices, block_size: int) -> torch.T
     return tiles.float().sum(-1) / (nblocks * (nblocks + 1) // 2)
 
 
-def _build_index(v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int) -> VerticalSlashIndex:
-    return index_from_sorted(sort_indices(v_idx, s_idx, seq_len, block_size), seq_len, block_size)
-
-
 def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) -> VerticalSlashIndex:
     """The rest of the index build (`build_vertical_slash_index`) after `sort_indices`."""
     cols, col_count, offsets, clamped, reach = sorted_idx
@@ -319,13 +315,9 @@ def _sum_of_min(cap: int, offset: int, nblocks: int) -> int:
     return rising * (rising - 1) // 2 + rising * offset + (nblocks - rising) * cap
 
 
-def fraction_bound(index: VerticalSlashIndex, block_size: int) -> float:
-    """Upper bound of `computed_fraction` from the index's shapes alone (no device read)."""
-    return fraction_bound_for(index.cols.shape[-1], index.piece_lo.shape[-1], index.col_count.shape[-1], block_size)
-
-
-def fraction_bound_for(n_cols: int, n_offsets: int, nblocks: int, block_size: int) -> float:
-    """Upper bound of `computed_fraction` for NV columns, NS offsets and M tiles.
+def fraction_bound(n_cols: int, n_offsets: int, nblocks: int, block_size: int) -> float:
+    """Upper bound of `computed_fraction` for NV columns, NS offsets and M tiles, from these
+    sizes alone (no device read).
 
     Tile m's plain pieces and distances are disjoint parts of the union of NS bands and, all
     but one straddling piece, of the e distances u <= e: at most min(NS + 1, m + 3) band

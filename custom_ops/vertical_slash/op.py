@@ -9,7 +9,7 @@ Registered with `torch.library.custom_op` so that `torch.compile(fullgraph=True)
 estimate-then-attend without a graph break on CUDA and on CPU (where Triton runs interpreted).
 The dense fallback is decided inside the op: it reads one device scalar, which the compiler
 never sees, so no data-dependent branch enters the graph; and only where the shapes allow
-more than the threshold (`fraction_bound_for`), so budgets that are sparse at this length
+more than the threshold (`fraction_bound`), so budgets that are sparse at this length
 never sync with the host. The scalar comes from the sorted indices
 (`sorted_head_fractions`), so a fallback skips the rest of the index build.
 """
@@ -22,7 +22,7 @@ import torch
 
 from .index import (
     VerticalSlashIndex,
-    fraction_bound_for,
+    fraction_bound,
     index_from_sorted,
     sort_indices,
     sorted_head_fractions,
@@ -60,7 +60,7 @@ def vertical_slash_sparse_attention_op(
     sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size)
     if (
         dense_above <= 1.0
-        and fraction_bound_for(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size) > dense_above
+        and fraction_bound(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size) > dense_above
         and sorted_head_fractions(sorted_idx, block_size).mean().item() > dense_above
     ):
         return _dense(q, k, v, scale)
