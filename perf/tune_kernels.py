@@ -1,6 +1,6 @@
 """Launch-configuration sweeps and cost breakdowns for the kernels (GPU).
 
-    python perf/tune_kernels.py --seq-len 131072 [--only estimate vs bs] [--out tune.json]
+    python perf/tune_kernels.py --seq-len 131072 [--only estimate vs bs fallback marginal bs_locality] [--out tune.json]
 
 Every variant's output is compared with the first (baseline) variant of its group, so a
 faster but wrong configuration shows up as a large max_abs_diff.
@@ -220,6 +220,71 @@ def sweep_block_sparse(q, k, v, rep, option_names=None, sweep_select=True):
         report("a-shape flex kernel", name, median_ms(lambda: _flex_run(q, k, v, a_mask, opts), rep_ms=rep))
 
 
+def _synthetic_vs(heads, seq_len, n_cols, n_offsets, seed=0):
+    """v_idx: the 30 sink columns plus random ones (n_cols in all); s_idx: offsets 0..NS-1,
+    the estimator's forced local band widened (on CUDA)."""
+    gen = torch.Generator().manual_seed(seed)
+    cols = torch.cat([torch.arange(30).expand(heads, 30),
+                      torch.randint(30, seq_len, (heads, max(n_cols - 30, 0)), generator=gen)], -1)
+    offsets = torch.arange(n_offsets).expand(heads, n_offsets)
+    return cols[None].cuda(), offsets[None].cuda()
+
+
+def marginal_costs(q, k, v, rep):
+    """What one more key tile costs the vertical-slash kernel, by loop: kernel time against
+    computed tiles over index sets that differ in one loop's work (columns in unmasked TMA
+    chunks; local band distances in masked chunks; scattered offsets in plain pieces).
+    Each set's tile TFLOP/s, and the marginal TFLOP/s between neighbours."""
+    s = q.shape[2]
+    heads = q.shape[1]
+    scale = q.shape[-1] ** -0.5
+    tile_flops = 4 * 64 * 64 * q.shape[-1]
+    dense_tiles = heads * (s // 64) * (s // 64 + 1) / 2
+
+    def measure(group, name, v_idx, s_idx):
+        index = build_vertical_slash_index(v_idx, s_idx, s, 64)
+        tiles = computed_fraction(index, 64).item() * dense_tiles
+        ms = median_ms(lambda: launch_vertical_slash(q, k, v, index, 64, scale), rep_ms=rep)
+        report(group, name, ms, tiles=tiles, tflops=tiles * tile_flops / ms / 1e9)
+        return ms, tiles
+
+    def series(group, sets):
+        prev = None
+        for name, (v_idx, s_idx) in sets:
+            ms, tiles = measure(group, name, v_idx, s_idx)
+            if prev is not None and tiles > prev[1]:
+                report(group, f"  marginal {prev[2]} -> {name}", ms - prev[0],
+                       tflops=(tiles - prev[1]) * tile_flops / (ms - prev[0]) / 1e9)
+            prev = (ms, tiles, name)
+
+    series("marginal: columns (NS=100)", [(f"NV={n}", _synthetic_vs(heads, s, n, 100)) for n in (1750, 3500, 7000)])
+    series("marginal: band (NV=3500)", [(f"NS={n}", _synthetic_vs(heads, s, 3500, n)) for n in (1, 100, 300, 600)])
+    est = [(f"NS={n} estimated", mf.estimate_vertical_slash(q, k, 30, n)) for n in (400, 800, 1600)]
+    series("marginal: scattered pieces (NV=30)", est)
+    # the same number of tiles in one contiguous run of offsets: pieces without scatter
+    series("marginal: local pieces (NV=30)", [(f"NS={n} local", _synthetic_vs(heads, s, 30, n)) for n in (25600, 51200)])
+
+
+def block_sparse_locality(q, k, v, rep):
+    """Block-sparse FlexAttention with the same tile count per query tile, chosen at random
+    (what the estimator picks on random input) and as the 100 tiles just before the diagonal:
+    how much of the random figure is memory traffic that misses L2."""
+    s = q.shape[2]
+    nb = -(-s // 64)
+    tiles_r, count_r = mf.select_block_sparse_tiles(q, k, 100)
+    m = torch.arange(nb, device=q.device)[:, None]
+    local = m - 100 + torch.arange(100, device=q.device)[None, :]
+    count_l = torch.clamp(m[:, 0], max=100).to(torch.int32).expand_as(count_r).contiguous()
+    local = torch.where(local >= 0, local, nb)
+    local = torch.sort(local, dim=-1).values.to(torch.int32).expand_as(tiles_r).contiguous()
+    tiles = sum(min(i + 1, 101) for i in range(nb)) * q.shape[1]
+    for name, (t, c) in {"random (estimated)": (tiles_r, count_r), "local (m-100..m-1)": (local, count_l)}.items():
+        mask = block_sparse_block_mask(t, c, s, 64)
+        opts = _kernel_options(q, mask)
+        ms = median_ms(lambda: _flex_run(q, k, v, mask, opts), rep_ms=rep)
+        report("bs locality", name, ms, tflops=tiles * 4 * 64 * 64 * q.shape[-1] / ms / 1e9)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seq-len", type=int, default=131072)
@@ -259,6 +324,10 @@ def main():
         fallback_decision(q, k, args.rep_ms)
     if "bs" in args.only:
         sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options, sweep_select=not args.flex_options)
+    if "marginal" in args.only:
+        marginal_costs(q, k, v, args.rep_ms)
+    if "bs_locality" in args.only:
+        block_sparse_locality(q, k, v, args.rep_ms)
     if "vs" in args.only:
         sweep_vertical_slash(q, k, v, args.rep_ms, args.stages, args.vs_cases, whole=not args.skip_dense,
                              warps_list=args.warps, col_blocks=args.col_blocks,

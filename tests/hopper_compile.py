@@ -47,7 +47,7 @@ def main() -> None:
         tma = head_dim == block_d  # as launch_vertical_slash decides
         rows = f"tensordesc<bf16[64,{block_d}]>"
         for on_bands in (True, False):
-            col_tma, piece_tma = tma and on_bands, tma and not on_bands
+            col_tma, piece_tma = tma and on_bands, tma
             descriptors = {"KDesc": rows if piece_tma else "*bf16", "VDesc": rows if piece_tma else "*bf16",
                            "KColsDesc": rows if col_tma else "*bf16", "VColsDesc": rows if col_tma else "*bf16"}
             compile_for_h100(

@@ -75,18 +75,23 @@ def test_vertical_slash_cuda(shape, dtype, budget):
     assert_close_to_reference(out, q, k, v, mask)
 
 
-@pytest.mark.parametrize("budget", [(300, 20), (9, 57)])  # whole column chunks; plain band pieces
+# whole column chunks and column-masked pieces; plain band pieces; a local band (pieces near
+# the diagonal, column-masked and clamped)
+@pytest.mark.parametrize("budget", [(300, 20), (9, 57), (300, -150)])
 @pytest.mark.parametrize("head_dim", [128, 96])  # TMA where D is a power of two, else pointers
 def test_vertical_slash_tma_and_pointer_loads_cuda(budget, head_dim):
-    """The unmasked loops load by TMA by default; with it off, the same kernel loads through
-    pointers. Both match the reference."""
+    """The whole-tile loops load by TMA by default; with it off, the same kernel loads through
+    pointers. Both match the reference. A negative slash budget -n means offsets 0..n-1."""
     from custom_ops.vertical_slash import build_vertical_slash_index
     from custom_ops.vertical_slash.kernel import launch_vertical_slash
 
     b, h, hk, s = 2, 4, 2, 1537
     q, k, v = random_qkv(b, h, hk, s, head_dim, torch.bfloat16, "cuda")
     v_idx = torch.randint(0, s, (b, h, budget[0]), device="cuda")
-    s_idx = torch.randint(0, s, (b, h, budget[1]), device="cuda")
+    if budget[1] < 0:
+        s_idx = torch.arange(-budget[1], device="cuda").expand(b, h, -1)
+    else:
+        s_idx = torch.randint(0, s, (b, h, budget[1]), device="cuda")
     index = build_vertical_slash_index(v_idx, s_idx, s, 64)
     mask = reference.vertical_slash_mask(v_idx, s_idx, s)
     for tma in (True, False):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import minference_flex as mf
+from custom_ops.vertical_slash.index import SKIP_SHIFT
 from custom_ops.vertical_slash import (
     build_vertical_slash_index,
     dedup_on_bands,
@@ -54,18 +55,20 @@ def test_fraction_bound_holds():
         assert computed_fraction(index, 64).item() <= fraction_bound(nv, ns, -(-s // 64), 64)
 
 
-def test_sorted_fractions_are_within_one_tile_per_query_tile_of_the_index():
+def test_sorted_fractions_are_within_two_tiles_per_query_tile_of_the_index():
     """The fallback decision counts tiles from the sorted indices alone: per head, the index's
     tile count minus that count is in [0, M] (its band pieces and packed distances can take
-    one tile more than their union needs)."""
+    one tile more than their union needs), [0, 2M] when the bands de-duplicate (one piece
+    per head is then a window that skips distances)."""
     from custom_ops.vertical_slash.index import sort_indices, sorted_head_fractions
 
     def tile_gap(v_idx, s_idx, s, bs):
         nblocks = -(-s // bs)
         dense = nblocks * (nblocks + 1) // 2
-        exact = head_fractions(build_vertical_slash_index(v_idx, s_idx, s, bs), bs) * dense
+        index = build_vertical_slash_index(v_idx, s_idx, s, bs)
+        exact = head_fractions(index, bs) * dense
         counted = sorted_head_fractions(sort_indices(v_idx, s_idx, s, bs), bs) * dense
-        return (exact - counted).round(), nblocks
+        return (exact - counted).round(), nblocks * (2 if dedup_on_bands(index, bs) else 1)
 
     # tile 2 reads keys through distance 128 (an offset in (128, 192) clamps it): the plain
     # piece [101, 164] cut there (28 distances) and the packed distances 1..84 take 1 + 2
@@ -80,28 +83,40 @@ def test_sorted_fractions_are_within_one_tile_per_query_tile_of_the_index():
         spread = (s, 3 * bs, 10)[int(torch.randint(0, 3, (1,), generator=gen))]
         v_idx = torch.randint(-5, s + 5, (2, 3, nv), generator=gen)
         s_idx = torch.randint(-3, spread + 3, (2, 3, ns), generator=gen)
-        gap, nblocks = tile_gap(v_idx, s_idx, s, bs)
-        assert (gap >= 0).all() and (gap <= nblocks).all(), (s, bs, nv, ns, spread, gap)
+        gap, bound = tile_gap(v_idx, s_idx, s, bs)
+        assert (gap >= 0).all() and (gap <= bound).all(), (s, bs, nv, ns, spread, gap)
 
 
-def test_band_pieces_and_distances_split_the_union_of_the_bands():
-    """Plain pieces (bs consecutive distances from u_lo >= bs) and the packed distances are
-    disjoint and together the union of the bands [s+1, s+bs] (offsets in [0, S) only); tile m
-    runs the pieces and distances with u <= e - lower, lower = bs where a band is clamped to
-    keys [0, bs), plus at most one piece that straddles e - lower, masked."""
+@pytest.mark.parametrize("budget", [(7, 25), (40, 12)])  # dedup on the columns; on the bands
+def test_band_pieces_and_distances_split_the_union_of_the_bands(budget):
+    """Whole pieces (bs consecutive distances from u_lo >= 1; at most one with u_lo < bs,
+    which reaches into the tile) and the packed distances are disjoint and together the union
+    of the bands [s+1, s+bs] (offsets in [0, S) only); tile m runs the pieces and distances
+    with u <= e - lower, lower = bs where a band is clamped to keys [0, bs), plus at most one
+    piece that straddles e - lower, masked."""
     s, bs = 611, 64
     nblocks = -(-s // bs)
-    v_idx, s_idx = _indices(2, 3, s, 7, 25)
+    v_idx, s_idx = _indices(2, 3, s, *budget)
     index = build_vertical_slash_index(v_idx, s_idx, s, bs)
+    assert dedup_on_bands(index, bs) == (budget[0] > budget[1])
     big = nblocks * bs
     for b in range(2):
         for h in range(3):
             offsets = {o for o in s_idx[b, h].tolist() if 0 <= o < s}
             union = {u for o in offsets for u in range(o + 1, o + bs + 1)}  # may pass M*bs
-            pieces = [(lo, lo + bs - 1) for lo in index.piece_lo[b, h].tolist() if lo <= big]
-            assert all(lo >= bs for lo, _ in pieces)
-            assert [lo for lo, _ in pieces] == sorted(lo for lo, _ in pieces)
+            entries = [(p % (1 << SKIP_SHIFT), p >> SKIP_SHIFT) for p in index.piece_lo[b, h].tolist()]
+            windows = [(lo, lo + bs - 1) for lo, _ in entries if lo <= big]
+            # the distances each piece reads: its window after the skip (a run's short last
+            # piece, read as a whole window ending at the run's end, skips what its run's
+            # previous piece holds)
+            pieces = [(lo + skip, lo + bs - 1) for lo, skip in entries if lo <= big]
+            assert all(lo >= 1 for lo, _ in pieces) and sum(lo < bs for lo, _ in windows) <= 1
+            skips = sum(start > lo for (start, _), (lo, _) in zip(pieces, windows))
+            assert skips <= int(dedup_on_bands(index, bs))  # one window skips, with dedup on the bands
+            assert all(lo >= bs for (lo, _), (start, _) in zip(windows, pieces) if start > lo)  # before the tile
+            assert [lo for lo, _ in windows] == sorted(lo for lo, _ in windows)
             in_pieces = [u for lo, hi in pieces for u in range(lo, hi + 1)]
+            assert len(in_pieces) == len(set(in_pieces))
             dists = [u for u in index.dists[b, h].tolist() if u <= big]
             assert dists == sorted(dists) and all(u > big for u in index.dists[b, h].tolist()[len(dists):])
             assert not set(in_pieces) & set(dists) and set(in_pieces) <= union
@@ -117,21 +132,38 @@ def test_band_pieces_and_distances_split_the_union_of_the_bands():
 
 
 def test_every_band_kind_matches_reference(nan_empty):
-    """Unmasked plain pieces, a piece reaching below a clamped tile's lowest key, packed
-    distances with the causal diagonal and partial chunks, on offsets placed to produce each,
-    with columns de-duplicated against them."""
+    """Unmasked plain pieces, a piece reaching into the tile (causal), a piece reaching below
+    a clamped tile's lowest key, packed distances in full and partial chunks, on offsets
+    placed to produce each, with columns de-duplicated against them."""
     s, bs = 900, 64
     q, k, v = random_qkv(1, 2, 1, s, 64)
-    s_idx = torch.tensor([[[0, 5, 100, 130, 150, 333, 500, 505, 700], [64, 200, 201, 420, 421, 800, 90, 77, 99]]])
+    s_idx = torch.tensor([[[0, 5, 100, 130, 150, 333, 500, 505, 700, 730], [64, 200, 201, 420, 421, 800, 90, 77, 99, 850]]])
     v_idx = torch.randint(0, s, (1, 2, 6))
     index = build_vertical_slash_index(v_idx, s_idx, s, bs)
     assert not dedup_on_bands(index, bs)
     r0, r1 = index.piece_ranges.unbind(-1)
     assert (r0 > 0).any(), "no unmasked piece"
     assert (r1 > r0).any(), "no piece reaching below a clamped tile's lowest key"
-    assert (index.dists[..., 0] < bs).any(), "no causal distances"
+    assert (index.piece_lo[..., 0] < bs).any(), "no piece reaching into the tile (causal)"
     assert (index.dist_count > bs).any() and (index.dist_count % bs != 0).any(), "no full and partial chunks"
     assert index.clamped.bool().any()
+    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+    assert_close_to_reference(out, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s))
+
+
+def test_band_pieces_skip_columns_when_dedup_on_bands(nan_empty):
+    """With more columns than offsets the bands skip the column keys: a local band of offsets
+    (whole pieces near the diagonal, in the middle and clamped, a packed remainder) under
+    dense columns, against the reference."""
+    s, bs = 700, 64
+    q, k, v = random_qkv(1, 2, 1, s, 64)
+    s_idx = torch.cat([torch.arange(150), torch.tensor([420, 460])]).expand(1, 2, -1)
+    v_idx = torch.randint(0, s, (1, 2, 250))
+    index = build_vertical_slash_index(v_idx, s_idx, s, bs)
+    assert dedup_on_bands(index, bs)
+    r0, r1 = index.piece_ranges.unbind(-1)
+    assert (index.piece_lo[..., 0] < bs).all() and (r0 > 1).any() and (r1 > r0).any()
+    assert (index.dist_count > 0).any() and index.clamped.bool().any()
     out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
     assert_close_to_reference(out, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s))
 

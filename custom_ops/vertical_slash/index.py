@@ -4,14 +4,19 @@ Distance space. For query tile m (rows [m*bs, e), e = (m+1)*bs) a slash offset s
 keys [e - s - bs, e - s) before clamping; in the distance u = e - j from the tile end that
 band is u in [s+1, s+bs], the same for every tile. So the union of the bands is built once
 per head, in distance space, and split in two:
-- plain pieces: bs consecutive distances u_lo..u_lo+bs-1 with u_lo >= bs (merged runs cut
-  into bs-long pieces from their start, the full ones). Tile m reads piece [u_lo, u_hi] as
-  the keys [e - u_hi, e - u_lo]: contiguous, wholly before the tile, so no mask unless it
-  reaches below the tile's lowest key.
-- the rest (the short last piece of each run, the distances < bs near the diagonal, all of it
-  when the bands de-duplicate) packed into one ascending list `dists`, read 64 at a time as
-  keys e - u with the mask on. Packing leaves no half-empty tile where two bands overlap:
-  (30, 800) on random input at 128K runs 11% fewer tiles than cutting every run into pieces.
+- pieces: bs consecutive distances u_lo..u_lo+bs-1 (merged runs cut into bs-long pieces
+  from their start, the full ones). Tile m reads piece [u_lo, u_hi] as the keys
+  [e - u_hi, e - u_lo]: contiguous, so the kernel addresses them from one scalar (by TMA on
+  CUDA), with no mask unless the piece reaches into the tile (u_lo < bs: at most one, the
+  causal diagonal) or below the tile's lowest key.
+- the rest (the short last piece of each run) packed into one ascending list `dists`, read
+  64 at a time as keys e - u through a vector of indices. Packing leaves no half-empty tile
+  where two bands overlap: (30, 800) on random input at 128K runs 11% fewer tiles than
+  cutting every run into pieces. When the bands de-duplicate (their pieces are masked by the
+  column bitmap anyway), the first short piece is read as a whole window instead, ending at
+  its run's end and skipping the distances the run's previous piece holds (`SKIP_SHIFT`):
+  the estimator's local band 0..99 makes one such piece in every head, and as a window it
+  costs the kernel less than a packed chunk.
 Bands with e - s < bs are clamped to keys [0, bs): for tiles with such an offset (`clamped`),
 keys below bs are served by one extra tile [0, bs) and left out of the tile's bands. A key
 both in a band and a column counts once: `dedup` is either a column bitmap the bands check or
@@ -35,11 +40,14 @@ class VerticalSlashIndex(NamedTuple):
 
     cols: [B, H, NV] int32, the distinct in-range columns ascending, padded with M*bs.
     col_count: [B, H, M] int32, how many of `cols` are < e of tile m.
-    piece_lo: [B, H, NS] int32, the u_lo of the plain pieces [u_lo, u_lo + bs - 1] (u_lo >= bs;
-        none when the bands de-duplicate) ascending, padded with a large value.
-    piece_ranges: [B, H, M, 2] int32 (r0, r1): tile m runs plain pieces [0, r0) unmasked
-        (u_hi <= e - lower) and [r0, r1) masked (at most one, reaching below `lower`);
-        lower = bs when the tile is clamped, else 0.
+    piece_lo: [B, H, NS] int32, the pieces' windows [u_lo, u_lo + bs - 1] ascending by u_lo
+        (>= 1; at most one < bs), padded with a large value; an entry is u_lo + (skip <<
+        SKIP_SHIFT), and the piece's distances are [u_lo + skip, u_lo + bs - 1] (skip > 0 for
+        at most one piece per head, and only when the bands de-duplicate).
+    piece_ranges: [B, H, M, 2] int32 (r0, r1): tile m reads pieces [0, r1), those with a
+        distance <= e - lower; [0, r0) lie wholly within (u_hi <= e - lower), [r0, r1)
+        reach below `lower` and are masked (at most one); lower = bs when the tile is
+        clamped, else 0.
     dists: [B, H, W] int32, the other distances u the band union covers, ascending, padded
         with a large value; W = dists_width(NS, S, bs).
     dist_count: [B, H, M] int32, how many of `dists` tile m reads: those with u <= e - lower.
@@ -226,13 +234,14 @@ def sort_indices(v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_s
 
 
 def sorted_head_fractions(sorted_idx: SortedIndices, block_size: int) -> torch.Tensor:
-    """[B, H] float: `head_fractions` of the index these sorted indices build, to within one
-    tile per query tile, without building it (about a third of the operations).
+    """[B, H] float: `head_fractions` of the index these sorted indices build, to within two
+    tiles per query tile, without building it (about a third of the operations).
 
     Tile m is counted as ceil(U / bs) + ceil(col_count / bs) + clamped, where U is how many
     distances u <= reach the union of the bands [s+1, s+bs] holds. The kernel reads the same
-    U distances, but in plain pieces plus packed chunks: ceil(P / bs) + ceil(D / bs) tiles with
-    P + D = U, which is ceil(U / bs) or one more.
+    U distances, but in pieces plus packed chunks: one tile per piece it reads (all full but
+    the one reaching past reach and the one window that skips distances) plus ceil(D / bs),
+    which is ceil(U / bs) or up to two more.
     """
     offsets, reach = sorted_idx.offsets, sorted_idx.reach
     nblocks = reach.shape[-1]
@@ -252,6 +261,11 @@ def sorted_head_fractions(sorted_idx: SortedIndices, block_size: int) -> torch.T
     return tiles.float().sum(-1) / (nblocks * (nblocks + 1) // 2)
 
 
+#: A piece's `piece_lo` entry holds u_lo + (skip << SKIP_SHIFT): the kernel reads the
+#: distances [u_lo + skip, u_lo + bs - 1] of the window [u_lo, u_lo + bs - 1] (u_lo < 2^24).
+SKIP_SHIFT = 24
+
+
 def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) -> VerticalSlashIndex:
     """The rest of the index build (`build_vertical_slash_index`) after `sort_indices`."""
     cols, col_count, offsets, clamped, reach = sorted_idx
@@ -263,10 +277,19 @@ def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) 
     # pieces come ascending and disjoint, so both selections below stay ascending
     lo, hi = _band_pieces(offsets, block_size, big)
     live = lo < big
-    plain = live & (hi - lo == block_size - 1) & (lo >= block_size) & (not on_bands)
-    piece_lo = _compact(lo, plain, lo.shape[-1], big).contiguous()
+    whole = live & (hi - lo == block_size - 1)
+    # with dedup on the bands, the first short piece [lo, hi] is read as the window
+    # [hi - bs + 1, hi], skipping what its run's previous piece holds (see SKIP_SHIFT)
+    window = hi - (block_size - 1)
+    tail = live & ~whole & (window >= block_size) & (torch.cumsum((live & ~whole).int(), dim=-1) == 1)
+    tail = tail & on_bands
+    plain = whole | tail
+    start = torch.where(tail, window, lo)
+    piece_lo = _compact(start, plain, lo.shape[-1], big).contiguous()
+    skip = _compact(torch.where(tail, lo - window, 0), plain, lo.shape[-1], 0)
     r0 = torch.searchsorted(piece_lo, reach - (block_size - 1), right=True)  # u_hi <= reach
-    r1 = torch.searchsorted(piece_lo, reach, right=True)
+    # pieces with a distance <= reach to read (the first after its skip): ascending as well
+    r1 = torch.searchsorted((piece_lo + skip).contiguous(), reach, right=True)
     # every other piece, expanded to its distances (at most bs each)
     dists = _expand_pieces(lo, hi, live & ~plain, dists_width(offsets.shape[-1], seq_len, block_size), big)
     dist_count = torch.searchsorted(dists.contiguous(), reach, right=True)
@@ -282,7 +305,7 @@ def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) 
     return VerticalSlashIndex(
         cols=cols.to(torch.int32).contiguous(),
         col_count=col_count.to(torch.int32).contiguous(),
-        piece_lo=piece_lo.clamp(max=2**30).to(torch.int32).contiguous(),
+        piece_lo=(piece_lo.clamp(max=2**30) + (skip << SKIP_SHIFT)).to(torch.int32).contiguous(),
         piece_ranges=torch.stack([r0, r1], dim=-1).to(torch.int32).contiguous(),
         dists=dists.clamp(max=2**30).to(torch.int32).contiguous(),
         dist_count=dist_count.to(torch.int32).contiguous(),

@@ -1,23 +1,25 @@
 """Triton kernel of vertical-slash sparse attention (forward, causal, GQA-native).
 
 One program per (query tile m, batch * query head). It walks four work lists from
-`index.build_vertical_slash_index`: the tile's plain band pieces (contiguous keys), its other
+`index.build_vertical_slash_index`: the tile's band pieces (contiguous keys), its other
 band distances packed 64 per chunk (keys e - u), the clamped tile [0, bs) where it applies,
 and the vertical columns in chunks of bs; online softmax in fp32 over all of them. The
 columns' K/V rows are gathered once per head into contiguous buffers before the launch
 (`gather_columns`), so every chunk is a plain contiguous load that the pipeliner can
 prefetch. A key that is both a column and in a band counts once: with DEDUP_ON_BANDS the
-bands skip column keys (a bitmap read per band chunk, cheap when band chunks are few; there
-are no plain pieces then), otherwise the columns skip keys a band covers (a gather per column
-chunk, cheap when columns are few). MInference removes covered columns per tile in its index
-instead, which costs [B, H, M, NV] memory.
+bands skip column keys (a bitmap read per band tile, cheap when band tiles are few),
+otherwise the columns skip keys a band covers (a gather per column chunk, cheap when
+columns are few). MInference removes covered columns per tile in its index instead, which
+costs [B, H, M, NV] memory.
 
-Chunks that need no mask (plain pieces above the tile's lowest key; column chunks wholly
-before the tile, when the bands de-duplicate) skip the score masking, and on CUDA load K/V
-by TMA (`_attend_rows_tma`). Plain pieces address their keys from one scalar; the packed
-distances need a vector load of indices first, which the pipeliner handles worse (packing
-every distance, plain ones included, ran no faster than the old piece-by-piece list on
-H100), so only what does not fill a whole piece goes there.
+The whole band pieces (wholly before the tile and above its lowest key) and the column
+chunks wholly before the tile (when the bands de-duplicate) load K/V by TMA on CUDA
+(`_attend_rows_tma`), masked only by the column bitmap (and a piece's skip) when the bands
+de-duplicate. Pieces address their keys from one scalar; the packed distances need a vector
+load of indices first, whose latency nothing hides: on H100 one packed chunk per tile
+cost as much as three more pieces (perf/tune_kernels.py --only marginal), so only what does
+not fill a whole piece goes there. The piece that reaches into the tile (causal) and the
+one that reaches below its lowest key take masked pointer loads.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from .index import SKIP_SHIFT as _SKIP_SHIFT  # noqa: E402
 from .index import VerticalSlashIndex, dedup_on_bands  # noqa: E402
+
+SKIP_SHIFT = tl.constexpr(_SKIP_SHIFT)
+LO_BITS = tl.constexpr((1 << _SKIP_SHIFT) - 1)
 
 
 # The output allocator; tests swap it for a NaN-filled one to catch unwritten rows.
@@ -74,14 +80,20 @@ def _attend_keys(
 
 
 @triton.jit
-def _attend_rows_tma(q, k_desc, v_desc, row, m_i, l_i, acc, qk_scale):
-    """`_attend_keys` without a mask, for the K/V rows [row, row + block) of two TMA
-    descriptors over 2-D [rows, D] views."""
+def _attend_rows_tma(q, k_desc, v_desc, row, keep, m_i, l_i, acc, qk_scale, KEY_MASK: tl.constexpr):
+    """`_attend_keys` for the K/V rows [row, row + block) of two TMA descriptors over 2-D
+    [rows, D] views; with KEY_MASK only the keys where keep [block] counts, else all."""
     k = k_desc.load([row, 0])
     qk = tl.dot(q, tl.trans(k))
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.exp2(qk * qk_scale - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)
+    if KEY_MASK:
+        qk = tl.where(keep[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = m_new
+    p = tl.exp2(qk * qk_scale - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
     v = v_desc.load([row, 0])
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -90,18 +102,26 @@ def _attend_rows_tma(q, k_desc, v_desc, row, m_i, l_i, acc, qk_scale):
 
 @triton.jit
 def _attend_piece(
-    q, k_base, v_base, lo_ptr, end, lower, lanes, stride_k, stride_v, offs_m, offs_d, d_ok,
-    m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, BLOCK: tl.constexpr,
+    q, k_base, v_base, lo_ptr, end, lower, seq_len, col_bitmap, lanes, stride_k, stride_v, offs_m,
+    offs_d, d_ok, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, DEDUP_ON_BANDS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    """Update with the plain piece at lo_ptr: keys [e - u_lo - bs + 1, e - u_lo], all before
-    the tile; with MASKED only those >= lower count."""
-    offs_n = end - tl.load(lo_ptr) - (BLOCK - 1) + lanes
+    """Update with the band piece at lo_ptr (u_lo and skip, see `index.SKIP_SHIFT`): the keys
+    e - u for u in [u_lo + skip, u_lo + bs - 1]. With MASKED only those in [lower, seq_len)
+    and causal count (a piece near the diagonal or reaching below the tile's lowest key); with
+    DEDUP_ON_BANDS keys that are columns don't."""
+    piece = tl.load(lo_ptr)
+    offs_n = end - (piece & LO_BITS) - (BLOCK - 1) + lanes
     if MASKED:
-        ok = offs_n >= lower
+        ok = (offs_n >= lower) & (offs_n < seq_len)
     else:
         ok = lanes >= 0
-    return _attend_keys(q, k_base, v_base, offs_n, stride_k, stride_v, ok, ok, offs_n, offs_m,
-                        offs_d, d_ok, m_i, l_i, acc, qk_scale, MASKED)
+    key_ok = ok
+    if DEDUP_ON_BANDS:  # (only then may a piece skip distances)
+        key_ok = ok & (lanes < BLOCK - (piece >> SKIP_SHIFT))
+        key_ok = key_ok & (tl.load(col_bitmap + offs_n, mask=ok, other=1) == 0)
+    return _attend_keys(q, k_base, v_base, offs_n, stride_k, stride_v, ok, key_ok, offs_n, offs_m,
+                        offs_d, d_ok, m_i, l_i, acc, qk_scale, MASKED or DEDUP_ON_BANDS)
 
 
 @triton.jit
@@ -160,26 +180,40 @@ def _vertical_slash_fwd(
     acc = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
     lanes = tl.arange(0, BLOCK)
 
-    # band keys: plain pieces (unmasked, then the one reaching below `lower`), then the packed
+    # band keys: whole pieces (the first masked causally where it nears the diagonal, the
+    # middle ones read whole, the last masked where it reaches below `lower`), then the packed
     # remaining distances
     pieces = PieceLo + bh.to(tl.int64) * n_pieces_max
+    bitmap = bh.to(tl.int64) * dedup_len
     r0 = tl.load(PieceRanges + tile * 2)
+    r1 = tl.load(PieceRanges + tile * 2 + 1)
+    d0 = ((tl.load(pieces, mask=r1 > 0, other=BLOCK) & LO_BITS) < BLOCK).to(tl.int32)
+    for t in range(0, d0):
+        m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, seq_len, Dedup + bitmap,
+                                      lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc,
+                                      qk_scale, True, DEDUP_ON_BANDS, BLOCK)
     if PIECE_TMA:
         kv_row = (b * (num_heads // group) + hk) * seq_len + end - (BLOCK - 1)
-        for t in range(0, r0):
-            m_i, l_i, acc = _attend_rows_tma(q, KDesc, VDesc, (kv_row - tl.load(pieces + t)).to(tl.int32),
-                                             m_i, l_i, acc, qk_scale)
+        for t in range(d0, r0):
+            piece = tl.load(pieces + t)
+            lo = piece & LO_BITS
+            if DEDUP_ON_BANDS:
+                keep = lanes < BLOCK - (piece >> SKIP_SHIFT)
+                keep = keep & (tl.load(Dedup + bitmap + end - (BLOCK - 1) - lo + lanes) == 0)
+            else:
+                keep = lanes >= 0
+            m_i, l_i, acc = _attend_rows_tma(q, KDesc, VDesc, (kv_row - lo).to(tl.int32), keep,
+                                             m_i, l_i, acc, qk_scale, DEDUP_ON_BANDS)
     else:
-        for t in range(0, r0):
-            m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, lanes, stride_ks,
-                                          stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale,
-                                          False, BLOCK)
-    for t in range(r0, tl.load(PieceRanges + tile * 2 + 1)):
-        m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, lanes, stride_ks,
-                                      stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc, qk_scale,
-                                      True, BLOCK)
+        for t in range(d0, r0):
+            m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, seq_len, Dedup + bitmap,
+                                          lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc,
+                                          qk_scale, False, DEDUP_ON_BANDS, BLOCK)
+    for t in range(tl.maximum(r0, d0), r1):
+        m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, seq_len, Dedup + bitmap,
+                                      lanes, stride_ks, stride_vs, offs_m, offs_d, d_ok, m_i, l_i, acc,
+                                      qk_scale, True, DEDUP_ON_BANDS, BLOCK)
     dists = Dists + bh.to(tl.int64) * n_dists_max
-    bitmap = bh.to(tl.int64) * dedup_len
     n_dists = tl.load(DistCount + tile)
     for c in range(0, n_dists, BLOCK):
         m_i, l_i, acc = _attend_distances(q, k_base, v_base, dists, c, n_dists, Dedup + bitmap, end,
@@ -210,7 +244,7 @@ def _vertical_slash_fwd(
         if COL_TMA:
             for c in tl.range(0, c0, COL_BLOCK, num_stages=COL_STAGES):
                 m_i, l_i, acc = _attend_rows_tma(q, KColsDesc, VColsDesc, (columns + c).to(tl.int32),
-                                                 m_i, l_i, acc, qk_scale)
+                                                 col_lanes >= 0, m_i, l_i, acc, qk_scale, False)
         else:
             for c in tl.range(0, c0, COL_BLOCK, num_stages=COL_STAGES):
                 rows = c + col_lanes
@@ -314,7 +348,7 @@ def launch_vertical_slash(
     k_cols, v_cols = gather_columns(k, v, index.cols)
     tma = q.is_cuda and block_d == head_dim  # whole rows, 16-byte aligned (D >= 16)
     col_tma = col_tma and tma and on_bands
-    piece_tma = piece_tma and tma and not on_bands and all(_tma_ready(t) for t in (k, v))
+    piece_tma = piece_tma and tma and all(_tma_ready(t) for t in (k, v))
     k_desc, v_desc, kc_desc, vc_desc = k, v, k_cols, v_cols
     if col_tma:
         kc_desc, vc_desc = (_row_descriptor(t, col_block or block_size) for t in (k_cols, v_cols))

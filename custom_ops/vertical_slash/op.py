@@ -51,7 +51,7 @@ def vertical_slash_sparse_attention_op(
     """Vertical-slash attention from v_idx [B, H, NV] and s_idx [B, H, NS]; [B, H, S, D].
 
     When the pattern's key tiles exceed `dense_above` of the dense causal ones
-    (`sorted_head_fractions`, averaged over batch and heads; within one tile per query tile
+    (`sorted_head_fractions`, averaged over batch and heads; within two tiles per query tile
     of what the kernel would compute), dense SDPA runs instead: a superset of the mask. Pass
     a value > 1 to never fall back.
     """
