@@ -233,7 +233,7 @@ def _synthetic_vs(heads, seq_len, n_cols, n_offsets, seed=0):
 def marginal_costs(q, k, v, rep):
     """What one more key tile costs the vertical-slash kernel, by loop: kernel time against
     computed tiles over index sets that differ in one loop's work (columns in unmasked TMA
-    chunks; local band distances in masked chunks; scattered offsets in plain pieces).
+    chunks; a widening local band; scattered or local offsets in band pieces).
     Each set's tile TFLOP/s, and the marginal TFLOP/s between neighbours."""
     s = q.shape[2]
     heads = q.shape[1]

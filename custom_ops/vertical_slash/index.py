@@ -322,7 +322,7 @@ def dedup_on_bands(index: VerticalSlashIndex, block_size: int) -> bool:
 
 def head_fractions(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
     """[B, H] float: key tiles the kernel computes for each head over those of dense causal
-    attention (plain pieces + distance chunks + column chunks + clamped tiles, summed over
+    attention (band pieces + distance chunks + column chunks + clamped tiles, summed over
     query tiles)."""
     nblocks = index.col_count.shape[-1]
     chunks = (index.dist_count + block_size - 1) // block_size + (index.col_count + block_size - 1) // block_size
@@ -342,9 +342,10 @@ def fraction_bound(n_cols: int, n_offsets: int, nblocks: int, block_size: int) -
     """Upper bound of `computed_fraction` for NV columns, NS offsets and M tiles, from these
     sizes alone (no device read).
 
-    Tile m's plain pieces and distances are disjoint parts of the union of NS bands and, all
-    but one straddling piece, of the e distances u <= e: at most min(NS + 1, m + 3) band
-    tiles. Add min(ceil(NV/bs), m + 1) column chunks and one clamped tile.
+    Tile m's pieces and distances read disjoint parts of the union of NS bands (at most one
+    piece per band) and, all but one straddling piece, of the e distances u <= e: at most
+    min(NS + 1, m + 3) band tiles. Add min(ceil(NV/bs), m + 1) column chunks and one clamped
+    tile.
     """
     bands = _sum_of_min(n_offsets + 1, 3, nblocks)
     columns = _sum_of_min(math.ceil(n_cols / block_size), 1, nblocks)

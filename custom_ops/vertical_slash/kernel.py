@@ -330,11 +330,11 @@ def launch_vertical_slash(
     3 for the unmasked column loop (`col_stages`; 11.6 against 12.5 ms at (3500, 100), 128K,
     23.4 against 25.0 ms at 256K; 3 stages for every loop: 12.6 / 25.0 ms; 4: 16.5 ms);
     column chunks of bs (128 was slower). Warp specialization of any loop (Triton 3.6): no
-    change. The two unmasked contiguous loops load by TMA on CUDA where D is a power of two
-    (`col_tma`: gathered columns, 11.3 against 11.9-12.1 ms at (3500, 100), 128K, 22.5
-    against 23.7-25.0 at 256K; `piece_tma`: plain band pieces, 100.3 against 105.1 ms at
-    (30, 800), 128K, 218.6-221.9 against 226.3-228.6 at 256K). The other loops gather rows
-    through index vectors, which TMA tiles cannot.
+    change. The whole column chunks and the band pieces wholly before the tile load by TMA
+    on CUDA where D is a power of two (`col_tma`: gathered columns, 11.3 against 11.9-12.1
+    ms at (3500, 100), 128K, 22.5 against 23.7-25.0 at 256K; `piece_tma`: band pieces, 100.3
+    against 105.1 ms at (30, 800), 128K, 218.6-221.9 against 226.3-228.6 at 256K). The
+    other loops mask by position or gather rows through index vectors.
     """
     if not q.is_cuda:
         _check_interpreter()
