@@ -168,6 +168,14 @@ def test_band_pieces_skip_columns_when_dedup_on_bands(nan_empty):
     assert_close_to_reference(out, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s))
 
 
+def test_index_rejects_lengths_past_its_piece_encoding():
+    from custom_ops.vertical_slash.index import index_from_sorted, sort_indices
+
+    s = 1 << SKIP_SHIFT
+    with pytest.raises(ValueError, match="split the prompt"):
+        index_from_sorted(sort_indices(torch.zeros(1, 1, 2), torch.zeros(1, 1, 1), s, 64), s, 64)
+
+
 def test_both_dedup_sides_are_exercised():
     index = build_vertical_slash_index(torch.zeros(1, 1, 9), torch.zeros(1, 1, 3), 100, 64)
     assert dedup_on_bands(index, 64)

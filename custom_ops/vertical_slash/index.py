@@ -275,23 +275,25 @@ def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) 
     on_bands = cols.shape[-1] > offsets.shape[-1]
 
     # pieces come ascending and disjoint, so both selections below stay ascending
+    if seq_len + 2 * block_size >= 1 << SKIP_SHIFT:
+        raise ValueError(f"vertical-slash attention supports sequences below {(1 << SKIP_SHIFT) - 2 * block_size} "
+                         f"tokens, got {seq_len}: split the prompt into chunks")
     lo, hi = _band_pieces(offsets, block_size, big)
     live = lo < big
     whole = live & (hi - lo == block_size - 1)
+    short = live & ~whole
     # with dedup on the bands, the first short piece [lo, hi] is read as the window
     # [hi - bs + 1, hi], skipping what its run's previous piece holds (see SKIP_SHIFT)
     window = hi - (block_size - 1)
-    tail = live & ~whole & (window >= block_size) & (torch.cumsum((live & ~whole).int(), dim=-1) == 1)
-    tail = tail & on_bands
-    plain = whole | tail
-    start = torch.where(tail, window, lo)
-    piece_lo = _compact(start, plain, lo.shape[-1], big).contiguous()
-    skip = _compact(torch.where(tail, lo - window, 0), plain, lo.shape[-1], 0)
+    skipping = short & (torch.cumsum(short.int(), dim=-1) == 1) & (window >= block_size) & on_bands
+    as_piece = whole | skipping
+    piece_lo = _compact(torch.where(skipping, window, lo), as_piece, lo.shape[-1], big).contiguous()
+    skip = _compact(torch.where(skipping, lo - window, 0), as_piece, lo.shape[-1], 0)
     r0 = torch.searchsorted(piece_lo, reach - (block_size - 1), right=True)  # u_hi <= reach
     # pieces with a distance <= reach to read (the first after its skip): ascending as well
     r1 = torch.searchsorted((piece_lo + skip).contiguous(), reach, right=True)
     # every other piece, expanded to its distances (at most bs each)
-    dists = _expand_pieces(lo, hi, live & ~plain, dists_width(offsets.shape[-1], seq_len, block_size), big)
+    dists = _expand_pieces(lo, hi, live & ~as_piece, dists_width(offsets.shape[-1], seq_len, block_size), big)
     dist_count = torch.searchsorted(dists.contiguous(), reach, right=True)
 
     if on_bands:  # dedup on the bands: mark the columns
