@@ -16,10 +16,13 @@ The whole band pieces (wholly before the tile and above its lowest key) and the 
 chunks wholly before the tile (when the bands de-duplicate) load K/V by TMA on CUDA
 (`_attend_rows_tma`), masked only by the column bitmap (and a piece's skip) when the bands
 de-duplicate. Pieces address their keys from one scalar; the packed distances need a vector
-load of indices first, whose latency nothing hides: on H100 one packed chunk per tile
-cost as much as three more pieces (perf/tune_kernels.py --only marginal), so only what does
-not fill a whole piece goes there. The piece that reaches into the tile (causal) and the
-one that reaches below its lowest key take masked pointer loads.
+load of indices first. Each loop a tile enters costs a latency that a few iterations do not
+amortize (H100: widening the local band from offset 0 to 0..99 cost 1.5 ms at 128K, from
+0..99 to 0..299 0.4-0.6 ms for more tiles; perf/tune_kernels.py --only marginal), so only
+what does not fill a whole piece is packed, and with dedup on the bands the one short piece
+of the estimator's local band is read as a window, leaving the packed loop empty. The piece
+that reaches into the tile (causal) and the one that reaches below its lowest key take
+masked pointer loads.
 """
 
 from __future__ import annotations
