@@ -1,4 +1,5 @@
 import os
+import random
 
 import torch
 
@@ -27,6 +28,7 @@ def _fresh_seed():
     """Fresh random inputs every run; a failure prints the seed (set MF_SEED to replay it)."""
     seed = int(os.environ.get("MF_SEED", int.from_bytes(os.urandom(4), "little")))
     torch.manual_seed(seed)
+    random.seed(seed)
     print(f"MF_SEED={seed}")
     yield
 
