@@ -274,10 +274,10 @@ def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) 
     big = _pad(nblocks, block_size)
     on_bands = cols.shape[-1] > offsets.shape[-1]
 
-    # pieces come ascending and disjoint, so both selections below stay ascending
     if seq_len + 2 * block_size >= 1 << SKIP_SHIFT:
         raise ValueError(f"vertical-slash attention supports sequences below {(1 << SKIP_SHIFT) - 2 * block_size} "
                          f"tokens, got {seq_len}: split the prompt into chunks")
+    # pieces come ascending and disjoint, so both selections below stay ascending
     lo, hi = _band_pieces(offsets, block_size, big)
     live = lo < big
     whole = live & (hi - lo == block_size - 1)
