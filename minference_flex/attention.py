@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from custom_ops.vertical_slash import vertical_slash_sparse_attention_op
+from custom_ops.vertical_slash import dense_causal_attention, vertical_slash_sparse_attention_op
 
 from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
@@ -32,10 +32,7 @@ def dense_attention(
 ) -> torch.Tensor:
     """Dense causal attention through SDPA (cuDNN/flash on CUDA), GQA-native; [B, H, S, D]."""
     _checks.check_qkv(q, k, v)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, is_causal=True, scale=_scale(q, scale), enable_gqa=q.shape[1] != k.shape[1]
-    )
-    return out.contiguous()
+    return dense_causal_attention(q, k, v, _scale(q, scale))
 
 
 def streaming_forward(

@@ -8,10 +8,16 @@ from .index import (
     fraction_bound,
     head_fractions,
 )
-from .op import vertical_slash_attention, vertical_slash_attention_op, vertical_slash_sparse_attention_op
+from .op import (
+    dense_causal_attention,
+    vertical_slash_attention,
+    vertical_slash_attention_op,
+    vertical_slash_sparse_attention_op,
+)
 
 __all__ = [
     "VerticalSlashIndex",
+    "dense_causal_attention",
     "build_vertical_slash_index",
     "computed_fraction",
     "dedup_on_bands",

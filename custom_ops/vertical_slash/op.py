@@ -30,7 +30,9 @@ from .index import (
 from .kernel import launch_vertical_slash
 
 
-def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Dense causal SDPA of q [B, H, S, D] over k, v [B, Hkv, S, D], GQA-native; contiguous
+    [B, H, S, D]. The dense fallback, and `minference_flex.dense_attention` after its checks."""
     out = torch.nn.functional.scaled_dot_product_attention(
         q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
@@ -63,7 +65,7 @@ def vertical_slash_sparse_attention_op(
         and fraction_bound(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size) > dense_above
         and sorted_head_fractions(sorted_idx, block_size).mean().item() > dense_above
     ):
-        return _dense(q, k, v, scale)
+        return dense_causal_attention(q, k, v, scale)
     index = index_from_sorted(sorted_idx, seq_len, block_size)
     return launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale)
 
