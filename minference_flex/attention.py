@@ -13,7 +13,7 @@ from custom_ops.vertical_slash import dense_causal_attention, vertical_slash_spa
 
 from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
-from .flex import a_shape_block_mask, block_sparse_block_mask, flex_attend, flex_padded_length
+from .flex import a_shape_block_mask, block_sparse_flex, flex_attend, flex_padded_length
 
 #: Above this fraction of dense causal key tiles, vertical-slash runs dense SDPA instead
 #: (counted from the sorted indices: `custom_ops.vertical_slash.index.sorted_head_fractions`).
@@ -80,14 +80,15 @@ def block_sparse_attention(
     Args:
         q: [B, H, S, D]; k, v: [B, Hkv, S, D]. topk: tiles per query tile, >= 1.
         block_size: tile size (16, 32, 64 or 128). scale: default 1/sqrt(D).
-    Returns: [B, H, S, D]. Runs FlexAttention with a BlockMask from the top-k tile indices.
+    Returns: [B, H, S, D]. Runs FlexAttention with a BlockMask from the top-k tile indices;
+    on CUDA, where one kv head's K and V outgrow L2 (`flex.KEY_SPLIT_BYTES`), in passes over
+    ranges of key tiles merged by log-sum-exp (`flex.block_sparse_flex`).
     """
     _checks.check_qkv(q, k, v)
     topk = _checks.check_nonnegative_int("topk", topk, minimum=1)
     block_size = _checks.check_block_size(block_size)
     tiles, count = select_block_sparse_tiles(q, k, topk, block_size)
-    mask = block_sparse_block_mask(tiles, count, q.shape[2], block_size)
-    return flex_attend(q, k, v, mask, _scale(q, scale))
+    return block_sparse_flex(q, k, v, tiles, count, block_size, _scale(q, scale))
 
 
 def vertical_slash_sparse_attention(

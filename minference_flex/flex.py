@@ -73,15 +73,95 @@ def flex_attend(
     K and V are contiguous because FlexAttention computes KV offsets in int32 up to 2.13.
     """
     seq_len = q.shape[2]
-    padded = flex_padded_length(seq_len)
     enable_gqa = q.shape[1] != k.shape[1]
     options = _kernel_options(q, block_mask)
+    q, k, v = _flex_inputs(q, k, v)
+    fn = _flex_on_blocks if torch.compiler.is_compiling() else _compiled_flex()
+    out = fn(q, k, v, block_mask, scale, enable_gqa, options)
+    return out[:, :, :seq_len]
+
+
+#: K+V bytes of one kv head above which block-sparse FlexAttention runs in passes over key
+#: ranges of about this size (`block_sparse_flex`): random tiles spread each query tile's
+#: reads over its whole kv head, which L2 (50 MB on H100) holds at 128K (64 MiB of bf16 K+V
+#: at D=128) but not at 256K. H100, 32/8 heads, top 100 (perf/tune_kernels.py --only
+#: bs_split): at 256K two passes took 72.9-75.1 ms against 77.8-81.0 for one; at 128K one
+#: pass was the faster (31.6-33.0 against 33.0-34.8 ms).
+KEY_SPLIT_BYTES = 64 * 2**20
+
+
+def merge_by_lse(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Tensor:
+    """Attention over the union of disjoint key sets from one pass per set: outs [B, H, S, D]
+    (each normalised over its own keys), lses [B, H, S] (natural log-sum-exp of the scaled
+    scores, -inf where a row has no key in that set). Weighs each pass by exp(lse - total)
+    in fp32; returns outs[0]'s dtype."""
+    total = torch.logsumexp(torch.stack(lses), dim=0)
+    merged = torch.zeros_like(outs[0], dtype=torch.float32)
+    for out, lse in zip(outs, lses):
+        weight = torch.exp(lse - total)[..., None]
+        # a row with no key in this pass has weight 0; its output is not read
+        merged = merged + torch.where(weight > 0, out.float() * weight, 0.0)
+    return merged.to(outs[0].dtype)
+
+
+def _flex_key_split(q, k, v, block_masks, scale, enable_gqa, kernel_options):
+    """FlexAttention once per mask of `block_sparse_key_split_masks` (pass p: the queries from
+    its first row on, its range of key tiles), merged row segment by row segment."""
+    blocked = q.dim() == 5  # [.., n, FLEX_ALIGN, ..]: slice whole FLEX_ALIGN blocks
+    if blocked:
+        k, v = (t.flatten(2, 3) for t in (k, v))
+    seq_len = k.shape[2]
+    starts, outs, lses = [], [], []
+    for mask in block_masks:
+        rows = mask.kv_num_blocks.shape[-1] * mask.BLOCK_SIZE[0]
+        if blocked:
+            units = rows // FLEX_ALIGN
+            q_pass = q[:, :, q.shape[2] - units:].flatten(2, 3)
+        else:
+            q_pass = q[:, :, seq_len - rows:]
+        out, lse = flex_attention(q_pass, k, v, block_mask=mask, scale=scale, enable_gqa=enable_gqa,
+                                  kernel_options=kernel_options, return_lse=True)
+        starts.append(seq_len - q_pass.shape[2])
+        outs.append(out)
+        lses.append(lse)
+    result = outs[0]
+    for p in range(1, len(block_masks)):
+        # rows [starts[p], next start) are attended by passes 0..p
+        lo, hi = starts[p], (starts[p + 1] if p + 1 < len(starts) else seq_len)
+        result[:, :, lo:hi] = merge_by_lse(
+            [outs[j][:, :, lo - starts[j]:hi - starts[j]] for j in range(p + 1)],
+            [lses[j][:, :, lo - starts[j]:hi - starts[j]] for j in range(p + 1)],
+        )
+    return result
+
+
+@functools.cache
+def _compiled_flex_key_split():
+    return torch.compile(_flex_key_split)
+
+
+def _flex_inputs(q, k, v):
+    """q, k, v padded to `flex_padded_length` and, on CUDA, seen as [.., n, FLEX_ALIGN, ..]."""
+    seq_len = q.shape[2]
+    padded = flex_padded_length(seq_len)
     if padded != seq_len:
         q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded - seq_len)) for t in (q, k, v))
     if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer
         q, k, v = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
-    fn = _flex_on_blocks if torch.compiler.is_compiling() else _compiled_flex()
-    out = fn(q, k, v, block_mask, scale, enable_gqa, options)
+    return q, k, v
+
+
+def flex_attend_key_split(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_masks: list[BlockMask], scale: float
+) -> torch.Tensor:
+    """`flex_attend` with the passes of `block_sparse_key_split_masks`, merged by log-sum-exp;
+    [B, H, S, D]. CUDA only (Inductor's CPU template returns no log-sum-exp)."""
+    seq_len = q.shape[2]
+    enable_gqa = q.shape[1] != k.shape[1]
+    options = _kernel_options(q, block_masks[0])
+    q, k, v = _flex_inputs(q, k, v)
+    fn = _flex_key_split if torch.compiler.is_compiling() else _compiled_flex_key_split()
+    out = fn(q, k, v, list(block_masks), scale, enable_gqa, options)
     return out[:, :, :seq_len]
 
 
@@ -104,7 +184,10 @@ def _from_kv_blocks(
     block: int,
     seq_len: int,
     mask_mod,
+    q_len: int | None = None,
 ) -> BlockMask:
+    """BlockMask of a [q_len (default seq_len), seq_len] grid from (indices, counts) of its
+    partial and full blocks."""
     idx, num = partial
     full_idx, full_num = full
     # The CUDA kernel addresses partial and full lists with one set of strides, so both get
@@ -120,7 +203,7 @@ def _from_kv_blocks(
         full_idx,
         BLOCK_SIZE=block,
         mask_mod=mask_mod,
-        seq_lengths=(seq_len, seq_len),
+        seq_lengths=(seq_len if q_len is None else q_len, seq_len),
         compute_q_blocks=False,
     )
 
@@ -218,6 +301,16 @@ def _causal(b, h, q_idx, kv_idx):
     return q_idx >= kv_idx
 
 
+def _causal_from(first_row: int, device: torch.device):
+    """Causal mask_mod of queries that start at row `first_row` (a tensor: no recompiles)."""
+    offset = torch.full((), first_row, dtype=torch.int32, device=device)
+
+    def causal_from(b, h, q_idx, kv_idx):
+        return q_idx + offset >= kv_idx
+
+    return causal_from
+
+
 def block_sparse_block_mask(
     tiles: torch.Tensor,
     count: torch.Tensor,
@@ -243,3 +336,81 @@ def block_sparse_block_mask(
     return _from_kv_blocks(
         (diagonal, ones), (tiles, count), block_size, flex_padded_length(seq_len), _causal
     )
+
+
+
+
+def key_split_parts(k: torch.Tensor) -> int:
+    """How many key-range passes `block_sparse_flex` runs for k [B, Hkv, S, D]: one per
+    `KEY_SPLIT_BYTES` of one kv head's K and V, rounded up; one on CPU."""
+    if not k.is_cuda:
+        return 1
+    return max(1, math.ceil(2 * k.shape[2] * k.shape[3] * k.element_size() / KEY_SPLIT_BYTES))
+
+
+def block_sparse_key_split_masks(
+    tiles: torch.Tensor,
+    count: torch.Tensor,
+    seq_len: int,
+    block_size: int,
+    parts: int,
+    active_heads: torch.Tensor | None = None,
+) -> list[BlockMask]:
+    """`block_sparse_block_mask` cut at key-tile bounds b_0 = 0 < b_1 < ... < b_P = the padded
+    tile count (multiples of FLEX_ALIGN, near-equal) into one mask per pass: pass p attends
+    the query tiles m >= b_p (queries from row b_p * block_size on) to their chosen tiles in
+    [b_p, b_{p+1}) and, where b_p <= m < b_{p+1}, to their diagonal tile. The passes together
+    attend exactly what the one mask does (tiles n <= m only, so no pass misses a row)."""
+    padded = flex_padded_length(seq_len)
+    nblocks = padded // block_size
+    align = max(FLEX_ALIGN // block_size, 1)
+    units = nblocks // align
+    bounds = sorted({units * i // parts * align for i in range(parts)} | {nblocks})
+    extra = nblocks - tiles.shape[2]
+    tiles = torch.nn.functional.pad(tiles, (0, 0, 0, extra), value=0)
+    count = torch.nn.functional.pad(count, (0, extra), value=0)
+    bsz, heads, _, width = tiles.shape
+    device = tiles.device
+    on = torch.ones(1, heads, 1, dtype=torch.int32, device=device)
+    if active_heads is not None:
+        on = active_heads.to(device=device, dtype=torch.int32)[None, :, None]
+    slots = torch.arange(width, device=device)
+    listed = slots < count[..., None]
+    # a row's chosen tiles are ascending, so those below each bound are a prefix of its slots
+    below = {b: ((tiles < b) & listed).sum(-1, dtype=torch.int32) for b in bounds}
+    masks = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        start, inside = below[lo][..., lo:], below[hi][..., lo:] - below[lo][..., lo:]
+        picked = (start[..., None] + slots).clamp(max=width - 1)
+        rows = nblocks - lo
+        diagonal = torch.arange(lo, nblocks, device=device, dtype=torch.int32)
+        ones = on * (diagonal < hi).to(torch.int32)
+        diagonal = diagonal.view(1, 1, rows, 1).expand(bsz, heads, rows, 1).contiguous()
+        mask_mod = _causal if lo == 0 else _causal_from(lo * block_size, device)
+        masks.append(_from_kv_blocks(
+            (diagonal, ones.expand(bsz, heads, rows).contiguous()),
+            (tiles[:, :, lo:].gather(-1, picked).contiguous(), (inside * on).contiguous()),
+            block_size, padded, mask_mod, q_len=rows * block_size,
+        ))
+    return masks
+
+
+def block_sparse_flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tiles: torch.Tensor,
+    count: torch.Tensor,
+    block_size: int,
+    scale: float,
+    active_heads: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Block-sparse FlexAttention of q [B, H, S, D] over k, v [B, Hkv, S, D] on the tiles of
+    `estimate.select_block_sparse_tiles`; [B, H, S, D]. One pass, or `key_split_parts(k)`
+    passes over key ranges merged by log-sum-exp where a kv head outgrows L2."""
+    parts = key_split_parts(k)
+    if parts == 1:
+        mask = block_sparse_block_mask(tiles, count, q.shape[2], block_size, active_heads)
+        return flex_attend(q, k, v, mask, scale)
+    masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, parts, active_heads)
+    return flex_attend_key_split(q, k, v, masks, scale)

@@ -15,7 +15,7 @@ import torch
 from .attention import vertical_slash_sparse_attention
 from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
-from .flex import a_shape_block_mask, block_sparse_block_mask, flex_attend, flex_padded_length
+from .flex import a_shape_block_mask, block_sparse_flex, flex_attend, flex_padded_length
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,7 @@ def sparse_prefill(
     if bs_heads:
         tiles, count = select_block_sparse_tiles(q, k, BLOCK_SPARSE_TOPK, block_size)
         active = _head_mask(bs_heads, heads, q.device) if len(bs_heads) < heads else None
-        mask = block_sparse_block_mask(tiles, count, seq_len, block_size, active)
-        outputs[BLOCK_SPARSE] = flex_attend(q, k, v, mask, scale)
+        outputs[BLOCK_SPARSE] = block_sparse_flex(q, k, v, tiles, count, block_size, scale, active)
     if len(outputs) == 1:
         return next(iter(outputs.values()))
     out = None

@@ -1,6 +1,6 @@
 """Launch-configuration sweeps and cost breakdowns for the kernels (GPU).
 
-    python perf/tune_kernels.py --seq-len 131072 [--only estimate vs bs fallback marginal bs_locality] [--out tune.json]
+    python perf/tune_kernels.py --seq-len 131072 [--only estimate vs bs fallback fallback_profile marginal bs_locality bs_split] [--out tune.json]
 
 Every variant's output is compared with the first (baseline) variant of its group, so a
 faster but wrong configuration shows up as a large max_abs_diff.
@@ -285,6 +285,82 @@ def block_sparse_locality(q, k, v, rep):
         report("bs locality", name, ms, tflops=tiles * 4 * 64 * 64 * q.shape[-1] / ms / 1e9)
 
 
+def fallback_profile(q, k, v, rep):
+    """Where a dense fallback's time goes: the GPU kernels, with their summed CUDA time per
+    call (torch.profiler), of cuDNN on pre-repeated K/V (the benchmark's baseline),
+    `dense_attention` (GQA K/V, what a fallback runs) and vertical-slash (1000, 6096); then
+    cuDNN once per GQA member on strided query views and unrepeated K/V, outputs copied into
+    place, timed against `dense_attention`."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import ProfilerActivity, profile
+
+    from perf.common import sdpa_dense
+
+    group = q.shape[1] // k.shape[1]
+    k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    cases = {
+        "cuDNN, K/V repeated beforehand": sdpa_dense(q, k_rep, v_rep, SDPBackend.CUDNN_ATTENTION),
+        "dense_attention (GQA)": lambda: mf.dense_attention(q, k, v),
+        "vertical-slash (1000, 6096)": lambda: mf.dynamic_vertical_slash_attention(q, k, v, 1000, 6096),
+    }
+    calls = 3
+    for name, fn in cases.items():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        events = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+        total = sum(e.device_time_total for e in events) / calls / 1e3
+        report("fallback profile", name, total, kernels=len(events))
+        for e in events[:12]:
+            report("fallback profile", f"  {e.key[:60]}", e.device_time_total / calls / 1e3, count=e.count // calls)
+    del k_rep, v_rep
+
+    def per_member():
+        out = torch.empty_like(q)
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            for g in range(group):
+                out[:, g::group] = torch.nn.functional.scaled_dot_product_attention(
+                    q[:, g::group], k, v, is_causal=True)
+        return out
+
+    ref = mf.dense_attention(q, k, v)
+    report("fallback profile", "cuDNN per GQA member, copied into place", median_ms(per_member, rep_ms=rep),
+           max_abs_diff=diff(per_member(), ref))
+    report("fallback profile", "dense_attention (GQA)", median_ms(lambda: mf.dense_attention(q, k, v), rep_ms=rep))
+
+
+def block_sparse_key_split(q, k, v, rep, parts_list=(2, 3, 4), rounds=3):
+    """Block-sparse FlexAttention in one pass against one pass per range of key tiles merged
+    by log-sum-exp (`flex_attend_key_split`), on the estimator's tiles; masks prebuilt, then
+    the whole path with its mask building. Alternating rounds, as the GPU clock drifts."""
+    from minference_flex.flex import block_sparse_key_split_masks, flex_attend, flex_attend_key_split
+
+    s = q.shape[2]
+    scale = q.shape[-1] ** -0.5
+    tiles, count = mf.select_block_sparse_tiles(q, k, 100)
+    one = block_sparse_block_mask(tiles, count, s, 64)
+    split = {p: block_sparse_key_split_masks(tiles, count, s, 64, p) for p in parts_list}
+    base = flex_attend(q, k, v, one, scale)
+    n_tiles = sum(min(i + 1, 101) for i in range(-(-s // 64))) * q.shape[1]
+    flops = n_tiles * 4 * 64 * 64 * q.shape[-1]
+    for p, masks in split.items():
+        report("bs key split", f"{p} passes: max abs diff", 0.0,
+               max_abs_diff=diff(flex_attend_key_split(q, k, v, masks, scale), base))
+    for r in range(rounds):
+        ms = median_ms(lambda: flex_attend(q, k, v, one, scale), rep_ms=rep)
+        report("bs key split", f"round {r}: 1 pass", ms, tflops=flops / ms / 1e9)
+        for p, masks in split.items():
+            ms = median_ms(lambda: flex_attend_key_split(q, k, v, masks, scale), rep_ms=rep)
+            report("bs key split", f"round {r}: {p} passes + merge", ms, tflops=flops / ms / 1e9)
+    for p in parts_list:
+        report("bs key split", f"key-split masks, {p} passes", median_ms(
+            lambda: block_sparse_key_split_masks(tiles, count, s, 64, p), rep_ms=rep))
+    report("bs key split", "one mask", median_ms(lambda: block_sparse_block_mask(tiles, count, s, 64), rep_ms=rep))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seq-len", type=int, default=131072)
@@ -326,6 +402,10 @@ def main():
         sweep_block_sparse(q, k, v, args.rep_ms, args.flex_options, sweep_select=not args.flex_options)
     if "marginal" in args.only:
         marginal_costs(q, k, v, args.rep_ms)
+    if "fallback_profile" in args.only:
+        fallback_profile(q, k, v, args.rep_ms)
+    if "bs_split" in args.only:
+        block_sparse_key_split(q, k, v, args.rep_ms)
     if "bs_locality" in args.only:
         block_sparse_locality(q, k, v, args.rep_ms)
     if "vs" in args.only:

@@ -66,3 +66,47 @@ def test_compiles_inside_a_users_fullgraph_region():
     q, k, v = random_qkv(1, 2, 1, 256, 64)
     fn = torch.compile(lambda q, k, v: mf.block_sparse_attention(q, k, v, 2), fullgraph=True)
     torch.testing.assert_close(fn(q, k, v), mf.block_sparse_attention(q, k, v, 2))
+
+
+def _flex_from_block_mask(q, k, v, block_mask, scale, enable_gqa, kernel_options, return_lse):
+    """FlexAttention's semantics in float64 from a BlockMask's blocks and mask_mod (eager flex
+    on CPU evaluates mask_mod everywhere and ignores the blocks): (out, natural lse)."""
+    q_len, kv_len = q.shape[2], k.shape[2]
+    bq, bkv = block_mask.BLOCK_SIZE
+    blocks = block_mask.to_dense().bool()
+    allowed = blocks.repeat_interleave(bq, -2).repeat_interleave(bkv, -1)[..., :q_len, :kv_len]
+    allowed = allowed & block_mask.mask_mod(0, 0, torch.arange(q_len)[:, None], torch.arange(kv_len)[None, :])
+    group = q.shape[1] // k.shape[1]
+    kk, vv = (t.repeat_interleave(group, 1).double() for t in (k, v))
+    scores = (q.double() @ kk.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    return (probs @ vv).to(q.dtype), lse.float()
+
+
+@pytest.mark.parametrize("seq_len, parts", [(1000, 2), (1537, 3), (777, 4), (300, 5)])
+def test_key_split_passes_attend_what_one_mask_does(monkeypatch, seq_len, parts):
+    """The passes of `block_sparse_key_split_masks` (each over its queries and key range),
+    merged by `_flex_key_split`, equal block-sparse attention; Flex itself is stood in for by
+    its semantics, as Inductor's CPU template returns no log-sum-exp. Some heads inactive."""
+    from minference_flex import flex
+
+    monkeypatch.setattr(flex, "flex_attention", _flex_from_block_mask)
+    q, k, v = random_qkv(2, 4, 2, seq_len, 64)
+    tiles, count = select_block_sparse_tiles(q, k, 3, 64)
+    active = torch.tensor([True, False, True, True])
+    masks = flex.block_sparse_key_split_masks(tiles, count, seq_len, 64, parts, active)
+    assert 1 < len(masks) <= parts
+    padded = flex.flex_padded_length(seq_len)
+    pad = (0, 0, 0, padded - seq_len)
+    qp, kp, vp = (torch.nn.functional.pad(t, pad) for t in (q, k, v))
+    out = flex._flex_key_split(qp, kp, vp, masks, 64**-0.5, True, None)[:, :, :seq_len]
+    ref = reference.masked_attention(q, k, v, reference.block_sparse_mask(q, k, 3))
+    assert (out[:, active].double() - ref[:, active]).abs().max() < 1e-5
+    # inactive heads get no blocks in any pass: their rows are never written by a merge
+    one = flex.block_sparse_block_mask(tiles, count, seq_len, 64, active).to_dense()
+    union = torch.zeros_like(one)
+    for mask in masks:
+        dense = mask.to_dense()
+        union[:, :, one.shape[2] - dense.shape[2]:] += dense
+    assert torch.equal(union, one)

@@ -62,6 +62,24 @@ def test_block_sparse_cuda(shape, dtype):
     assert (scores.double()[causal] - ref[causal]).abs().max().item() <= bound
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_block_sparse_key_split_cuda(monkeypatch, dtype):
+    """The key-range passes that long sequences take (forced here by a small KEY_SPLIT_BYTES:
+    2 to 3 passes), merged by log-sum-exp, against the reference on the op's own selection;
+    once more inside a fullgraph compile."""
+    from minference_flex import flex
+
+    for b, h, hk, s, d in SHAPES:
+        q, k, v = random_qkv(b, h, hk, s, d, dtype, "cuda")
+        monkeypatch.setattr(flex, "KEY_SPLIT_BYTES", 2 * s * d * k.element_size() // (2 + s % 2))
+        assert flex.key_split_parts(k) > 1
+        out = mf.block_sparse_attention(q, k, v, topk=5)
+        tiles, count = mf.select_block_sparse_tiles(q, k, 5)
+        assert_close_to_reference(out, q, k, v, _mask_of_selection(tiles, count, s))
+    compiled = torch.compile(lambda q, k, v: mf.block_sparse_attention(q, k, v, topk=5), fullgraph=True)
+    assert_close_to_reference(compiled(q, k, v), q, k, v, _mask_of_selection(tiles, count, s))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("budget", [(57, 9), (9, 57), (300, 20)])  # both dedup sides, column chunks

@@ -52,6 +52,32 @@ _empty = torch.empty
 
 
 @triton.jit
+def _softmax_weights(qk, keep, m_i, qk_scale, MASKED: tl.constexpr):
+    """The online-softmax step for raw scores qk [BLOCK_M, N] against the running row maxima
+    m_i (log2 units): (p, alpha, m_new), p = the tile's unnormalised weights, alpha = the
+    rescale of the previous sums. With MASKED only the keys where keep [BLOCK_M, N] count
+    (a row with none so far keeps m = -inf and gets p = 0); without, keep is unused."""
+    if MASKED:
+        qk = tl.where(keep, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = m_new
+    p = tl.exp2(qk * qk_scale - m_safe[:, None])  # scale and shift in one FMA
+    alpha = tl.exp2(m_i - m_safe)
+    return p, alpha, m_new
+
+
+@triton.jit
+def _accumulate(p, alpha, v, l_i, acc):
+    """(l_i, acc) rescaled by alpha plus the weights p [BLOCK_M, N] applied to v [N, D]."""
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return l_i, acc
+
+
+@triton.jit
 def _attend_keys(
     q, k_base, v_base, rows, stride_k, stride_v, load_ok, key_ok, pos, offs_m, offs_d, d_ok,
     m_i, l_i, acc, qk_scale, MASKED: tl.constexpr,
@@ -65,21 +91,12 @@ def _attend_keys(
     k = tl.load(k_base + rows[None, :] * stride_k + offs_d[:, None],
                 mask=load_ok[None, :] & d_ok[:, None], other=0.0)
     qk = tl.dot(q, k)
-    if MASKED:
-        keep = (load_ok & key_ok)[None, :] & (pos[None, :] <= offs_m[:, None])
-        qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_safe = m_new
-    p = tl.exp2(qk * qk_scale - m_safe[:, None])  # scale and shift in one FMA
-    alpha = tl.exp2(m_i - m_safe)
+    keep = (load_ok & key_ok)[None, :] & (pos[None, :] <= offs_m[:, None])
+    p, alpha, m_i = _softmax_weights(qk, keep, m_i, qk_scale, MASKED)
     v = tl.load(v_base + rows[:, None] * stride_v + offs_d[None, :],
                 mask=load_ok[:, None] & d_ok[None, :], other=0.0)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    return m_new, l_i, acc
+    l_i, acc = _accumulate(p, alpha, v, l_i, acc)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -87,20 +104,10 @@ def _attend_rows_tma(q, k_desc, v_desc, row, keep, m_i, l_i, acc, qk_scale, KEY_
     """`_attend_keys` for the K/V rows [row, row + block) of two TMA descriptors over 2-D
     [rows, D] views; with KEY_MASK only the keys where keep [block] counts, else all."""
     k = k_desc.load([row, 0])
-    qk = tl.dot(q, tl.trans(k))
-    if KEY_MASK:
-        qk = tl.where(keep[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_safe = m_new
-    p = tl.exp2(qk * qk_scale - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
+    p, alpha, m_i = _softmax_weights(tl.dot(q, tl.trans(k)), keep[None, :], m_i, qk_scale, KEY_MASK)
     v = v_desc.load([row, 0])
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    return m_new, l_i, acc
+    l_i, acc = _accumulate(p, alpha, v, l_i, acc)
+    return m_i, l_i, acc
 
 
 @triton.jit
