@@ -25,6 +25,7 @@ import minference_flex as mf  # noqa: E402
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction  # noqa: E402
 from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
 from perf.common import machine, median_ms, sdpa_dense, write_json  # noqa: E402
+from perf.planted import planted_vertical_slash  # noqa: E402
 
 
 def main() -> None:
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rep-ms", type=float, default=500)
+    parser.add_argument("--planted", action="store_true",
+                        help="the structured mode's planted indices (perf/planted.py) instead of estimated ones")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     sys.path.insert(0, args.baseline)
@@ -58,7 +61,10 @@ def main() -> None:
         rows.append({"S": s, "case": "dense cuDNN", "ms": dense})
         for budget in args.budgets:
             nv, ns = (int(x) for x in budget.split(","))
-            v_idx, s_idx = mf.estimate_vertical_slash(q, k, nv, ns)
+            if args.planted:
+                v_idx, s_idx = planted_vertical_slash(1, 32, s, nv, ns, "cuda")
+            else:
+                v_idx, s_idx = mf.estimate_vertical_slash(q, k, nv, ns)
             old = base_index.build_vertical_slash_index(v_idx, s_idx, s, 64)
             new = build_vertical_slash_index(v_idx, s_idx, s, 64)
             f_old = base_index.computed_fraction(old, 64).item()
@@ -79,7 +85,7 @@ def main() -> None:
             for name in variants:
                 ms = statistics.median(times[name])
                 frac = f_old if name == "base" else f_new
-                row = {"S": s, "case": f"({nv},{ns})", "variant": name, "ms": ms, "x_cudnn": ms / dense,
+                row = {"S": s, "case": f"({nv},{ns})" + (" planted" if args.planted else ""), "variant": name, "ms": ms, "x_cudnn": ms / dense,
                        "fraction": frac, "tile_tflops": frac * 4 * 32 * 128 * s * (s + 64) / 2 / ms / 1e9,
                        "max_abs_diff": diffs[name], "rounds_ms": times[name],
                        "index_ms": idx_old if name == "base" else idx_new}
