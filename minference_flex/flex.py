@@ -322,22 +322,7 @@ def block_sparse_block_mask(
     `seq_len`: the chosen tiles are full, the diagonal tile of each query tile is the one
     partial (causal) tile; query tiles past the sequence get no full tiles. Heads where
     `active_heads` [H] bool is False get no blocks at all (they belong to another pattern)."""
-    nblocks = flex_padded_length(seq_len) // block_size
-    extra = nblocks - tiles.shape[2]
-    tiles = torch.nn.functional.pad(tiles, (0, 0, 0, extra), value=0)
-    count = torch.nn.functional.pad(count, (0, extra), value=0)
-    bsz, heads = tiles.shape[:2]
-    diagonal = torch.arange(nblocks, device=tiles.device, dtype=torch.int32)
-    diagonal = diagonal.view(1, 1, nblocks, 1).expand(bsz, heads, nblocks, 1).contiguous()
-    ones = torch.ones(bsz, heads, nblocks, dtype=torch.int32, device=tiles.device)
-    if active_heads is not None:
-        on = active_heads.to(device=tiles.device, dtype=torch.int32)[None, :, None]
-        ones, count = ones * on, count * on
-    return _from_kv_blocks(
-        (diagonal, ones), (tiles, count), block_size, flex_padded_length(seq_len), _causal
-    )
-
-
+    return block_sparse_key_split_masks(tiles, count, seq_len, block_size, 1, active_heads)[0]
 
 
 def key_split_parts(k: torch.Tensor) -> int:
@@ -360,7 +345,8 @@ def block_sparse_key_split_masks(
     tile count (multiples of FLEX_ALIGN, near-equal) into one mask per pass: pass p attends
     the query tiles m >= b_p (queries from row b_p * block_size on) to their chosen tiles in
     [b_p, b_{p+1}) and, where b_p <= m < b_{p+1}, to their diagonal tile. The passes together
-    attend exactly what the one mask does (tiles n <= m only, so no pass misses a row)."""
+    attend exactly what the one mask does (tiles n <= m only, so no pass misses a row).
+    With parts > 1 each row's tiles must be ascending, as `select_block_sparse_tiles` gives."""
     padded = flex_padded_length(seq_len)
     nblocks = padded // block_size
     align = max(FLEX_ALIGN // block_size, 1)
@@ -375,21 +361,27 @@ def block_sparse_key_split_masks(
     if active_heads is not None:
         on = active_heads.to(device=device, dtype=torch.int32)[None, :, None]
     slots = torch.arange(width, device=device)
-    listed = slots < count[..., None]
     # a row's chosen tiles are ascending, so those below each bound are a prefix of its slots
-    below = {b: ((tiles < b) & listed).sum(-1, dtype=torch.int32) for b in bounds}
+    below = {0: None, nblocks: count}
+    for b in bounds[1:-1]:
+        below[b] = ((tiles < b) & (slots < count[..., None])).sum(-1, dtype=torch.int32)
     masks = []
     for lo, hi in zip(bounds, bounds[1:]):
-        start, inside = below[lo][..., lo:], below[hi][..., lo:] - below[lo][..., lo:]
-        picked = (start[..., None] + slots).clamp(max=width - 1)
         rows = nblocks - lo
+        if lo == 0:  # the prefix of each row's list
+            chosen, inside, mask_mod = tiles, below[hi], _causal
+        else:
+            start = below[lo][..., lo:]
+            picked = (start[..., None] + slots).clamp(max=width - 1)
+            chosen = tiles[:, :, lo:].gather(-1, picked)
+            inside = below[hi][..., lo:] - start
+            mask_mod = _causal_from(lo * block_size, device)
         diagonal = torch.arange(lo, nblocks, device=device, dtype=torch.int32)
-        ones = on * (diagonal < hi).to(torch.int32)
-        diagonal = diagonal.view(1, 1, rows, 1).expand(bsz, heads, rows, 1).contiguous()
-        mask_mod = _causal if lo == 0 else _causal_from(lo * block_size, device)
+        ones = (on * (diagonal < hi).to(torch.int32)).expand(bsz, heads, rows)
+        diagonal = diagonal.view(1, 1, rows, 1).expand(bsz, heads, rows, 1)
         masks.append(_from_kv_blocks(
-            (diagonal, ones.expand(bsz, heads, rows).contiguous()),
-            (tiles[:, :, lo:].gather(-1, picked).contiguous(), (inside * on).contiguous()),
+            (diagonal.contiguous(), ones.contiguous()),
+            (chosen.contiguous(), (inside * on).contiguous()),
             block_size, padded, mask_mod, q_len=rows * block_size,
         ))
     return masks
@@ -408,9 +400,7 @@ def block_sparse_flex(
     """Block-sparse FlexAttention of q [B, H, S, D] over k, v [B, Hkv, S, D] on the tiles of
     `estimate.select_block_sparse_tiles`; [B, H, S, D]. One pass, or `key_split_parts(k)`
     passes over key ranges merged by log-sum-exp where a kv head outgrows L2."""
-    parts = key_split_parts(k)
-    if parts == 1:
-        mask = block_sparse_block_mask(tiles, count, q.shape[2], block_size, active_heads)
-        return flex_attend(q, k, v, mask, scale)
-    masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, parts, active_heads)
+    masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, key_split_parts(k), active_heads)
+    if len(masks) == 1:
+        return flex_attend(q, k, v, masks[0], scale)
     return flex_attend_key_split(q, k, v, masks, scale)

@@ -107,15 +107,12 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
     if not flex:
         return rows
     from minference_flex.estimate import select_block_sparse_tiles
-    from minference_flex.flex import block_sparse_block_mask, block_sparse_key_split_masks, key_split_parts
+    from minference_flex.flex import block_sparse_key_split_masks, key_split_parts
 
     passes = key_split_parts(k)
 
     def bs_masks():  # what block_sparse_attention builds before FlexAttention runs
-        tiles, count = select_block_sparse_tiles(q, k, 100, 64)
-        if passes == 1:
-            return block_sparse_block_mask(tiles, count, seq_len, 64)
-        return block_sparse_key_split_masks(tiles, count, seq_len, 64, passes)
+        return block_sparse_key_split_masks(*select_block_sparse_tiles(q, k, 100, 64), seq_len, 64, passes)
 
     t_mask = median_ms(bs_masks, rep_ms=rep_ms)
     t_bs = median_ms(lambda: mf.block_sparse_attention(q, k, v, 100), rep_ms=rep_ms)
