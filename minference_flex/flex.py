@@ -5,6 +5,9 @@ partial ones, so only partial blocks pay for mask_mod), never by evaluating a ma
 the S x S grid. mask_mod functions read their parameters from captured tensors, so new values
 never recompile. Masks are built at H = number of query heads (FlexAttention maps query head
 h to mask head h % H_mask).
+
+Block-sparse attention on CUDA runs in passes over ranges of key tiles, merged by log-sum-exp,
+once one kv head's K and V outgrow L2 (`block_sparse_flex`, `KEY_SPLIT_BYTES`).
 """
 
 from __future__ import annotations
