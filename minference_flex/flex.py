@@ -67,20 +67,39 @@ def _kernel_options(q: torch.Tensor, block_mask: BlockMask) -> dict | None:
 
 
 def flex_attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: BlockMask | list[BlockMask],
+    scale: float,
 ) -> torch.Tensor:
     """FlexAttention of q [B, H, S, D] over k, v [B, Hkv, S, D] with `block_mask`; [B, H, S, D].
 
-    `block_mask` is built for `flex_padded_length(S)`. Compiled by Inductor (eager flex would
+    `block_mask` is built for `flex_padded_length(S)`, or is the list of passes of
+    `block_sparse_key_split_masks` (CUDA only: Inductor's CPU template returns no log-sum-exp),
+    run one by one and merged by log-sum-exp. Compiled by Inductor (eager flex would
     materialise S x S scores); inside a caller's torch.compile region it is traced instead.
     K and V are contiguous because FlexAttention computes KV offsets in int32 up to 2.13.
     """
+    masks = [block_mask] if isinstance(block_mask, BlockMask) else list(block_mask)
+    if len(masks) > 1 and not q.is_cuda:
+        raise ValueError("flex_attend: several key-range passes need a CUDA device (Inductor's CPU "
+                         "FlexAttention returns no log-sum-exp); pass one BlockMask on CPU")
     seq_len = q.shape[2]
     enable_gqa = q.shape[1] != k.shape[1]
-    options = _kernel_options(q, block_mask)
-    q, k, v = _flex_inputs(q, k, v)
-    fn = _flex_on_blocks if torch.compiler.is_compiling() else _compiled_flex()
-    out = fn(q, k, v, block_mask, scale, enable_gqa, options)
+    options = _kernel_options(q, masks[0])
+    padded = flex_padded_length(seq_len)
+    if padded != seq_len:
+        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded - seq_len)) for t in (q, k, v))
+    if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer
+        q, k, v = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
+    compiling = torch.compiler.is_compiling()
+    if len(masks) == 1:
+        fn = _flex_on_blocks if compiling else _compiled_flex()
+        out = fn(q, k, v, masks[0], scale, enable_gqa, options)
+    else:
+        fn = _flex_key_split if compiling else _compiled_flex_key_split()
+        out = fn(q, k, v, masks, scale, enable_gqa, options)
     return out[:, :, :seq_len]
 
 
@@ -109,19 +128,15 @@ def merge_by_lse(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Te
 
 def _flex_key_split(q, k, v, block_masks, scale, enable_gqa, kernel_options):
     """FlexAttention once per mask of `block_sparse_key_split_masks` (pass p: the queries from
-    its first row on, its range of key tiles), merged row segment by row segment."""
-    blocked = q.dim() == 5  # [.., n, FLEX_ALIGN, ..]: slice whole FLEX_ALIGN blocks
-    if blocked:
-        k, v = (t.flatten(2, 3) for t in (k, v))
+    its first row on, its range of key tiles), merged row segment by row segment; q, k, v as
+    `flex_attend` hands them over on CUDA, [B, H, n, FLEX_ALIGN, D]."""
+    k, v = (t.flatten(2, 3) for t in (k, v))
     seq_len = k.shape[2]
     starts, outs, lses = [], [], []
     for mask in block_masks:
-        rows = mask.kv_num_blocks.shape[-1] * mask.BLOCK_SIZE[0]
-        if blocked:
-            units = rows // FLEX_ALIGN
-            q_pass = q[:, :, q.shape[2] - units:].flatten(2, 3)
-        else:
-            q_pass = q[:, :, seq_len - rows:]
+        # q is [B, H, n, FLEX_ALIGN, D]: a pass's queries are its last whole FLEX_ALIGN blocks
+        units = mask.kv_num_blocks.shape[-1] * mask.BLOCK_SIZE[0] // FLEX_ALIGN
+        q_pass = q[:, :, q.shape[2] - units:].flatten(2, 3)
         out, lse = flex_attention(q_pass, k, v, block_mask=mask, scale=scale, enable_gqa=enable_gqa,
                                   kernel_options=kernel_options, return_lse=True)
         starts.append(seq_len - q_pass.shape[2])
@@ -141,31 +156,6 @@ def _flex_key_split(q, k, v, block_masks, scale, enable_gqa, kernel_options):
 @functools.cache
 def _compiled_flex_key_split():
     return torch.compile(_flex_key_split)
-
-
-def _flex_inputs(q, k, v):
-    """q, k, v padded to `flex_padded_length` and, on CUDA, seen as [.., n, FLEX_ALIGN, ..]."""
-    seq_len = q.shape[2]
-    padded = flex_padded_length(seq_len)
-    if padded != seq_len:
-        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded - seq_len)) for t in (q, k, v))
-    if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer
-        q, k, v = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
-    return q, k, v
-
-
-def flex_attend_key_split(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_masks: list[BlockMask], scale: float
-) -> torch.Tensor:
-    """`flex_attend` with the passes of `block_sparse_key_split_masks`, merged by log-sum-exp;
-    [B, H, S, D]. CUDA only (Inductor's CPU template returns no log-sum-exp)."""
-    seq_len = q.shape[2]
-    enable_gqa = q.shape[1] != k.shape[1]
-    options = _kernel_options(q, block_masks[0])
-    q, k, v = _flex_inputs(q, k, v)
-    fn = _flex_key_split if torch.compiler.is_compiling() else _compiled_flex_key_split()
-    out = fn(q, k, v, list(block_masks), scale, enable_gqa, options)
-    return out[:, :, :seq_len]
 
 
 def _compact(blocks: torch.Tensor, keep: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -404,6 +394,4 @@ def block_sparse_flex(
     `estimate.select_block_sparse_tiles`; [B, H, S, D]. One pass, or `key_split_parts(k)`
     passes over key ranges merged by log-sum-exp where a kv head outgrows L2."""
     masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, key_split_parts(k), active_heads)
-    if len(masks) == 1:
-        return flex_attend(q, k, v, masks[0], scale)
-    return flex_attend_key_split(q, k, v, masks, scale)
+    return flex_attend(q, k, v, masks, scale)

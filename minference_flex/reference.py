@@ -102,12 +102,18 @@ def block_sparse_scores(q: torch.Tensor, k: torch.Tensor, block_size: int = 64) 
 
 
 def masked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None = None
-) -> torch.Tensor:
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Float64 softmax(q k^T * scale) v over the keys `mask` allows; [B, H, S, D].
 
     mask broadcasts to [B, H, S, S]; k and v may have fewer heads (GQA, repeated here). Rows
-    with no allowed key give 0.
+    with no allowed key give 0. With return_lse also the natural log-sum-exp of the allowed
+    scaled scores, [B, H, S] (-inf for rows with no allowed key).
     """
     group = q.shape[1] // k.shape[1]
     k = k.double().repeat_interleave(group, dim=1)
@@ -115,8 +121,8 @@ def masked_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q.double() @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return probs @ v
+    out = torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v
+    return (out, torch.logsumexp(scores, dim=-1)) if return_lse else out
 
 
 def estimate_vertical_slash_scores(

@@ -334,9 +334,9 @@ def fallback_profile(q, k, v, rep):
 
 def block_sparse_key_split(q, k, v, rep, parts_list=(2, 3, 4), rounds=3):
     """Block-sparse FlexAttention in one pass against one pass per range of key tiles merged
-    by log-sum-exp (`flex_attend_key_split`), on the estimator's tiles; masks prebuilt, then
+    by log-sum-exp (`flex_attend` with a list of masks), on the estimator's tiles; masks prebuilt, then
     the whole path with its mask building. Alternating rounds, as the GPU clock drifts."""
-    from minference_flex.flex import block_sparse_key_split_masks, flex_attend, flex_attend_key_split
+    from minference_flex.flex import block_sparse_key_split_masks, flex_attend
 
     s = q.shape[2]
     scale = q.shape[-1] ** -0.5
@@ -348,12 +348,12 @@ def block_sparse_key_split(q, k, v, rep, parts_list=(2, 3, 4), rounds=3):
     flops = n_tiles * 4 * 64 * 64 * q.shape[-1]
     for p, masks in split.items():
         report("bs key split", f"{p} passes: max abs diff", 0.0,
-               max_abs_diff=diff(flex_attend_key_split(q, k, v, masks, scale), base))
+               max_abs_diff=diff(flex_attend(q, k, v, masks, scale), base))
     for r in range(rounds):
         ms = median_ms(lambda: flex_attend(q, k, v, one, scale), rep_ms=rep)
         report("bs key split", f"round {r}: 1 pass", ms, tflops=flops / ms / 1e9)
         for p, masks in split.items():
-            ms = median_ms(lambda: flex_attend_key_split(q, k, v, masks, scale), rep_ms=rep)
+            ms = median_ms(lambda: flex_attend(q, k, v, masks, scale), rep_ms=rep)
             report("bs key split", f"round {r}: {p} passes + merge", ms, tflops=flops / ms / 1e9)
     for p in parts_list:
         report("bs key split", f"key-split masks, {p} passes", median_ms(

@@ -76,12 +76,8 @@ def _flex_from_block_mask(q, k, v, block_mask, scale, enable_gqa, kernel_options
     blocks = block_mask.to_dense().bool()
     allowed = blocks.repeat_interleave(bq, -2).repeat_interleave(bkv, -1)[..., :q_len, :kv_len]
     allowed = allowed & block_mask.mask_mod(0, 0, torch.arange(q_len)[:, None], torch.arange(kv_len)[None, :])
-    group = q.shape[1] // k.shape[1]
-    kk, vv = (t.repeat_interleave(group, 1).double() for t in (k, v))
-    scores = (q.double() @ kk.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores, -1)
-    probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
-    return (probs @ vv).to(q.dtype), lse.float()
+    out, lse = reference.masked_attention(q, k, v, allowed, scale, return_lse=True)
+    return out.to(q.dtype), lse.float()
 
 
 @pytest.mark.parametrize("seq_len, parts", [(1000, 2), (1537, 3), (777, 4), (300, 5)])
@@ -99,7 +95,8 @@ def test_key_split_passes_attend_what_one_mask_does(monkeypatch, seq_len, parts)
     assert 1 < len(masks) <= parts
     padded = flex.flex_padded_length(seq_len)
     pad = (0, 0, 0, padded - seq_len)
-    qp, kp, vp = (torch.nn.functional.pad(t, pad) for t in (q, k, v))
+    # as flex_attend hands them over on CUDA: padded, in [.., n, FLEX_ALIGN, ..] blocks
+    qp, kp, vp = (torch.nn.functional.pad(t, pad).unflatten(2, (-1, flex.FLEX_ALIGN)) for t in (q, k, v))
     out = flex._flex_key_split(qp, kp, vp, masks, 64**-0.5, True, None)[:, :, :seq_len]
     ref = reference.masked_attention(q, k, v, reference.block_sparse_mask(q, k, 3))
     assert (out[:, active].double() - ref[:, active]).abs().max() < 1e-5
@@ -110,3 +107,13 @@ def test_key_split_passes_attend_what_one_mask_does(monkeypatch, seq_len, parts)
         dense = mask.to_dense()
         union[:, :, one.shape[2] - dense.shape[2]:] += dense
     assert torch.equal(union, one)
+
+
+def test_key_range_passes_on_cpu_raise():
+    from minference_flex import flex
+
+    q, k, v = random_qkv(1, 2, 1, 256, 64)
+    tiles, count = select_block_sparse_tiles(q, k, 2, 64)
+    masks = flex.block_sparse_key_split_masks(tiles, count, 256, 64, 2)
+    with pytest.raises(ValueError, match="CUDA"):
+        flex.flex_attend(q, k, v, masks, 0.125)
