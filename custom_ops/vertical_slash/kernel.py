@@ -111,38 +111,25 @@ def _attend_rows_tma(q, k_desc, v_desc, row, keep, m_i, l_i, acc, qk_scale, KEY_
 
 
 @triton.jit
-def _piece_keys(piece, end, lower, seq_len, col_bitmap, lanes, MASKED: tl.constexpr,
-                DEDUP_ON_BANDS: tl.constexpr, BLOCK: tl.constexpr):
-    """(keys, readable, counted) [BLOCK] of the band piece entry `piece` (u_lo and skip, see
-    `index.SKIP_SHIFT`) of the tile ending at `end`: the keys e - u for u in [u_lo, u_lo + bs - 1]
-    ascending; readable: with MASKED those in [lower, seq_len), else all; counted: readable and,
-    with DEDUP_ON_BANDS, past the skip and not a column. Causality is the caller's."""
-    keys = end - (piece & LO_BITS) - (BLOCK - 1) + lanes
-    if MASKED:
-        ok = (keys >= lower) & (keys < seq_len)
-    else:
-        ok = lanes >= 0
-    key_ok = ok
-    if DEDUP_ON_BANDS:  # (only then may a piece skip distances)
-        past_skip = lanes < BLOCK - (piece >> SKIP_SHIFT)
-        if MASKED:
-            key_ok = ok & past_skip & (tl.load(col_bitmap + keys, mask=ok, other=1) == 0)
-        else:  # every key of an unmasked piece lies in [lower, seq_len)
-            key_ok = past_skip & (tl.load(col_bitmap + keys) == 0)
-    return keys, ok, key_ok
-
-
-@triton.jit
 def _attend_piece(
     q, k_base, v_base, lo_ptr, end, lower, seq_len, col_bitmap, lanes, stride_k, stride_v, offs_m,
     offs_d, d_ok, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, DEDUP_ON_BANDS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Update with the band piece at lo_ptr (`_piece_keys`) through pointer loads. With MASKED
-    only keys in [lower, seq_len) and causal count (a piece near the diagonal or reaching
-    below the tile's lowest key); with DEDUP_ON_BANDS keys that are columns don't."""
-    offs_n, ok, key_ok = _piece_keys(tl.load(lo_ptr), end, lower, seq_len, col_bitmap, lanes,
-                                     MASKED, DEDUP_ON_BANDS, BLOCK)
+    """Update with the band piece at lo_ptr (u_lo and skip, see `index.SKIP_SHIFT`): the keys
+    e - u for u in [u_lo + skip, u_lo + bs - 1]. With MASKED only those in [lower, seq_len)
+    and causal count (a piece near the diagonal or reaching below the tile's lowest key); with
+    DEDUP_ON_BANDS keys that are columns don't."""
+    piece = tl.load(lo_ptr)
+    offs_n = end - (piece & LO_BITS) - (BLOCK - 1) + lanes
+    if MASKED:
+        ok = (offs_n >= lower) & (offs_n < seq_len)
+    else:
+        ok = lanes >= 0
+    key_ok = ok
+    if DEDUP_ON_BANDS:  # (only then may a piece skip distances)
+        key_ok = ok & (lanes < BLOCK - (piece >> SKIP_SHIFT))
+        key_ok = key_ok & (tl.load(col_bitmap + offs_n, mask=ok, other=1) == 0)
     return _attend_keys(q, k_base, v_base, offs_n, stride_k, stride_v, ok, key_ok, offs_n, offs_m,
                         offs_d, d_ok, m_i, l_i, acc, qk_scale, MASKED or DEDUP_ON_BANDS)
 
@@ -219,10 +206,14 @@ def _vertical_slash_fwd(
         kv_row = (b * (num_heads // group) + hk) * seq_len + end - (BLOCK - 1)
         for t in range(d0, r0):
             piece = tl.load(pieces + t)
-            _, _, keep = _piece_keys(piece, end, lower, seq_len, Dedup + bitmap, lanes, False,
-                                     DEDUP_ON_BANDS, BLOCK)
-            m_i, l_i, acc = _attend_rows_tma(q, KDesc, VDesc, (kv_row - (piece & LO_BITS)).to(tl.int32),
-                                             keep, m_i, l_i, acc, qk_scale, DEDUP_ON_BANDS)
+            lo = piece & LO_BITS
+            if DEDUP_ON_BANDS:
+                keep = lanes < BLOCK - (piece >> SKIP_SHIFT)
+                keep = keep & (tl.load(Dedup + bitmap + end - (BLOCK - 1) - lo + lanes) == 0)
+            else:
+                keep = lanes >= 0
+            m_i, l_i, acc = _attend_rows_tma(q, KDesc, VDesc, (kv_row - lo).to(tl.int32), keep,
+                                             m_i, l_i, acc, qk_scale, DEDUP_ON_BANDS)
     else:
         for t in range(d0, r0):
             m_i, l_i, acc = _attend_piece(q, k_base, v_base, pieces + t, end, lower, seq_len, Dedup + bitmap,
