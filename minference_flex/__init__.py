@@ -7,7 +7,7 @@ Kernel API (q [B, H, S, D], k/v [B, Hkv, S, D], causal):
 `search(model)` finds their per-head patterns offline (`attention_recall` is its measure).
 """
 
-from custom_ops import vertical_slash as _vertical_slash_ops  # noqa: F401  (sets up Triton on CPU)
+from custom_ops import _interpreter  # noqa: F401  (sets up Triton on CPU before anything imports it)
 
 from .attention import (
     DENSE_FALLBACK_FRACTION,

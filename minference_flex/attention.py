@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from custom_ops.vertical_slash import dense_causal_attention, vertical_slash_sparse_attention_op
+from custom_ops.dense_causal import dense_causal_attention_op
+from custom_ops.vertical_slash import vertical_slash_sparse_attention_op
 
 from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
@@ -30,9 +31,11 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
 def dense_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
-    """Dense causal attention through SDPA (cuDNN/flash on CUDA), GQA-native; [B, H, S, D]."""
+    """Dense causal attention, GQA-native; [B, H, S, D]. On CUDA past `CHUNK_ROWS` (32K) tokens,
+    row chunks of cuDNN calls merged by log-sum-exp (faster than one call: cuDNN's causal
+    kernel slows past 64K); else one SDPA call (`custom_ops.dense_causal`)."""
     _checks.check_qkv(q, k, v)
-    return dense_causal_attention(q, k, v, _scale(q, scale))
+    return dense_causal_attention_op(q, k, v, _scale(q, scale))
 
 
 def streaming_forward(

@@ -1,6 +1,6 @@
 """Launch-configuration sweeps and cost breakdowns for the kernels (GPU).
 
-    python perf/tune_kernels.py --seq-len 131072 [--only estimate vs bs fallback fallback_profile marginal bs_locality bs_split] [--out tune.json]
+    python perf/tune_kernels.py --seq-len 131072 [--only estimate vs bs fallback fallback_profile marginal bs_locality bs_split dense_chunks] [--out tune.json]
 
 Every variant's output is compared with the first (baseline) variant of its group, so a
 faster but wrong configuration shows up as a large max_abs_diff.
@@ -361,6 +361,54 @@ def block_sparse_key_split(q, k, v, rep, parts_list=(2, 3, 4), rounds=3):
     report("bs key split", "one mask", median_ms(lambda: block_sparse_block_mask(tiles, count, s, 64), rep_ms=rep))
 
 
+def dense_chunks(q, k, v, rep, chunk_list=(8192, 16384, 32768, 65536), rounds=2):
+    """Dense causal attention in row chunks of cuDNN calls (`custom_ops.dense_causal`) against
+    one cuDNN call: the pieces' own rates (causal squares, non-causal rectangles), the merge,
+    then each chunk size in alternating rounds with the baseline (cuDNN on pre-repeated K/V)."""
+    from torch.nn.attention import SDPBackend
+
+    from custom_ops.dense_causal import chunk_bounds, chunked_causal_attention
+    from custom_ops.dense_causal.kernel import merge_two_into
+    from custom_ops.dense_causal.op import _cudnn_attend
+    from perf.common import sdpa_dense
+
+    s, heads, dim = q.shape[2], q.shape[1], q.shape[3]
+    scale = dim**-0.5
+    group = heads // k.shape[1]
+    flops = 4 * heads * dim * s * s / 2
+    k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    baseline = sdpa_dense(q, k_rep, v_rep, SDPBackend.CUDNN_ATTENTION)
+    ref = baseline()
+    for rows in (s // 2, s // 4):
+        ms = median_ms(lambda: _cudnn_attend(q[:, :, :rows], k[:, :, :rows], v[:, :, :rows], True, scale), rep_ms=rep)
+        report("dense chunks", f"piece: causal {rows}", ms, tflops=4 * heads * dim * rows * rows / 2 / ms / 1e9)
+        ms = median_ms(lambda: _cudnn_attend(q[:, :, s - rows:], k[:, :, :s - rows], v[:, :, :s - rows], False, scale),
+                       rep_ms=rep)
+        report("dense chunks", f"piece: rectangle {rows} x {s - rows}", ms,
+               tflops=4 * heads * dim * rows * (s - rows) / ms / 1e9)
+    half = s // 2
+    a, lse_a = _cudnn_attend(q[:, :, half:], k[:, :, half:], v[:, :, half:], True, scale)
+    b, lse_b = _cudnn_attend(q[:, :, half:], k[:, :, :half], v[:, :, :half], False, scale)
+    out = torch.empty_like(q)
+    report("dense chunks", "merge of half the rows", median_ms(lambda: merge_two_into(out[:, :, half:], a, lse_a, b, lse_b),
+                                                                rep_ms=rep))
+    chunk_list = [c for c in chunk_list if c < s]
+    for c in chunk_list:
+        got = chunked_causal_attention(q, k, v, scale, c, _cudnn_attend)
+        report("dense chunks", f"{c} rows: max abs diff", 0.0, max_abs_diff=diff(got, ref),
+               chunks=len(chunk_bounds(s, c)) - 1)
+    del got, ref
+    for r in range(rounds):
+        ms = median_ms(baseline, rep_ms=rep)
+        report("dense chunks", f"round {r}: one cuDNN call, K/V repeated", ms, tflops=flops / ms / 1e9)
+        ms = median_ms(lambda: mf.dense_attention(q, k, v), rep_ms=rep)
+        report("dense chunks", f"round {r}: dense_attention (shipped)", ms, tflops=flops / ms / 1e9)
+        for c in chunk_list:
+            ms = median_ms(lambda: chunked_causal_attention(q, k, v, scale, c, _cudnn_attend), rep_ms=rep)
+            report("dense chunks", f"round {r}: chunks of {c} rows", ms, tflops=flops / ms / 1e9)
+    del k_rep, v_rep
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seq-len", type=int, default=131072)
@@ -404,6 +452,8 @@ def main():
         marginal_costs(q, k, v, args.rep_ms)
     if "fallback_profile" in args.only:
         fallback_profile(q, k, v, args.rep_ms)
+    if "dense_chunks" in args.only:
+        dense_chunks(q, k, v, args.rep_ms)
     if "bs_split" in args.only:
         block_sparse_key_split(q, k, v, args.rep_ms)
     if "bs_locality" in args.only:

@@ -18,6 +18,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from custom_ops.dense_causal.kernel import _merge_two  # noqa: E402
 from custom_ops.top_tiles.kernel import _top_tiles  # noqa: E402
 from custom_ops.vertical_slash.kernel import _vertical_slash_fwd  # noqa: E402
 from custom_ops.vertical_slash_scores.kernel import _column_and_diagonal_sums, _row_stats  # noqa: E402
@@ -63,6 +64,9 @@ def main() -> None:
     compile_for_h100(_row_stats, stats, {"BLOCK": 1024}, num_warps=4)
     compile_for_h100(_column_and_diagonal_sums, {**stats, "Vertical": "*fp32", "Slash": "*fp32"},
                      {"BLOCK_L": 2, "BLOCK_N": 2048, "BLOCK_SPLIT": 32}, num_warps=4)
+    for dim in (64, 96, 128):
+        compile_for_h100(_merge_two, {"A": "*bf16", "B": "*bf16", "LseA": "*fp32", "LseB": "*fp32", "Out": "*bf16"},
+                         {"DIM": dim, "DIM_P2": triton.next_power_of_2(dim), "BLOCK_ROWS": 64}, num_warps=4)
     print("all kernels compiled for sm_90")
 
 

@@ -186,3 +186,21 @@ def test_estimators_in_head_chunks_cuda(monkeypatch):
     total_c = scores.gather(-1, tiles_c.long().clamp(max=scores.shape[-1] - 1)).where(
         torch.arange(tiles.shape[-1], device="cuda") < count_c[..., None], 0).sum(-1)
     torch.testing.assert_close(total_c, total, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_causal_chunks_cuda(monkeypatch, dtype):
+    """The row chunks of cuDNN calls that long prompts take (forced here by a small
+    CHUNK_ROWS: 3 to 6 chunks), on every test shape, once with q, k, v strided like HF's
+    [B, S, H, D] layout, and once inside a fullgraph compile."""
+    from custom_ops.dense_causal import op as dense_op
+
+    for b, h, hk, s, d in SHAPES:
+        q, k, v = random_qkv(b, h, hk, s, d, dtype, "cuda")
+        monkeypatch.setattr(dense_op, "CHUNK_ROWS", s // 3 - 17)
+        assert dense_op._chunks_apply(q, k, v), "cuDNN does not take these inputs"
+        assert_close_to_reference(mf.dense_attention(q, k, v), q, k, v, reference.causal_mask(s, "cuda"))
+        q2, k2, v2 = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+        assert_close_to_reference(mf.dense_attention(q2, k2, v2), q, k, v, reference.causal_mask(s, "cuda"))
+    compiled = torch.compile(mf.dense_attention, fullgraph=True)
+    assert_close_to_reference(compiled(q, k, v), q, k, v, reference.causal_mask(s, "cuda"))

@@ -20,7 +20,7 @@ import contextlib
 
 import torch
 
-from ..vertical_slash.kernel import _check_interpreter  # sets TRITON_INTERPRET without a GPU
+from .._interpreter import check_interpreter  # sets TRITON_INTERPRET without a GPU
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -114,7 +114,7 @@ def launch_top_tiles(
     depend on them. Defaults measured on H100 (perf/tune_kernels.py --only bs, 256K).
     """
     if not scores.is_cuda:
-        _check_interpreter()
+        check_interpreter()
     scores = scores.contiguous()
     bsz, heads, nblocks, _ = scores.shape
     key_bits = 8 * scores.element_size()

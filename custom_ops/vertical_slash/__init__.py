@@ -9,7 +9,6 @@ from .index import (
     head_fractions,
 )
 from .op import (
-    dense_causal_attention,
     vertical_slash_attention,
     vertical_slash_attention_op,
     vertical_slash_sparse_attention_op,
@@ -17,7 +16,6 @@ from .op import (
 
 __all__ = [
     "VerticalSlashIndex",
-    "dense_causal_attention",
     "build_vertical_slash_index",
     "computed_fraction",
     "dedup_on_bands",

@@ -28,14 +28,10 @@ masked pointer loads.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    # Triton has no CPU backend: without a GPU its interpreter is the only way to run kernels.
-    # It must be on before triton.language is first imported (torch._dynamo imports it).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from .._interpreter import check_interpreter
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -280,17 +276,6 @@ def _vertical_slash_fwd(
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-def _check_interpreter() -> None:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if not isinstance(tl.standard.zeros, InterpretedFunction):
-        raise RuntimeError(
-            "vertical-slash attention on CPU runs Triton's interpreter, but triton.language was "
-            "imported before TRITON_INTERPRET=1 was set; set it in the environment before "
-            "starting Python (or import minference_flex before torch._dynamo / transformers)"
-        )
-
-
 def gather_columns(
     k: torch.Tensor, v: torch.Tensor, cols: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,7 +332,7 @@ def launch_vertical_slash(
     other loops mask by position or gather rows through index vectors.
     """
     if not q.is_cuda:
-        _check_interpreter()
+        check_interpreter()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     bsz, heads, seq_len, head_dim = q.shape
     out = _empty(q.shape, dtype=q.dtype, device=q.device)

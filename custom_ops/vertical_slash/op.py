@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ..dense_causal import dense_causal_attention
 from .index import (
     VerticalSlashIndex,
     fraction_bound,
@@ -28,15 +29,6 @@ from .index import (
     sorted_head_fractions,
 )
 from .kernel import launch_vertical_slash
-
-
-def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Dense causal SDPA of q [B, H, S, D] over k, v [B, Hkv, S, D], GQA-native; contiguous
-    [B, H, S, D]. The dense fallback, and `minference_flex.dense_attention` after its checks."""
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
-    return out.contiguous()
 
 
 @torch.library.custom_op("minference_flex::vertical_slash_sparse_attention", mutates_args=())

@@ -16,7 +16,7 @@ import contextlib
 
 import torch
 
-from ..vertical_slash.kernel import _check_interpreter  # sets TRITON_INTERPRET without a GPU
+from .._interpreter import check_interpreter  # sets TRITON_INTERPRET without a GPU
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -127,7 +127,7 @@ def launch_vertical_slash_scores(scores: torch.Tensor) -> tuple[torch.Tensor, to
     fp32 softmax of each row over the keys j <= S - L + a.
     """
     if not scores.is_cuda:
-        _check_interpreter()
+        check_interpreter()
     scores = scores.contiguous()
     on_gpu = scores.is_cuda
     with torch.cuda.device(scores.device) if on_gpu else contextlib.nullcontext():

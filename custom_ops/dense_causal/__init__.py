@@ -1,0 +1,17 @@
+"""Dense causal attention in row chunks of cuDNN calls, merged by log-sum-exp."""
+
+from .op import (
+    CHUNK_ROWS,
+    chunk_bounds,
+    chunked_causal_attention,
+    dense_causal_attention,
+    dense_causal_attention_op,
+)
+
+__all__ = [
+    "CHUNK_ROWS",
+    "chunk_bounds",
+    "chunked_causal_attention",
+    "dense_causal_attention",
+    "dense_causal_attention_op",
+]

@@ -1,0 +1,91 @@
+"""`minference_flex::dense_causal_attention`: dense causal attention, GQA-native, with a fake.
+
+At long lengths on CUDA the rows go in chunks: chunk [a, b) is a causal cuDNN call over keys
+[a, b) and a non-causal one over keys [0, a), merged by log-sum-exp (`kernel.merge_two_into`).
+cuDNN's causal kernel slows down past 64K tokens while its non-causal one does not (H100,
+32/8 heads, D=128, bf16: causal 630 TFLOP/s at 64K, 535-570 at 128K, 533 at 256K;
+rectangles 610-630), so the chunks run faster than one call on the whole sequence
+(perf/tune_kernels.py --only dense_chunks). Elsewhere (CPU, short prompts, inputs cuDNN does not take) it
+is one SDPA call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch.backends.cuda import SDPAParams, can_use_cudnn_attention
+
+from .kernel import merge_two_into
+
+#: Rows per chunk: sequences longer than this run in ceil(S / CHUNK_ROWS) balanced chunks.
+CHUNK_ROWS = 32768
+
+#: attend(q, k, v, causal, scale) -> (out [B, H, L, D], lse [B, H, L] or [B, H, L, 1]).
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def chunk_bounds(seq_len: int, chunk_rows: int) -> list[int]:
+    """Row bounds [0, b1, ..., seq_len] of ceil(seq_len / chunk_rows) chunks of equal length
+    (rounded up to 128 rows), the last one shorter."""
+    parts = max(1, math.ceil(seq_len / chunk_rows))
+    step = math.ceil(math.ceil(seq_len / parts) / 128) * 128
+    return [min(i * step, seq_len) for i in range(parts)] + [seq_len]
+
+
+def chunked_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, chunk_rows: int, attend: Attend
+) -> torch.Tensor:
+    """Causal attention of q [B, H, S, D] over k, v [B, Hkv, S, D] by row chunks
+    (`chunk_bounds`): chunk [a, b) is attend(causal, keys [a, b)) merged with
+    attend(non-causal, keys [0, a)). Returns a contiguous [B, H, S, D] in q's dtype."""
+    seq_len = q.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    bounds = chunk_bounds(seq_len, chunk_rows)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        rows = q[:, :, a:b]
+        square, lse_square = attend(rows, k[:, :, a:b], v[:, :, a:b], True, scale)
+        if a == 0:
+            out[:, :, :b].copy_(square)
+            continue
+        before, lse_before = attend(rows, k[:, :, :a], v[:, :, :a], False, scale)
+        merge_two_into(out[:, :, a:b], square, lse_square, before, lse_before)
+    return out
+
+
+def _cudnn_attend(q, k, v, causal: bool, scale: float):
+    """cuDNN SDPA with its log-sum-exp; k, v may have fewer heads (GQA)."""
+    result = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q, k, v, None, True, 0.0, causal, False, scale=scale
+    )
+    return result[0], result[1]
+
+
+def _chunks_apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    if not q.is_cuda or q.shape[2] <= CHUNK_ROWS:
+        return False
+    return can_use_cudnn_attention(SDPAParams(q, k, v, None, 0.0, True, q.shape[1] != k.shape[1]), False)
+
+
+def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Dense causal attention of q [B, H, S, D] over k, v [B, Hkv, S, D], GQA-native;
+    contiguous [B, H, S, D]. Row chunks of cuDNN calls where they apply (see the module),
+    else one SDPA call. The dense fallback of vertical-slash, and the body of the op."""
+    if _chunks_apply(q, k, v):
+        return chunked_causal_attention(q, k, v, scale, CHUNK_ROWS, _cudnn_attend)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    return out.contiguous()
+
+
+@torch.library.custom_op("minference_flex::dense_causal_attention", mutates_args=())
+def dense_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """`dense_causal_attention` as a torch op: q [B, H, S, D], k, v [B, Hkv, S, D] -> [B, H, S, D]."""
+    return dense_causal_attention(q, k, v, scale)
+
+
+@dense_causal_attention_op.register_fake
+def _(q, k, v, scale):
+    return q.new_empty(q.shape)
