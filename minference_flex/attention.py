@@ -16,11 +16,11 @@ from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
 from .flex import a_shape_block_mask, block_sparse_flex, flex_attend, flex_padded_length
 
-#: Above this fraction of dense causal key tiles, vertical-slash runs dense SDPA instead
+#: Above this fraction of dense causal key tiles, vertical-slash runs dense attention instead
 #: (counted from the sorted indices: `custom_ops.vertical_slash.index.sorted_head_fractions`).
-#: Measured on H100 at 128K, the sparse kernel takes about 1.35-1.39 x fraction x cuDNN's
-#: dense time (break-even near 0.72; 1.44 before session 4's kernel changes), so index sets
-#: past 0.65 run dense: a margin for GPUs where the sparse kernel is relatively slower.
+#: Measured on H100, the sparse kernel takes about 1.35-1.41 x fraction x cuDNN's dense time
+#: at 128K (1.29-1.31 at 256K), and `dense_attention` 0.93 (0.87) of it: break-even near 0.67
+#: at both lengths, so index sets past 0.65 run dense.
 DENSE_FALLBACK_FRACTION = 0.65
 
 
@@ -114,8 +114,8 @@ def vertical_slash_sparse_attention(
         block_size: query tile size bs (16, 32, 64 or 128).
         scale: softmax scale, default 1/sqrt(D).
         dense_fallback: when the pattern covers more than `DENSE_FALLBACK_FRACTION` of the
-            dense causal key tiles, run dense SDPA instead (exact superset of the mask, and
-            faster); the index is then not built.
+            dense causal key tiles, run `dense_attention` instead (exact superset of the mask,
+            and faster); the index is then not built.
 
     Semantics: for query tile m (rows [m*bs, (m+1)*bs), e = (m+1)*bs) each offset s < e covers
     the band of keys [max(e - s, bs) - bs, max(e - s, bs)); offsets s >= e cover nothing.
