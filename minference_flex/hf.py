@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from custom_ops.dense_causal import CHUNK_ROWS, dense_causal_attention_op
+from custom_ops.dense_causal import dense_causal_attention_op
 
 from . import _checks
 from .config import ConfigSource, PatternConfig, load_pattern_config
@@ -89,8 +89,8 @@ def _dense(
     """Dense causal SDPA for any q_len <= kv_len (queries are the last q_len positions)."""
     q_len, kv_len = query.shape[2], key.shape[2]
     gqa = query.shape[1] != key.shape[1]
-    if padding is None and q_len == kv_len > CHUNK_ROWS and not torch.is_grad_enabled():
-        # long prompts: cuDNN in row chunks beats one causal call (the op has no backward)
+    if padding is None and q_len == kv_len > 1 and not torch.is_grad_enabled():
+        # the op runs long prompts in row chunks of cuDNN calls (faster); it has no backward
         return dense_causal_attention_op(query, key, value, scale)
     if padding is None and q_len in (1, kv_len):
         return torch.nn.functional.scaled_dot_product_attention(

@@ -68,3 +68,23 @@ def test_retrieval_model_answers_with_sparse_prefill_on_cuda():
     mf.compile(model, searched_config_path(), min_sparse_len=1024)
     samples = [make_sample("passkey", 2048, 10**9 + i) for i in range(5)]
     assert sum(exact_match(answer(model, s), s.answer) for s in samples) >= 4
+
+
+def test_long_dense_prefill_runs_the_chunked_op_cuda(monkeypatch):
+    """A patched model's dense pre-fill (prompt below min_sparse_len) goes through
+    `minference_flex::dense_causal_attention`; with a small CHUNK_ROWS (forced: 4 chunks) its
+    logits match the unpatched SDPA model's."""
+    from custom_ops.dense_causal import op as dense_op
+
+    calls = []
+    real = dense_op._cudnn_attend
+    monkeypatch.setattr(dense_op, "_cudnn_attend", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(dense_op, "CHUNK_ROWS", 1100)
+    model = _model()
+    ids = torch.randint(1, 128, (1, 4099), device="cuda")
+    with torch.no_grad():
+        dense = model(ids).logits.float()
+        mf.compile(model, MIXED, min_sparse_len=8192)
+        got = model(ids).logits.float()
+    assert len(calls) == 2 * (2 * 4 - 1), "each layer runs 4 causal chunks and 3 rectangles"
+    assert (got - dense).abs().max() < 0.05 * dense.abs().max()

@@ -1,7 +1,8 @@
 """The vertical-slash torch ops, with fake kernels.
 
 - `minference_flex::vertical_slash_sparse_attention`: index conversion and kernel from v_idx
-  and s_idx, or dense attention (`custom_ops.dense_causal`) when the pattern is near dense. What `minference_flex` calls.
+  and s_idx, or dense attention (`custom_ops.dense_causal`) when the pattern is near dense.
+  What `minference_flex` calls.
 - `minference_flex::vertical_slash_attention`: the kernel alone, over a prepared
   `VerticalSlashIndex` (`build_vertical_slash_index`), for callers that reuse or time one.
 
@@ -46,8 +47,8 @@ def vertical_slash_sparse_attention_op(
 
     When the pattern's key tiles exceed `dense_above` of the dense causal ones
     (`sorted_head_fractions`, averaged over batch and heads; within two tiles per query tile
-    of what the kernel would compute), dense attention runs instead: a superset of the mask. Pass
-    a value > 1 to never fall back.
+    of what the kernel would compute), dense attention runs instead: a superset of the mask.
+    Pass a value > 1 to never fall back.
     """
     seq_len = q.shape[2]
     nblocks = math.ceil(seq_len / block_size)
