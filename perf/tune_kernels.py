@@ -332,7 +332,7 @@ def fallback_profile(q, k, v, rep):
     report("fallback profile", "dense_attention (GQA)", median_ms(lambda: mf.dense_attention(q, k, v), rep_ms=rep))
 
 
-def block_sparse_key_split(q, k, v, rep, parts_list=(2, 3, 4), rounds=3):
+def block_sparse_key_split(q, k, v, rep, parts_list=(2, 3, 4, 6), rounds=3):
     """Block-sparse FlexAttention in one pass against one pass per range of key tiles merged
     by log-sum-exp (`flex_attend` with a list of masks), on the estimator's tiles; masks prebuilt, then
     the whole path with its mask building. Alternating rounds, as the GPU clock drifts."""
@@ -425,6 +425,10 @@ def main():
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--flex-options", nargs="*", default=None,
                         help="subset of the flex option sets (given: the top-k launch sweep is skipped)")
+    parser.add_argument("--dense-chunks", type=int, nargs="+", default=[8192, 16384, 32768, 65536],
+                        help="rows per chunk for --only dense_chunks")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating rounds of dense_chunks (default 2) / bs_split (default 3)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     s = args.seq_len
@@ -453,9 +457,9 @@ def main():
     if "fallback_profile" in args.only:
         fallback_profile(q, k, v, args.rep_ms)
     if "dense_chunks" in args.only:
-        dense_chunks(q, k, v, args.rep_ms)
+        dense_chunks(q, k, v, args.rep_ms, args.dense_chunks, args.rounds or 2)
     if "bs_split" in args.only:
-        block_sparse_key_split(q, k, v, args.rep_ms)
+        block_sparse_key_split(q, k, v, args.rep_ms, rounds=args.rounds or 3)
     if "bs_locality" in args.only:
         block_sparse_locality(q, k, v, args.rep_ms)
     if "vs" in args.only:
