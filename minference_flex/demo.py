@@ -75,7 +75,7 @@ def run_demo(seq_len: int | None = None, device: str | None = None) -> list[dict
     vs_budgets = [(1000, 6096), (30, 800)] if on_gpu else [(100, 100)]
     topk = 100 if on_gpu else 4
     local = 4096 if on_gpu else seq_len // 16
-    runs = {"dense (SDPA)": lambda: dense_attention(q, k, v)}
+    runs = {"dense (dense_attention)": lambda: dense_attention(q, k, v)}
     runs[f"A-shape (init 128, local {local})"] = lambda: streaming_forward(q, k, v, 128, local)
     for nv, ns in vs_budgets:
         runs[f"vertical-slash ({nv}, {ns}), estimated"] = (

@@ -3,8 +3,9 @@
 At long lengths on CUDA the rows go in chunks: chunk [a, b) is a causal cuDNN call over keys
 [a, b) and a non-causal one over keys [0, a), merged by log-sum-exp (`kernel.merge_two_into`).
 cuDNN's causal kernel slows down past 64K tokens while its non-causal one does not (H100,
-32/8 heads, D=128, bf16: causal 630 TFLOP/s at 64K, 535-570 at 128K, 533 at 256K;
-rectangles 610-630), so the chunks run faster than one call on the whole sequence
+32/8 heads, D=128, bf16: causal 620-630 TFLOP/s at 32K-64K, 517-580 at 128K, 533 at 256K,
+501 at 512K; rectangles 600-636), so the chunks run faster than one call on the whole
+sequence: 0.93 / 0.87 / 0.83 of its time at 128K / 256K / 512K, and no faster at 32K-64K
 (perf/tune_kernels.py --only dense_chunks). Elsewhere (CPU, short prompts, inputs cuDNN does not take) it
 is one SDPA call.
 """
