@@ -83,10 +83,11 @@ def _in_head_chunks(fn, q: torch.Tensor, k: torch.Tensor, bytes_per_head: int, *
 
 
 def last_query_sums(
-    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float, columns: bool = True, diagonals: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(vertical, slash) [B, H, S] fp32: the last queries' causal softmax summed down each key
-    column and along each diagonal offset i - j.
+    column and along each diagonal offset i - j. A side whose flag is off is not computed and
+    comes back as [B, H, 0].
 
     On CUDA a fused Triton op (`minference_flex::vertical_slash_scores`) reads the scores
     twice and never materialises the fp32 probabilities; on CPU the same in PyTorch. Heads
@@ -95,16 +96,17 @@ def last_query_sums(
     bsz, _, seq_len, _ = q.shape
     # the scores in q's dtype; on CPU the fp32 probabilities as well
     per_head = bsz * last_q * seq_len * (q.element_size() + (0 if q.is_cuda else 4))
-    return _in_head_chunks(_last_query_sums, q, k, per_head, last_q, scale)
+    return _in_head_chunks(_last_query_sums, q, k, per_head, last_q, scale, columns, diagonals)
 
 
 def _last_query_sums(
-    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float, columns: bool, diagonals: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if q.is_cuda:
-        return vertical_slash_scores(_grouped_last_scores(q, k, last_q, scale))
+        return vertical_slash_scores(_grouped_last_scores(q, k, last_q, scale), columns, diagonals)
     probs = _grouped_last_probs(q, k, last_q, scale)
-    return probs.sum(-2), _diagonal_sums(probs)
+    empty = probs.new_empty(*probs.shape[:2], 0)
+    return probs.sum(-2) if columns else empty, _diagonal_sums(probs) if diagonals else empty
 
 
 def _diagonal_sums(probs: torch.Tensor) -> torch.Tensor:
@@ -167,16 +169,32 @@ def estimate_vertical_slash(
     nv = max(c[0] for c in counts)
     ns = max(c[1] for c in counts)
 
-    vertical, slash = last_query_sums(q, k, last_q, scale)
-    vertical[..., :FORCED_VERTICAL] = float("inf")
-    slash[..., :FORCED_SLASH] = float("inf")
+    # A budget no larger than the always-kept set picks exactly that set (every head's count
+    # is then nv, resp. ns): its scores are not computed.
+    columns, diagonals = nv > FORCED_VERTICAL, ns > FORCED_SLASH
+    if columns or diagonals:
+        vertical, slash = last_query_sums(q, k, last_q, scale, columns, diagonals)
     per_head = len(set(counts)) > 1
-    v_idx = vertical.topk(nv, dim=-1, sorted=per_head).indices
-    s_idx = slash.topk(ns, dim=-1, sorted=per_head).indices
-    if per_head:  # best first: keep each head's own count
-        v_idx = _truncate(v_idx, [c[0] for c in counts])
-        s_idx = _truncate(s_idx, [c[1] for c in counts])
+    bsz = q.shape[0]
+    if columns:
+        v_idx = _top_scores(vertical, nv, FORCED_VERTICAL, [c[0] for c in counts], per_head)
+    else:
+        v_idx = torch.arange(nv, device=q.device).expand(bsz, heads, nv).contiguous()
+    if diagonals:
+        s_idx = _top_scores(slash, ns, FORCED_SLASH, [c[1] for c in counts], per_head)
+    else:
+        s_idx = torch.arange(ns, device=q.device).expand(bsz, heads, ns).contiguous()
     return v_idx, s_idx
+
+
+def _top_scores(
+    scores: torch.Tensor, width: int, forced: int, counts: list[int], per_head: bool
+) -> torch.Tensor:
+    """The first `forced` positions and the best-scoring others of scores [B, H, S]: [B, H,
+    width]; with per-head counts best first, each head's entries past its count -1."""
+    scores[..., :forced] = float("inf")
+    idx = scores.topk(width, dim=-1, sorted=per_head).indices
+    return _truncate(idx, counts) if per_head else idx
 
 
 def _truncate(idx: torch.Tensor, counts: list[int]) -> torch.Tensor:

@@ -73,6 +73,12 @@ def estimate_breakdown(q, k, rep):
 
     part = _row_stats_launch(scores, 1024)
     report("estimate sums", "  row stats kernel", median_ms(lambda: _row_stats_launch(scores, 1024), rep_ms=rep))
+    for columns, diagonals in ((True, True), (True, False), (False, True)):
+        report("estimate sums", f"  sums kernel, default steps, columns={int(columns)} diagonals={int(diagonals)}",
+               median_ms(lambda: _sums_launch(scores, *part, columns=columns, diagonals=diagonals), rep_ms=rep))
+    for budgets in ((3500, 100), (30, 800), (1000, 6096), (30, 100)):
+        report("estimate sums", f"  estimate_vertical_slash {budgets}",
+               median_ms(lambda: mf.estimate_vertical_slash(q, k, *budgets), rep_ms=rep))
     v0, s0 = _sums_launch(scores, *part, 64, 256, 8)
     for bl, bn, w in ((8, 512, 4), (8, 1024, 4), (4, 1024, 4), (2, 1024, 4), (4, 2048, 4), (2, 2048, 4),
                       (4, 4096, 4), (2, 4096, 4), (4, 2048, 8), (2, 4096, 8), (4, 4096, 8)):

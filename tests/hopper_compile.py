@@ -62,8 +62,10 @@ def main() -> None:
                          {"CHUNK": 512, "KEY_BITS": bits}, num_warps=2)
     stats = {"Scores": "*bf16", "PartMax": "*fp32", "PartSum": "*fp32"}
     compile_for_h100(_row_stats, stats, {"BLOCK": 1024}, num_warps=4)
-    compile_for_h100(_column_and_diagonal_sums, {**stats, "Vertical": "*fp32", "Slash": "*fp32"},
-                     {"BLOCK_L": 2, "BLOCK_N": 2048, "BLOCK_SPLIT": 32}, num_warps=4)
+    for columns, diagonals in ((True, True), (True, False), (False, True)):
+        compile_for_h100(_column_and_diagonal_sums, {**stats, "Vertical": "*fp32", "Slash": "*fp32"},
+                         {"BLOCK_L": 2, "BLOCK_N": 2048, "BLOCK_SPLIT": 32, "COLUMNS": columns,
+                          "DIAGONALS": diagonals}, num_warps=4)
     for dim in (64, 96, 128):
         compile_for_h100(_merge_two, {"A": "*bf16", "B": "*bf16", "LseA": "*fp32", "LseB": "*fp32", "Out": "*bf16"},
                          {"DIM": dim, "DIM_P2": triton.next_power_of_2(dim), "BLOCK_ROWS": 64}, num_warps=4)

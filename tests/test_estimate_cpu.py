@@ -77,6 +77,41 @@ def test_fused_sums_match_torch(shape):
     for vertical, slash in (vertical_slash_scores(scores), _sums_launch(scores, *_row_stats_launch(scores, 128))):
         torch.testing.assert_close(vertical, probs.sum(-2), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(slash, _diagonal_sums(probs), rtol=1e-5, atol=1e-6)
+    # one side only: the other comes back empty
+    vertical, slash = vertical_slash_scores(scores, columns=True, diagonals=False)
+    assert slash.shape == (b, h, 0)
+    torch.testing.assert_close(vertical, probs.sum(-2), rtol=1e-5, atol=1e-6)
+    vertical, slash = vertical_slash_scores(scores, columns=False, diagonals=True)
+    assert vertical.shape == (b, h, 0)
+    torch.testing.assert_close(slash, _diagonal_sums(probs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("budgets,scored", [
+    ((30, 100), None), ((12, 800), (False, True)), ((3500, 7), (True, False)), ((0, 0), None),
+])
+def test_always_kept_budgets_skip_their_scores(monkeypatch, budgets, scored):
+    """A budget no larger than the always-kept set returns exactly that set; only the other
+    side's scores are computed (none for (30, 100))."""
+    from minference_flex import estimate
+
+    b, h, hk, s, d = 2, 4, 2, 500, 64
+    q, k, _ = random_qkv(b, h, hk, s, d)
+    calls = []
+    real = estimate.last_query_sums
+    monkeypatch.setattr(estimate, "last_query_sums", lambda *a: calls.append(a[-2:]) or real(*a))
+    v_idx, s_idx = mf.estimate_vertical_slash(q, k, *budgets)
+    assert calls == ([] if scored is None else [scored])
+    v_full, s_full = reference.estimate_vertical_slash_scores(q, k)
+    nv, ns = mf.vertical_slash_counts(s, *budgets)
+    for idx, n, forced, scores in ((v_idx, nv, FORCED_VERTICAL, v_full), (s_idx, ns, FORCED_SLASH, s_full)):
+        assert idx.shape == (b, h, n)
+        if n <= forced:
+            assert (idx == torch.arange(n)).all()
+        else:
+            rest = scores.clone()
+            rest[..., :forced] = float("-inf")
+            best = rest.topk(n - forced, -1).values.sum(-1)
+            torch.testing.assert_close(rest.gather(-1, idx).clamp(min=0).sum(-1), best, rtol=1e-5, atol=1e-6)
 
 
 def test_estimators_in_head_chunks_match_whole(monkeypatch):

@@ -50,6 +50,7 @@ def _row_stats(Scores, PartMax, PartSum, seq_len, last_q, span, BLOCK: tl.conste
 def _column_and_diagonal_sums(
     Scores, PartMax, PartSum, Vertical, Slash, seq_len, last_q, n_splits,
     BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
+    COLUMNS: tl.constexpr, DIAGONALS: tl.constexpr,
 ):
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -75,20 +76,22 @@ def _column_and_diagonal_sums(
         row_ptr = base + rows[:, None].to(tl.int64) * seq_len
         pos = seq_len - last_q + rows[:, None]  # the query's position = last key it sees
 
-        # column j = offs: rows that see it
-        ok = row_ok[:, None] & (offs[None, :] <= pos)
-        x = tl.load(row_ptr + offs[None, :], mask=ok, other=float("-inf")).to(tl.float32)
-        p = tl.exp2(x * 1.4426950408889634 - row_max[:, None]) * inv_sum[:, None]
-        vertical += tl.sum(p, 0)
+        if COLUMNS:  # column j = offs: rows that see it
+            ok = row_ok[:, None] & (offs[None, :] <= pos)
+            x = tl.load(row_ptr + offs[None, :], mask=ok, other=float("-inf")).to(tl.float32)
+            p = tl.exp2(x * 1.4426950408889634 - row_max[:, None]) * inv_sum[:, None]
+            vertical += tl.sum(p, 0)
 
-        # diagonal s = offs_s: key pos - s in every row that reaches it
-        key = pos - offs_s[None, :]
-        ok = row_ok[:, None] & (offs_s[None, :] < seq_len) & (key >= 0)
-        x = tl.load(row_ptr + key, mask=ok, other=float("-inf")).to(tl.float32)
-        p = tl.exp2(x * 1.4426950408889634 - row_max[:, None]) * inv_sum[:, None]
-        slash += tl.sum(p, 0)
-    tl.store(Vertical + bh * seq_len + offs, vertical, mask=offs < seq_len)
-    tl.store(Slash + bh * seq_len + offs_s, slash, mask=offs_s < seq_len)
+        if DIAGONALS:  # diagonal s = offs_s: key pos - s in every row that reaches it
+            key = pos - offs_s[None, :]
+            ok = row_ok[:, None] & (offs_s[None, :] < seq_len) & (key >= 0)
+            x = tl.load(row_ptr + key, mask=ok, other=float("-inf")).to(tl.float32)
+            p = tl.exp2(x * 1.4426950408889634 - row_max[:, None]) * inv_sum[:, None]
+            slash += tl.sum(p, 0)
+    if COLUMNS:
+        tl.store(Vertical + bh * seq_len + offs, vertical, mask=offs < seq_len)
+    if DIAGONALS:
+        tl.store(Slash + bh * seq_len + offs_s, slash, mask=offs_s < seq_len)
 
 
 def _row_stats_launch(scores: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,27 +107,32 @@ def _row_stats_launch(scores: torch.Tensor, block: int) -> tuple[torch.Tensor, t
 
 def _sums_launch(
     scores: torch.Tensor, part_max: torch.Tensor, part_sum: torch.Tensor,
-    block_l: int = 2, block_n: int = 2048, num_warps: int = 4,
+    block_l: int = 2, block_n: int = 2048, num_warps: int = 4, columns: bool = True, diagonals: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # defaults: 2 rows x 2048 keys per step, 4 warps: 0.80 ms at 256K on H100, against 1.75 ms
     # with 8 x 512 and 3.48 ms with 64 x 256 and 8 warps (perf/tune_kernels.py --only estimate)
     bsz, heads, last_q, seq_len = scores.shape
-    vertical = torch.empty(bsz, heads, seq_len, dtype=torch.float32, device=scores.device)
-    slash = torch.empty_like(vertical)
+    vertical, slash = (
+        torch.empty(bsz, heads, seq_len if wanted else 0, dtype=torch.float32, device=scores.device)
+        for wanted in (columns, diagonals)
+    )
     n_splits = part_max.shape[1]
     _column_and_diagonal_sums[(triton.cdiv(seq_len, block_n), bsz * heads)](
         scores, part_max, part_sum, vertical, slash, seq_len, last_q, n_splits,
         BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_SPLIT=max(2, triton.next_power_of_2(n_splits)),
-        num_warps=num_warps,
+        COLUMNS=columns, DIAGONALS=diagonals, num_warps=num_warps,
     )
     return vertical, slash
 
 
-def launch_vertical_slash_scores(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def launch_vertical_slash_scores(
+    scores: torch.Tensor, columns: bool = True, diagonals: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """scores [B, H, L, S] (any float dtype) -> (vertical, slash), each [B, H, S] fp32.
 
     vertical[j] = sum_a P[a, j] and slash[s] = sum_a P[a, S - L + a - s], where P is the
-    fp32 softmax of each row over the keys j <= S - L + a.
+    fp32 softmax of each row over the keys j <= S - L + a. With columns (diagonals) False,
+    vertical (slash) is not computed and comes back empty, [B, H, 0].
     """
     if not scores.is_cuda:
         check_interpreter()
@@ -133,5 +141,5 @@ def launch_vertical_slash_scores(scores: torch.Tensor) -> tuple[torch.Tensor, to
     with torch.cuda.device(scores.device) if on_gpu else contextlib.nullcontext():
         part_max, part_sum = _row_stats_launch(scores, 1024 if on_gpu else 128)
         if on_gpu:
-            return _sums_launch(scores, part_max, part_sum)
-        return _sums_launch(scores, part_max, part_sum, block_l=8, block_n=64)
+            return _sums_launch(scores, part_max, part_sum, columns=columns, diagonals=diagonals)
+        return _sums_launch(scores, part_max, part_sum, block_l=8, block_n=64, columns=columns, diagonals=diagonals)
