@@ -130,8 +130,9 @@ def test_vertical_slash_scores_cuda(dtype):
     columns_only = last_query_sums(q, k, 64, 128**-0.5, columns=True, diagonals=False)
     diagonals_only = last_query_sums(q, k, 64, 128**-0.5, columns=False, diagonals=True)
     assert columns_only[1].shape[-1] == 0 and diagonals_only[0].shape[-1] == 0
-    torch.testing.assert_close(columns_only[0], vertical, rtol=0, atol=0)
-    torch.testing.assert_close(diagonals_only[1], slash, rtol=0, atol=0)
+    # each side alone is another compiled variant of the kernel (fp32 rounding may differ)
+    torch.testing.assert_close(columns_only[0], probs.sum(-2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(diagonals_only[1], _diagonal_sums(probs), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
