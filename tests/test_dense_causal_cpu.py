@@ -43,13 +43,16 @@ def test_merge_two_into_rejects_strided_last_dim():
         merge_two_into(torch.empty(1, 2, 16, 8).transpose(-1, -2), a, torch.zeros(1, 2, 8), a, torch.zeros(1, 2, 8))
 
 
-@pytest.mark.parametrize("seq_len,chunk_rows", [(1000, 300), (257, 128), (4096, 1024), (130, 1000)])
-def test_chunk_bounds_cover_the_rows(seq_len, chunk_rows):
+@pytest.mark.parametrize("seq_len,chunk_rows,chunks", [
+    (1000, 300, 4), (257, 128, 3), (4096, 1024, 4), (130, 1000, 1), (129, 50, 2), (131072, 32768, 4),
+])
+def test_chunk_bounds_cover_the_rows(seq_len, chunk_rows, chunks):
     bounds = chunk_bounds(seq_len, chunk_rows)
     assert bounds[0] == 0 and bounds[-1] == seq_len
     assert all(a < b for a, b in zip(bounds, bounds[1:])), bounds
-    assert len(bounds) - 1 == -(-seq_len // chunk_rows)
+    assert len(bounds) - 1 == chunks
     assert all(b % 128 == 0 for b in bounds[1:-1])
+    assert len({b - a for a, b in zip(bounds[:-2], bounds[1:-1])}) <= 1, "chunks but the last have one length"
 
 
 @pytest.mark.parametrize("shape,chunk_rows", [
