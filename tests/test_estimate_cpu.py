@@ -128,3 +128,13 @@ def test_estimators_in_head_chunks_match_whole(monkeypatch):
     tiles, count = mf.select_block_sparse_tiles(q, k, 3)
     torch.testing.assert_close(count, whole_bs[1])
     torch.testing.assert_close(tiles.sort(-1).values, whole_bs[0].sort(-1).values)
+
+
+def test_always_kept_shortcut_compiles_fullgraph():
+    q, k, _ = random_qkv(1, 4, 2, 300, 32)
+
+    def estimate(q, k):
+        return (*mf.estimate_vertical_slash(q, k, 40, 100), *mf.estimate_vertical_slash(q, k, 30, 100))
+
+    for got, want in zip(torch.compile(estimate, fullgraph=True)(q, k), estimate(q, k)):
+        torch.testing.assert_close(got.sort(-1).values, want.sort(-1).values)
