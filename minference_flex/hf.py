@@ -4,7 +4,9 @@ The model keeps its own code: an attention function is registered with transform
 `AttentionInterface` (and a padding-only mask function with `AttentionMaskInterface`, so no
 S x S mask is ever built) and selected with `set_attn_implementation`. accelerate's device
 hooks stay intact. Each attention module carries its layer's plan; pre-fill of long prompts
-goes sparse, everything else (short prompts, decode steps, chunked pre-fill) runs dense SDPA.
+goes sparse, everything else (short prompts, decode steps, chunked pre-fill) runs dense:
+SDPA, or `minference_flex::dense_causal_attention` for a no-grad pre-fill (cuDNN row chunks
+past 32K tokens).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class Options:
         decode step run dense SDPA. Default 16384: below it the sparse kernels gain little
         (at 32K on H100 a (3500, 100) head takes 0.38x and A-shape 0.35x of dense).
     starting_layer: layers before it stay dense.
-    dense_fallback: vertical-slash heads whose estimated index is near dense run dense SDPA
-        (see `DENSE_FALLBACK_FRACTION`).
+    dense_fallback: vertical-slash heads whose estimated index is near dense run dense
+        attention (see `DENSE_FALLBACK_FRACTION`).
     last_q: queries that probe the attention for vertical-slash estimation.
     block_size: tile size of the vertical-slash and block-sparse kernels.
     """

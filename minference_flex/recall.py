@@ -158,7 +158,7 @@ def vertical_slash_cost(
     that head (band chunks + column chunks + clamped tiles, summed over its query tiles) over the
     M(M+1)/2 dense causal tiles. It can exceed 1 (columns are chunked on top of the bands, and
     partial chunks count whole). Above `dense_above` (`DENSE_FALLBACK_FRACTION`)
-    the entry is 1.0, since the op would run dense SDPA instead.
+    the entry is 1.0, since the op would run dense attention instead.
 
     The op decides that fallback once per call, on the mean fraction over every head of the
     call (heads of other patterns count 0), so this per-head rule is the head's own view of it.
@@ -426,7 +426,7 @@ def pattern_cost(pattern: HeadPattern, seq_len: int, block_size: int = 64) -> fl
       offsets are taken as uniformly random over the sequence (the estimator's scattered case,
       on random input), so their bands cover an expected 1 - exp(-(NS - 100) bs / (S - 100))
       of the distances beyond; the NV - 30 columns are spread evenly; band chunks capped at
-      m + 1. A fraction above DENSE_FALLBACK_FRACTION costs 1.0: the op then runs dense SDPA.
+      m + 1. A fraction above DENSE_FALLBACK_FRACTION costs 1.0: the op then runs dense attention.
     """
     if not isinstance(pattern, HeadPattern) or pattern.kind not in PATTERNS:
         raise TypeError(f"pattern must be a HeadPattern with kind in {PATTERNS}, got {pattern!r}")
