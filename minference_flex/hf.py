@@ -88,7 +88,8 @@ def _padding_only_mask(
 def _dense(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    """Dense causal SDPA for any q_len <= kv_len (queries are the last q_len positions)."""
+    """Dense causal attention for any q_len <= kv_len (queries are the last q_len positions):
+    the dense op for a no-grad pre-fill without padding, else SDPA."""
     q_len, kv_len = query.shape[2], key.shape[2]
     gqa = query.shape[1] != key.shape[1]
     if padding is None and q_len == kv_len > 1 and not torch.is_grad_enabled():
