@@ -3,12 +3,24 @@
 Layout: q [B, H, S, D], k and v [B, Hkv, S, D] with H % Hkv == 0 (GQA, K/V never repeated);
 causal pre-fill (query i sits at position i); bf16/fp16 on CUDA, fp32/fp16 on CPU; any S.
 Every op returns [B, H, S, D] in q's dtype. Rows that attend no key return 0.
+
+Every op is differentiable in q, k and v (the indices are not): when autograd records and an
+input requires grad, the ops run their training path (`custom_ops._autograd.needs_grad`):
+- `dense_attention`: SDPA's backward, recomputing the forward;
+- `streaming_forward`, `block_sparse_attention`: FlexAttention's backward through the same
+  BlockMask on CUDA; on CPU (FlexAttention has no backward there) SDPA with the mask's dense
+  boolean form (`flex.masked_attention_from_block_mask`: S x S memory, for tests and short
+  prompts);
+- `vertical_slash_sparse_attention`: a Triton backward over the forward's work list, from
+  the log-sum-exp the forward saves (or dense attention's backward where it ran dense).
+GQA gradients of k and v are summed over each group of query heads.
 """
 
 from __future__ import annotations
 
 import torch
 
+from custom_ops._autograd import needs_grad
 from custom_ops.dense_causal import dense_causal_attention_op
 from custom_ops.vertical_slash import vertical_slash_sparse_attention_op
 
@@ -60,7 +72,8 @@ def streaming_forward(
     local_window_num = _checks.check_nonnegative_int("local_window_num", local_window_num)
     bsz, heads, seq_len, _ = q.shape
     mask = a_shape_block_mask(
-        bsz, heads, flex_padded_length(seq_len), init_num, local_window_num, q.device
+        bsz, heads, flex_padded_length(seq_len), init_num, local_window_num, q.device,
+        q_blocks=q.is_cuda and needs_grad(q, k, v),
     )
     return flex_attend(q, k, v, mask, _scale(q, scale))
 

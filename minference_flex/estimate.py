@@ -2,6 +2,8 @@
 
 Pure functions of (q, k) returning index tensors; no host sync, no Python loop over heads,
 and K is never repeated for grouped-query attention (queries are grouped onto their K head).
+Indices are not differentiable: the estimators read q and k detached, so training records
+nothing for them.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ def estimate_vertical_slash(
     keys and the offsets 0..99 are always kept; the rest are the top-k scores per query head.
     """
     _checks.check_qkv(q, k, k)
+    q, k = q.detach(), k.detach()
     heads, seq_len = q.shape[1], q.shape[2]
     verticals = _checks.check_budgets("vertical_size", vertical_size, heads)
     slashes = _checks.check_budgets("slash_size", slash_size, heads)
@@ -264,7 +267,7 @@ def select_block_sparse_tiles(
         add it as the one partial (causal) tile. The [M, M] scores are built for chunks of
         heads under `SCORE_BUFFER_BYTES`.
     """
-    pooled_q, pooled_k = _pooled_tiles(q, k, block_size)
+    pooled_q, pooled_k = _pooled_tiles(q.detach(), k.detach(), block_size)
     nblocks = pooled_q.shape[2]
     per_head = q.shape[0] * nblocks * nblocks * q.element_size()
     return _in_head_chunks(_select_from_pooled, pooled_q, pooled_k, per_head, topk)

@@ -8,6 +8,15 @@ h to mask head h % H_mask).
 
 Block-sparse attention on CUDA runs in passes over ranges of key tiles, merged by log-sum-exp,
 once one kv head's K and V outgrow L2 (`block_sparse_flex`, `KEY_SPLIT_BYTES`).
+
+Gradients (`flex_attend` when q, k or v require grad and autograd records):
+- on CUDA, FlexAttention's own backward through the same BlockMask, in one pass. Its backward
+  walks the mask by query blocks too, so grad-path masks are built with `q_blocks=True`: the
+  q-direction indices, with the kv index width padded to the number of KV blocks (compact
+  widths crash the q-direction transpose up to torch 2.13, pytorch#153344).
+- on CPU, where FlexAttention has no backward, SDPA with the boolean [S, S] mask the
+  BlockMask describes (its blocks and mask_mod): exact and differentiable, but S x S memory,
+  so meant for tests and short prompts.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import math
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from custom_ops._autograd import needs_grad
 
 #: Tile of A-shape masks (query rows x keys); a multiple of every backend's kernel tile.
 A_SHAPE_BLOCK = 128
@@ -80,8 +91,21 @@ def flex_attend(
     run one by one and merged by log-sum-exp. Compiled by Inductor (eager flex would
     materialise S x S scores); inside a caller's torch.compile region it is traced instead.
     K and V are contiguous because FlexAttention computes KV offsets in int32 up to 2.13.
+
+    When q, k or v require grad (`needs_grad`): one BlockMask; on CUDA it must carry its
+    q-direction indices (built with `q_blocks=True`) and FlexAttention differentiates through
+    it; on CPU `masked_attention_from_block_mask` runs instead.
     """
     masks = [block_mask] if isinstance(block_mask, BlockMask) else list(block_mask)
+    if needs_grad(q, k, v):
+        if len(masks) > 1:
+            raise ValueError("flex_attend: gradients need one BlockMask, got several key-range passes; "
+                             "build block-sparse masks with parts=1 for training")
+        if not q.is_cuda:
+            return masked_attention_from_block_mask(q, k, v, masks[0], scale)
+        if masks[0].q_indices is None:
+            raise ValueError("flex_attend: FlexAttention's backward needs the mask's q-direction indices; "
+                             "build the BlockMask with q_blocks=True")
     if len(masks) > 1 and not q.is_cuda:
         raise ValueError("flex_attend: several key-range passes need a CUDA device (Inductor's CPU "
                          "FlexAttention returns no log-sum-exp); pass one BlockMask on CPU")
@@ -158,6 +182,38 @@ def _compiled_flex_key_split():
     return torch.compile(_flex_key_split)
 
 
+def block_mask_to_bool(block_mask: BlockMask, q_len: int, kv_len: int) -> torch.Tensor:
+    """[B, H, q_len, kv_len] bool: what `block_mask` lets query i attend (its blocks, partial
+    and full, at token level, and mask_mod evaluated on them); q_len, kv_len <= its lengths."""
+    bq, bkv = block_mask.BLOCK_SIZE
+    blocks = block_mask.to_dense().bool()
+    device = blocks.device
+    allowed = blocks.repeat_interleave(bq, -2)[..., :q_len, :].repeat_interleave(bkv, -1)[..., :kv_len]
+    b = torch.arange(blocks.shape[0], device=device).view(-1, 1, 1, 1)
+    h = torch.arange(blocks.shape[1], device=device).view(1, -1, 1, 1)
+    q_idx = torch.arange(q_len, device=device).view(1, 1, -1, 1)
+    kv_idx = torch.arange(kv_len, device=device).view(1, 1, 1, -1)
+    # mask_mod holds on every pair of a full block, so applying it everywhere changes nothing there
+    return allowed & block_mask.mask_mod(b, h, q_idx, kv_idx)
+
+
+def masked_attention_from_block_mask(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float
+) -> torch.Tensor:
+    """What FlexAttention computes with `block_mask` (one built for `flex_padded_length(S)`),
+    by SDPA with its boolean mask (`block_mask_to_bool`): differentiable on any device, S x S
+    memory. q [B, H, S, D], k, v [B, Hkv, S, D]; [B, H, S, D]; rows with no key give 0."""
+    seq_len = q.shape[2]
+    allowed = block_mask_to_bool(block_mask, seq_len, seq_len)
+    if allowed.shape[1] == 1 and q.shape[1] > 1:
+        allowed = allowed.expand(-1, q.shape[1], -1, -1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    # a row with no allowed key: 0, as FlexAttention gives (no NaN reaches the gradients)
+    return torch.where(allowed.any(-1, keepdim=True), out, 0.0)
+
+
 def _compact(blocks: torch.Tensor, keep: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Move the kept entries of blocks [..., W] to the front in ascending order; (indices, count)."""
     ordered = torch.where(keep, blocks, fill).sort(dim=-1).values
@@ -178,15 +234,18 @@ def _from_kv_blocks(
     seq_len: int,
     mask_mod,
     q_len: int | None = None,
+    q_blocks: bool = False,
 ) -> BlockMask:
     """BlockMask of a [q_len (default seq_len), seq_len] grid from (indices, counts) of its
-    partial and full blocks."""
+    partial and full blocks; with q_blocks also the q-direction indices that FlexAttention's
+    backward walks."""
     idx, num = partial
     full_idx, full_num = full
     # The CUDA kernel addresses partial and full lists with one set of strides, so both get
-    # one width. Inductor's CPU template also asserts that the width spans the sequence.
+    # one width. Inductor's CPU template also asserts that the width spans the sequence, and
+    # the q-direction transpose needs that width up to torch 2.13 (pytorch#153344).
     width = max(idx.shape[-1], full_idx.shape[-1])
-    if idx.device.type == "cpu":
+    if idx.device.type == "cpu" or q_blocks:
         width = max(width, math.ceil(seq_len / block))
     idx, full_idx = _pad_width(idx, width), _pad_width(full_idx, width)
     return BlockMask.from_kv_blocks(
@@ -197,7 +256,7 @@ def _from_kv_blocks(
         BLOCK_SIZE=block,
         mask_mod=mask_mod,
         seq_lengths=(seq_len if q_len is None else q_len, seq_len),
-        compute_q_blocks=False,
+        compute_q_blocks=q_blocks,
     )
 
 
@@ -209,18 +268,21 @@ def a_shape_block_mask(
     local_window_num: int | tuple[int, ...],
     device: torch.device,
     block: int = A_SHAPE_BLOCK,
+    q_blocks: bool = False,
 ) -> BlockMask:
     """BlockMask of A-shape attention (see `_build_a_shape_block_mask`), cached outside
     torch.compile: it depends only on its integer arguments and is reused across layers.
 
     init_num and local_window_num are one int for every head or a tuple of one per query
-    head; a head with (0, 0) gets no blocks at all (it belongs to another pattern).
+    head; a head with (0, 0) gets no blocks at all (it belongs to another pattern). q_blocks:
+    also the q-direction indices (for FlexAttention's backward).
     """
     if isinstance(init_num, int):
         init_num = (init_num,) * heads
     if isinstance(local_window_num, int):
         local_window_num = (local_window_num,) * heads
-    args = (batch, heads, seq_len, tuple(init_num), tuple(local_window_num), torch.device(device), block)
+    args = (batch, heads, seq_len, tuple(init_num), tuple(local_window_num), torch.device(device), block,
+            q_blocks)
     if torch.compiler.is_compiling():
         return _build_a_shape_block_mask(*args)
     return _cached_a_shape_block_mask(*args)
@@ -239,6 +301,7 @@ def _build_a_shape_block_mask(
     local_window_num: tuple[int, ...],
     device: torch.device,
     block: int = A_SHAPE_BLOCK,
+    q_blocks: bool = False,
 ) -> BlockMask:
     """BlockMask of A-shape attention: for head h, query i attends key j iff
     j <= i and (j < init_num[h] or i - j < local_window_num[h]).
@@ -287,6 +350,7 @@ def _build_a_shape_block_mask(
         block,
         seq_len,
         a_shape,
+        q_blocks=q_blocks,
     )
 
 
@@ -310,12 +374,14 @@ def block_sparse_block_mask(
     seq_len: int,
     block_size: int,
     active_heads: torch.Tensor | None = None,
+    q_blocks: bool = False,
 ) -> BlockMask:
     """BlockMask from `estimate.select_block_sparse_tiles` output, for the padded length of
     `seq_len`: the chosen tiles are full, the diagonal tile of each query tile is the one
     partial (causal) tile; query tiles past the sequence get no full tiles. Heads where
-    `active_heads` [H] bool is False get no blocks at all (they belong to another pattern)."""
-    return block_sparse_key_split_masks(tiles, count, seq_len, block_size, 1, active_heads)[0]
+    `active_heads` [H] bool is False get no blocks at all (they belong to another pattern).
+    q_blocks: also the q-direction indices (for FlexAttention's backward)."""
+    return block_sparse_key_split_masks(tiles, count, seq_len, block_size, 1, active_heads, q_blocks)[0]
 
 
 def key_split_parts(k: torch.Tensor) -> int:
@@ -333,6 +399,7 @@ def block_sparse_key_split_masks(
     block_size: int,
     parts: int,
     active_heads: torch.Tensor | None = None,
+    q_blocks: bool = False,
 ) -> list[BlockMask]:
     """`block_sparse_block_mask` cut at key-tile bounds b_0 = 0 < b_1 < ... < b_P = the padded
     tile count (multiples of FLEX_ALIGN, near-equal) into one mask per pass: pass p attends
@@ -375,7 +442,7 @@ def block_sparse_key_split_masks(
         masks.append(_from_kv_blocks(
             (diagonal.contiguous(), ones.contiguous()),
             (chosen.contiguous(), (inside * on).contiguous()),
-            block_size, padded, mask_mod, q_len=rows * block_size,
+            block_size, padded, mask_mod, q_len=rows * block_size, q_blocks=q_blocks,
         ))
     return masks
 
@@ -392,6 +459,10 @@ def block_sparse_flex(
 ) -> torch.Tensor:
     """Block-sparse FlexAttention of q [B, H, S, D] over k, v [B, Hkv, S, D] on the tiles of
     `estimate.select_block_sparse_tiles`; [B, H, S, D]. One pass, or `key_split_parts(k)`
-    passes over key ranges merged by log-sum-exp where a kv head outgrows L2."""
-    masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, key_split_parts(k), active_heads)
+    passes over key ranges merged by log-sum-exp where a kv head outgrows L2. With gradients
+    (`needs_grad`) one pass whose mask has q-direction indices on CUDA."""
+    grad = needs_grad(q, k, v)
+    parts = 1 if grad else key_split_parts(k)
+    masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, parts, active_heads,
+                                         q_blocks=grad and q.is_cuda)
     return flex_attend(q, k, v, masks, scale)

@@ -7,6 +7,14 @@ hooks stay intact. Each attention module carries its layer's plan; pre-fill of l
 goes sparse, everything else (short prompts, decode steps, chunked pre-fill) runs dense:
 SDPA, or `minference_flex::dense_causal_attention` for a no-grad pre-fill (cuDNN row chunks
 past 32K tokens).
+
+Training: a forward in training mode with autograd recording runs the same sparse patterns
+(every op has a backward; see `minference_flex.attention`), unless `Options.sparse_training`
+is False, which sends it dense (SDPA). Every pattern keeps each row's diagonal or first key
+(the estimator always keeps offsets 0..99 and keys 0..29, block-sparse the diagonal tile,
+A-shape budgets are never both 0), so no loss sees a row without keys. Dropout is not
+supported. Activation checkpointing recomputes a layer's patterns from its own q and k,
+which gives the same indices.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class Options:
         attention (see `DENSE_FALLBACK_FRACTION`).
     last_q: queries that probe the attention for vertical-slash estimation.
     block_size: tile size of the vertical-slash and block-sparse kernels.
+    sparse_training: a training forward (module in training mode, autograd recording) runs
+        the sparse patterns, differentiably; False runs it dense (SDPA).
     """
 
     min_sparse_len: int = 16384
@@ -46,14 +56,16 @@ class Options:
     dense_fallback: bool = True
     last_q: int = 64
     block_size: int = 64
+    sparse_training: bool = True
 
     def __post_init__(self) -> None:
         _checks.check_nonnegative_int("min_sparse_len", self.min_sparse_len, minimum=1)
         _checks.check_nonnegative_int("starting_layer", self.starting_layer)
         _checks.check_nonnegative_int("last_q", self.last_q, minimum=1)
         _checks.check_block_size(self.block_size)
-        if not isinstance(self.dense_fallback, bool):
-            raise TypeError(f"dense_fallback must be a bool, got {self.dense_fallback!r}")
+        for name in ("dense_fallback", "sparse_training"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass
@@ -151,14 +163,19 @@ def minference_attention(
     state: _State | None = getattr(module, _STATE_ATTR, None)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if dropout and module.training:
-        raise ValueError("minference_flex attention is for inference; call model.eval() (dropout > 0 in training)")
+        raise ValueError(
+            f"minference_flex attention has no dropout, but this model trains with attention dropout "
+            f"{dropout}; set config.attention_dropout = 0.0 before training, or call model.eval()"
+        )
     q_len, kv_len = query.shape[2], key.shape[2]
+    training = module.training and torch.is_grad_enabled()
     sparse = (
         plan is not None
         and state is not None
         and q_len == kv_len
         and q_len >= state.options.min_sparse_len
         and module.layer_idx >= state.options.starting_layer
+        and (state.options.sparse_training or not training)
     )
     if not sparse:
         out = _dense(query, key, value, attention_mask, scale)
@@ -211,7 +228,7 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
             config shipped for the model's name or path (`model.config._name_or_path`);
             unknown models get vertical_and_slash (1000, 6096) on every head and a warning.
         **options: fields of `Options` (min_sparse_len, starting_layer, dense_fallback,
-            last_q, block_size).
+            last_q, block_size, sparse_training).
 
     Returns:
         the same model, patched in place; `minference_flex.restore(model)` undoes it. Call

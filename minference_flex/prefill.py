@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from custom_ops._autograd import needs_grad
+
 from .attention import vertical_slash_sparse_attention
 from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
@@ -81,7 +83,8 @@ def sparse_prefill(
         )
     if plan.heads_of(A_SHAPE):
         mask = a_shape_block_mask(
-            bsz, heads, flex_padded_length(seq_len), plan.only(A_SHAPE), plan.only_b(A_SHAPE), q.device
+            bsz, heads, flex_padded_length(seq_len), plan.only(A_SHAPE), plan.only_b(A_SHAPE), q.device,
+            q_blocks=q.is_cuda and needs_grad(q, k, v),
         )
         outputs[A_SHAPE] = flex_attend(q, k, v, mask, scale)
     bs_heads = plan.heads_of(BLOCK_SPARSE)

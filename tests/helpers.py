@@ -39,3 +39,40 @@ def _low_precision_attention(q, k, v, mask):
     scores = (q.to(dtype) @ kk.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
     probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)
     return probs.to(dtype) @ vv
+
+
+def reference_grads(q, k, v, mask, grad_out, scale=None):
+    """Float64 autograd of masked attention (`reference.masked_attention`): (dq, dk, dv)."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out = reference.masked_attention(*leaves, mask, scale)
+    return torch.autograd.grad(out, leaves, grad_out.double())
+
+
+def _low_precision_grads(q, k, v, mask, grad_out, scale):
+    """Autograd of the same masked attention in the inputs' dtype (scores and softmax in fp32)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    qq, kk, vv = leaves
+    group = q.shape[1] // k.shape[1]
+    kk, vv = kk.repeat_interleave(group, 1), vv.repeat_interleave(group, 1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (qq @ kk.transpose(-1, -2)).float() * scale
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)
+    out = probs.to(q.dtype) @ vv
+    return torch.autograd.grad(out, leaves, grad_out.to(q.dtype))
+
+
+def assert_grads_close_to_reference(grads, q, k, v, mask, grad_out, scale=None, floor=1e-5):
+    """Each of grads = (dq, dk, dv) must be as close to float64 autograd of the masked
+    attention as PyTorch's own autograd in the inputs' dtype: max error <= 2x that error plus
+    `floor`; shapes and dtypes as q, k, v; no NaN. Returns the three errors."""
+    ref = reference_grads(q, k, v, mask, grad_out, scale)
+    low = _low_precision_grads(q, k, v, mask, grad_out, scale)
+    errors = []
+    for name, got, want, lp, x in zip(("dq", "dk", "dv"), grads, ref, low, (q, k, v)):
+        assert got.shape == x.shape and got.dtype == x.dtype, (name, got.shape, got.dtype, x.shape, x.dtype)
+        assert torch.isfinite(got).all(), f"{name} has NaN or inf"
+        err = (got.double() - want).abs().max().item()
+        bound = 2 * (lp.double() - want).abs().max().item() + floor
+        assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e}"
+        errors.append(err)
+    return errors

@@ -5,6 +5,8 @@ from .op import (
     chunk_bounds,
     chunked_causal_attention,
     dense_causal_attention,
+    dense_causal_attention_backward,
+    dense_causal_attention_backward_op,
     dense_causal_attention_op,
 )
 
@@ -13,5 +15,7 @@ __all__ = [
     "chunk_bounds",
     "chunked_causal_attention",
     "dense_causal_attention",
+    "dense_causal_attention_backward",
+    "dense_causal_attention_backward_op",
     "dense_causal_attention_op",
 ]

@@ -8,6 +8,10 @@ cuDNN's causal kernel slows down past 64K tokens while its non-causal one does n
 sequence: 0.93 / 0.87 / 0.83 of its time at 128K / 256K / 512K, and no faster at 32K-64K
 (perf/tune_kernels.py --only dense_chunks; H200: 0.95 / 0.86 at 128K / 256K). Elsewhere
 (CPU, short prompts, inputs cuDNN does not take) it is one SDPA call.
+
+Backward (`minference_flex::dense_causal_attention_backward`, registered as the op's autograd):
+SDPA's own backward, after recomputing its forward in one call (GQA-native: SDPA sums the
+K/V gradients over each group; nothing is repeated).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch.backends.cuda import SDPAParams, can_use_cudnn_attention
 
+from .._autograd import autograd_inside_op
 from .kernel import merge_two_into
 
 #: Rows per chunk: sequences longer than this run in ceil(S / CHUNK_ROWS) balanced chunks.
@@ -90,3 +95,46 @@ def dense_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 @dense_causal_attention_op.register_fake
 def _(q, k, v, scale):
     return q.new_empty(q.shape)
+
+
+def dense_causal_attention_backward(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq [B, H, S, D], dk, dv [B, Hkv, S, D]) of dense causal attention for the
+    output gradient grad [B, H, S, D]: SDPA's forward recomputed under autograd, then its
+    backward; contiguous, in the inputs' dtype. Works inside a custom op's implementation."""
+    with autograd_inside_op():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            *leaves, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        grads = torch.autograd.grad(out, leaves, grad)
+    return tuple(g.contiguous() for g in grads)
+
+
+@torch.library.custom_op("minference_flex::dense_causal_attention_backward", mutates_args=())
+def dense_causal_attention_backward_op(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`dense_causal_attention_backward` as a torch op: (dq, dk, dv) shaped like (q, k, v)."""
+    return dense_causal_attention_backward(grad, q, k, v, scale)
+
+
+@dense_causal_attention_backward_op.register_fake
+def _(grad, q, k, v, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_dense(ctx, inputs, output):
+    q, k, v, scale = inputs
+    ctx.save_for_backward(q, k, v)
+    ctx.scale = scale
+
+
+def _backward_dense(ctx, grad):
+    q, k, v = ctx.saved_tensors
+    dq, dk, dv = dense_causal_attention_backward_op(grad, q, k, v, ctx.scale)
+    return dq, dk, dv, None
+
+
+dense_causal_attention_op.register_autograd(_backward_dense, setup_context=_setup_dense)
