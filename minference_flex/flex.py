@@ -13,7 +13,12 @@ Gradients (`flex_attend` when q, k or v require grad and autograd records):
 - on CUDA, FlexAttention's own backward through the same BlockMask, in one pass. Its backward
   walks the mask by query blocks too, so grad-path masks are built with `q_blocks=True`: the
   q-direction indices, with the kv index width padded to the number of KV blocks (compact
-  widths crash the q-direction transpose up to torch 2.13, pytorch#153344).
+  widths crash the q-direction transpose up to torch 2.13, pytorch#153344). Inductor's
+  backward template takes only masks of 128 x 128 blocks at head_dim 128 on H100 (its one
+  default config there has 128-wide tiles, and configs a mask's blocks don't divide are
+  dropped; torch 2.11-2.13), so block-sparse tiles below 128 train through a coarser mask
+  (`block_sparse_grad_mask`), and the forward's tuned kernel options apply to the forward
+  only (`fwd_` prefix).
 - on CPU, where FlexAttention has no backward, SDPA with the boolean [S, S] mask the
   BlockMask describes (its blocks and mask_mod): exact and differentiable, but S x S memory,
   so meant for tests and short prompts.
@@ -117,6 +122,8 @@ def flex_attend(
         q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded - seq_len)) for t in (q, k, v))
     if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer
         q, k, v = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
+    if options is not None and needs_grad(q, k, v):  # tuned for the forward: Inductor's defaults for the backward
+        options = {f"fwd_{name}": value for name, value in options.items()}
     compiling = torch.compiler.is_compiling()
     if len(masks) == 1:
         fn = _flex_on_blocks if compiling else _compiled_flex()
@@ -447,6 +454,50 @@ def block_sparse_key_split_masks(
     return masks
 
 
+def block_sparse_grad_mask(
+    tiles: torch.Tensor,
+    count: torch.Tensor,
+    seq_len: int,
+    block_size: int,
+    active_heads: torch.Tensor | None = None,
+) -> BlockMask:
+    """The mask of `block_sparse_block_mask` with blocks of FLEX_ALIGN x FLEX_ALIGN (for
+    block_size < FLEX_ALIGN) and q-direction indices, for FlexAttention's backward on CUDA.
+
+    Which tiles of block_size each query tile attends (its chosen tiles and its diagonal
+    tile, causal inside) is a [B, H, M, M] bitmap that mask_mod reads; every coarse block
+    holding a chosen tile is partial. The same attention, at up to (FLEX_ALIGN / block_size)^2
+    times the computed area where neighbouring query tiles choose different tiles.
+    """
+    padded = flex_padded_length(seq_len)
+    nblocks = padded // block_size
+    extra = nblocks - tiles.shape[2]
+    tiles = torch.nn.functional.pad(tiles, (0, 0, 0, extra), value=0)
+    count = torch.nn.functional.pad(count, (0, extra), value=0)
+    bsz, heads, _, width = tiles.shape
+    device = tiles.device
+    valid = torch.arange(width, device=device) < count[..., None]
+    chosen = torch.zeros(bsz, heads, nblocks, nblocks + 1, dtype=torch.bool, device=device)
+    chosen.scatter_(-1, torch.where(valid, tiles.long(), nblocks), True)
+    chosen = chosen[..., :nblocks] | torch.eye(nblocks, dtype=torch.bool, device=device)
+    if active_heads is not None:
+        chosen = chosen & active_heads.to(device=device, dtype=torch.bool)[None, :, None, None]
+    chosen = chosen.contiguous()
+    coarse = FLEX_ALIGN // block_size
+    ncoarse = padded // FLEX_ALIGN
+    live = chosen.view(bsz, heads, ncoarse, coarse, ncoarse, coarse).any(-1).any(3)
+    blocks = torch.arange(ncoarse, device=device).expand(bsz, heads, ncoarse, ncoarse)
+    nothing = torch.zeros_like(live)
+
+    def chosen_tiles(b, h, q_idx, kv_idx):
+        return chosen[b, h, q_idx // block_size, kv_idx // block_size] & (q_idx >= kv_idx)
+
+    return _from_kv_blocks(
+        _compact(blocks, live, ncoarse), _compact(blocks, nothing, ncoarse), FLEX_ALIGN, padded,
+        chosen_tiles, q_blocks=True,
+    )
+
+
 def block_sparse_flex(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -460,9 +511,12 @@ def block_sparse_flex(
     """Block-sparse FlexAttention of q [B, H, S, D] over k, v [B, Hkv, S, D] on the tiles of
     `estimate.select_block_sparse_tiles`; [B, H, S, D]. One pass, or `key_split_parts(k)`
     passes over key ranges merged by log-sum-exp where a kv head outgrows L2. With gradients
-    (`needs_grad`) one pass whose mask has q-direction indices on CUDA."""
-    grad = needs_grad(q, k, v)
-    parts = 1 if grad else key_split_parts(k)
-    masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, parts, active_heads,
-                                         q_blocks=grad and q.is_cuda)
+    (`needs_grad`) one pass; on CUDA its mask has q-direction indices and, for tiles below
+    FLEX_ALIGN, FLEX_ALIGN-wide blocks (`block_sparse_grad_mask`)."""
+    if needs_grad(q, k, v):
+        if q.is_cuda and block_size < FLEX_ALIGN:
+            return flex_attend(q, k, v, block_sparse_grad_mask(tiles, count, q.shape[2], block_size, active_heads), scale)
+        mask = block_sparse_block_mask(tiles, count, q.shape[2], block_size, active_heads, q_blocks=q.is_cuda)
+        return flex_attend(q, k, v, mask, scale)
+    masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, key_split_parts(k), active_heads)
     return flex_attend(q, k, v, masks, scale)
