@@ -22,7 +22,10 @@ import torch
 
 from custom_ops._autograd import needs_grad
 from custom_ops.dense_causal import dense_causal_attention_op
-from custom_ops.vertical_slash import vertical_slash_sparse_attention_op
+from custom_ops.vertical_slash import (
+    vertical_slash_sparse_attention_op,
+    vertical_slash_sparse_attention_with_lse_op,
+)
 
 from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
@@ -143,7 +146,10 @@ def vertical_slash_sparse_attention(
     _checks.check_index("s_idx", s_idx, q)
     block_size = _checks.check_block_size(block_size)
     dense_above = DENSE_FALLBACK_FRACTION if dense_fallback else 2.0
-    return vertical_slash_sparse_attention_op(q, k, v, v_idx, s_idx, block_size, _scale(q, scale), dense_above)
+    args = (q, k, v, v_idx, s_idx, block_size, _scale(q, scale), dense_above)
+    if needs_grad(q, k, v):  # the forward that also saves the log-sum-exp for the backward
+        return vertical_slash_sparse_attention_with_lse_op(*args)[0]
+    return vertical_slash_sparse_attention_op(*args)
 
 
 def dynamic_vertical_slash_attention(

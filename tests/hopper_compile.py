@@ -20,6 +20,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from custom_ops.dense_causal.kernel import _merge_two  # noqa: E402
 from custom_ops.top_tiles.kernel import _top_tiles  # noqa: E402
+from custom_ops.vertical_slash.backward import _vertical_slash_bwd_cols, _vertical_slash_bwd_rows  # noqa: E402
 from custom_ops.vertical_slash.kernel import _vertical_slash_fwd  # noqa: E402
 from custom_ops.vertical_slash_scores.kernel import _column_and_diagonal_sums, _row_stats  # noqa: E402
 
@@ -42,7 +43,8 @@ def compile_for_h100(kernel, pointers: dict[str, str], constants: dict, floats=(
 
 
 def main() -> None:
-    bf16 = {n: "*bf16" for n in ("Q", "K", "V", "KCols", "VCols", "Out")}
+    bf16 = {n: "*bf16" for n in ("Q", "K", "V", "KCols", "VCols", "Out", "DO", "DQ")}
+    fp32 = {n: "*fp32" for n in ("Lse", "Delta", "DK", "DV", "DKCols", "DVCols")}
     index = {n: "*i32" for n in ("Cols", "ColCount", "PieceLo", "PieceRanges", "Dists", "DistCount", "Clamped")}
     for head_dim, block_d in ((64, 64), (128, 128), (96, 128)):
         tma = head_dim == block_d  # as launch_vertical_slash decides
@@ -51,12 +53,19 @@ def main() -> None:
             col_tma, piece_tma = tma and on_bands, tma
             descriptors = {"KDesc": rows if piece_tma else "*bf16", "VDesc": rows if piece_tma else "*bf16",
                            "KColsDesc": rows if col_tma else "*bf16", "VColsDesc": rows if col_tma else "*bf16"}
-            compile_for_h100(
-                _vertical_slash_fwd, {**bf16, **index, **descriptors, "Dedup": "*i8"},
-                {"BLOCK": 64, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "DEDUP_ON_BANDS": on_bands,
-                 "COL_BLOCK": 64, "COL_STAGES": 3, "COL_TMA": col_tma, "PIECE_TMA": piece_tma},
-                floats=("qk_scale",), num_warps=4, num_stages=2,
-            )
+            for store_lse in (False, True):
+                compile_for_h100(
+                    _vertical_slash_fwd, {**bf16, **fp32, **index, **descriptors, "Dedup": "*i8"},
+                    {"BLOCK": 64, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "DEDUP_ON_BANDS": on_bands,
+                     "COL_BLOCK": 64, "COL_STAGES": 3, "COL_TMA": col_tma, "PIECE_TMA": piece_tma,
+                     "STORE_LSE": store_lse},
+                    floats=("qk_scale",), num_warps=4, num_stages=2,
+                )
+            backward = {"BLOCK": 64, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "DEDUP_ON_BANDS": on_bands,
+                        "COL_BLOCK": 64}
+            for kernel in (_vertical_slash_bwd_rows, _vertical_slash_bwd_cols):
+                compile_for_h100(kernel, {**bf16, **fp32, **index, "Dedup": "*i8"}, backward,
+                                 floats=("qk_scale", "sm_scale"), num_warps=4, num_stages=1)
     for bits, dtype in ((16, "*i16"), (32, "*i32")):
         compile_for_h100(_top_tiles, {"Bits": dtype, "Tiles": "*i32", "Count": "*i32"},
                          {"CHUNK": 512, "KEY_BITS": bits}, num_warps=2)

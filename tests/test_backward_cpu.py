@@ -132,3 +132,163 @@ def test_grad_path_masks_carry_q_indices_of_the_same_blocks():
         partial, full = _q_direction_dense(grad)
         assert torch.equal(partial, _ordered_to_dense(grad.kv_num_blocks, grad.kv_indices, nkv).bool())
         assert torch.equal(full, _ordered_to_dense(grad.full_kv_num_blocks, grad.full_kv_indices, nkv).bool())
+
+
+# vertical-slash: the forward's cases (tests/test_vertical_slash_cpu.py), through the Triton backward
+from tests.test_vertical_slash_cpu import CASES, _indices  # noqa: E402
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vertical_slash_grads(case):
+    b, h, hk, s, d, nv, ns = case
+    q, k, v = _leaves((b, h, hk, s, d))
+    v_idx, s_idx = _indices(b, h, s, nv, ns)
+    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+    grads, grad_out = _grads(out, q, k, v)
+    assert_grads_close_to_reference(grads, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s), grad_out)
+
+
+@pytest.mark.parametrize("on_bands", [False, True])
+def test_vertical_slash_grads_on_every_band_kind(on_bands):
+    """Pieces near the diagonal, whole and reaching below a clamped tile, packed distances,
+    clamped tiles, columns de-duplicated against the bands (or the bands against the columns),
+    column chunks before the tile; head_dim 128, GQA, batch 2."""
+    from custom_ops.vertical_slash import build_vertical_slash_index, dedup_on_bands
+
+    s, bs = 900, 64
+    q, k, v = _leaves((2, 4, 2, s, 128))
+    if on_bands:
+        s_idx = torch.cat([torch.arange(150), torch.tensor([420, 460])]).expand(2, 4, -1)
+        v_idx = torch.randint(0, s, (2, 4, 250))
+    else:
+        s_idx = torch.tensor([0, 5, 100, 130, 150, 333, 500, 505, 700, 730, 64, 200, 201]).expand(2, 4, -1)
+        v_idx = torch.randint(0, s, (2, 4, 6))
+    index = build_vertical_slash_index(v_idx, s_idx, s, bs)
+    assert dedup_on_bands(index, bs) == on_bands and index.clamped.bool().any()
+    assert (index.dist_count > 0).any() and (index.piece_ranges[..., 1] > index.piece_ranges[..., 0]).any()
+    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+    grads, grad_out = _grads(out, q, k, v)
+    assert_grads_close_to_reference(grads, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s), grad_out)
+
+
+def test_vertical_slash_grads_fp16_block_32():
+    q, k, v = _leaves((1, 2, 1, 257, 64), torch.float16)
+    v_idx, s_idx = _indices(1, 2, 257, 40, 8)
+    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, block_size=32, dense_fallback=False)
+    grads, grad_out = _grads(out, q, k, v)
+    mask = reference.vertical_slash_mask(v_idx, s_idx, 257, 32)
+    assert_grads_close_to_reference(grads, q, k, v, mask, grad_out, floor=1e-3)
+
+
+def test_vertical_slash_rows_without_keys_give_zero_grads():
+    """Offsets >= 64 and no columns: the first tile's rows attend nothing (output 0); their
+    dq is 0, not NaN, and the other rows' gradients still match the reference."""
+    q, k, v = _leaves((1, 2, 1, 300, 64))
+    v_idx = torch.empty(1, 2, 0, dtype=torch.long)
+    s_idx = torch.tensor([70, 130]).expand(1, 2, -1)
+    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+    assert (out[:, :, :64] == 0).all()
+    grads, grad_out = _grads(out, q, k, v)
+    assert (grads[0][:, :, :64] == 0).all()
+    assert_grads_close_to_reference(grads, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, 300), grad_out)
+
+
+def test_vertical_slash_dense_fallback_grads():
+    """Indices above the fallback threshold run dense attention, forward and backward."""
+    q, k, v = _leaves((1, 4, 2, 640, 64))
+    v_idx = torch.zeros(1, 4, 1, dtype=torch.long)
+    s_idx = torch.arange(0, 640, 64).expand(1, 4, -1)
+    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx)
+    grads, grad_out = _grads(out, q, k, v)
+    assert_grads_close_to_reference(grads, q, k, v, reference.causal_mask(640), grad_out)
+
+
+def test_vertical_slash_ops_without_a_saved_lse_recompute_it():
+    """The plain op and the kernel-alone op differentiate too (their backward recomputes the
+    log-sum-exp): same gradients as the op that saves it."""
+    from custom_ops.vertical_slash import (
+        build_vertical_slash_index,
+        vertical_slash_attention,
+        vertical_slash_sparse_attention_op,
+        vertical_slash_sparse_attention_with_lse_op,
+    )
+
+    q, k, v = _leaves((2, 4, 2, 333, 64))
+    v_idx, s_idx = _indices(2, 4, 333, 12, 20)
+    args = (q, k, v, v_idx, s_idx, 64, 0.125, 2.0)
+    grad_out = torch.randn_like(q)
+    saved = torch.autograd.grad(vertical_slash_sparse_attention_with_lse_op(*args)[0], (q, k, v), grad_out)
+    plain = torch.autograd.grad(vertical_slash_sparse_attention_op(*args), (q, k, v), grad_out)
+    index = build_vertical_slash_index(v_idx, s_idx, 333, 64)
+    alone = torch.autograd.grad(vertical_slash_attention(q, k, v, index, 64, 0.125), (q, k, v), grad_out)
+    for a, b, c in zip(saved, plain, alone):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(c, a, rtol=0, atol=0)
+
+
+def test_vertical_slash_opcheck_with_autograd():
+    from custom_ops.vertical_slash import (
+        build_vertical_slash_index,
+        vertical_slash_attention_backward_op,
+        vertical_slash_attention_op,
+        vertical_slash_sparse_attention_backward_op,
+        vertical_slash_sparse_attention_op,
+        vertical_slash_sparse_attention_with_lse_op,
+    )
+
+    q, k, v = _leaves((1, 2, 1, 150, 64))
+    for nv, ns in ((9, 4), (3, 7)):  # both dedup sides
+        v_idx, s_idx = _indices(1, 2, 150, nv, ns)
+        for dense_above in (2.0, 0.0):  # the kernel, and the dense fallback
+            args = (q, k, v, v_idx, s_idx, 64, 0.125, dense_above)
+            torch.library.opcheck(vertical_slash_sparse_attention_op, args)
+            torch.library.opcheck(vertical_slash_sparse_attention_with_lse_op, args)
+            out, lse = vertical_slash_sparse_attention_with_lse_op(*(t.detach() if torch.is_tensor(t) else t for t in args))
+            detached = [t.detach() for t in (q, k, v)]
+            torch.library.opcheck(vertical_slash_sparse_attention_backward_op,
+                                  (torch.randn_like(out), *detached, v_idx, s_idx, out, lse, 64, 0.125, dense_above))
+        index = build_vertical_slash_index(v_idx, s_idx, 150, 64)
+        torch.library.opcheck(vertical_slash_attention_op, (q, k, v, *index, 64, 0.125))
+        torch.library.opcheck(vertical_slash_attention_backward_op,
+                              (torch.randn_like(q), *detached, torch.randn_like(q), *index, 64, 0.125))
+
+
+def test_vertical_slash_backward_compiles_fullgraph():
+    """Estimate, attend, loss and backward in one torch.compile(fullgraph=True): the eager
+    gradients, and no recompile for new values at the same shapes."""
+    def loss(q, k, v):
+        return (mf.dynamic_vertical_slash_attention(q, k, v, 40, 110) ** 2).sum()
+
+    q, k, v = _leaves((1, 4, 2, 300, 64))
+    eager = torch.autograd.grad(loss(q, k, v), (q, k, v))
+    compiled_loss = torch.compile(loss, fullgraph=True)
+    compiled = torch.autograd.grad(compiled_loss(q, k, v), (q, k, v))
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    q2, k2, v2 = _leaves((1, 4, 2, 300, 64))
+    torch.autograd.grad(compiled_loss(q2, k2, v2), (q2, k2, v2))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+
+
+@pytest.mark.parametrize("seq_len, block_size", [(777, 64), (1000, 32), (300, 16)])
+def test_block_sparse_grad_mask_attends_what_the_forward_mask_does(seq_len, block_size):
+    """The coarse mask that block-sparse trains through on CUDA (128-blocks, the chosen tiles
+    read by mask_mod, q-direction indices) allows exactly the reference's pairs, inactive
+    heads none; its q-direction indices describe its blocks."""
+    from minference_flex import flex
+
+    q, k, _ = random_qkv(2, 4, 2, seq_len, 64)
+    tiles, count = select_block_sparse_tiles(q, k, 3, block_size)
+    active = torch.tensor([True, False, True, True])
+    mask = flex.block_sparse_grad_mask(tiles, count, seq_len, block_size, active)
+    assert mask.BLOCK_SIZE == (flex.FLEX_ALIGN, flex.FLEX_ALIGN) and mask.q_indices is not None
+    allowed = flex.block_mask_to_bool(mask, seq_len, seq_len)
+    expected = reference.block_sparse_mask(q, k, 3, block_size) & active[None, :, None, None]
+    assert torch.equal(allowed, expected)
+    partial, full = _q_direction_dense(mask)
+    nkv = mask.kv_indices.shape[-1]
+    from torch.nn.attention.flex_attention import _ordered_to_dense
+
+    assert torch.equal(partial, _ordered_to_dense(mask.kv_num_blocks, mask.kv_indices, nkv).bool())
+    assert not full.any()

@@ -10,8 +10,11 @@ from .index import (
 )
 from .op import (
     vertical_slash_attention,
+    vertical_slash_attention_backward_op,
     vertical_slash_attention_op,
+    vertical_slash_sparse_attention_backward_op,
     vertical_slash_sparse_attention_op,
+    vertical_slash_sparse_attention_with_lse_op,
 )
 
 __all__ = [
@@ -22,6 +25,9 @@ __all__ = [
     "fraction_bound",
     "head_fractions",
     "vertical_slash_attention",
+    "vertical_slash_attention_backward_op",
     "vertical_slash_attention_op",
+    "vertical_slash_sparse_attention_backward_op",
     "vertical_slash_sparse_attention_op",
+    "vertical_slash_sparse_attention_with_lse_op",
 ]

@@ -151,7 +151,7 @@ def _attend_distances(
 
 @triton.jit
 def _vertical_slash_fwd(
-    Q, K, V, KDesc, VDesc, KCols, VCols, KColsDesc, VColsDesc, Out,
+    Q, K, V, KDesc, VDesc, KCols, VCols, KColsDesc, VColsDesc, Out, Lse,
     Cols, ColCount, PieceLo, PieceRanges, Dists, DistCount, Clamped, Dedup,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
@@ -162,6 +162,7 @@ def _vertical_slash_fwd(
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     DEDUP_ON_BANDS: tl.constexpr, COL_BLOCK: tl.constexpr,
     COL_STAGES: tl.constexpr = None, COL_TMA: tl.constexpr = False, PIECE_TMA: tl.constexpr = False,
+    STORE_LSE: tl.constexpr = False,
 ):
     m = nblocks - 1 - tl.program_id(0)  # the longest rows first, for load balance
     bh = tl.program_id(1)
@@ -274,6 +275,10 @@ def _vertical_slash_fwd(
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    if STORE_LSE:
+        # log2 units; +inf for a row without keys, so that the backward's weights there are 0
+        lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+        tl.store(Lse + bh.to(tl.int64) * seq_len + offs_m, lse, mask=row_ok)
 
 
 def gather_columns(
@@ -317,8 +322,12 @@ def launch_vertical_slash(
     col_stages: int | None = 3,
     col_tma: bool = True,
     piece_tma: bool = True,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D].
+    With `lse` (a contiguous [B, H, S] fp32 buffer) the kernel also stores each row's
+    log-sum-exp of the scaled scores in log2 units (+inf for a row without keys), which the
+    backward (`backward.launch_vertical_slash_backward`) reads; without it nothing more is stored.
 
     Defaults measured on H100 (perf/tune_kernels.py, perf/ab_vertical_slash.py; 128K and
     256K): 4 warps; 2 pipeline stages (105.7 against 109.0 ms for 3 at (30, 800), 128K), but
@@ -352,7 +361,7 @@ def launch_vertical_slash(
     log2e = 1.4426950408889634
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         _vertical_slash_fwd[grid](
-            q, k, v, k_desc, v_desc, k_cols, v_cols, kc_desc, vc_desc, out,
+            q, k, v, k_desc, v_desc, k_cols, v_cols, kc_desc, vc_desc, out, out if lse is None else lse,
             index.cols, index.col_count, index.piece_lo, index.piece_ranges, index.dists,
             index.dist_count, index.clamped, index.dedup,
             q.stride(0), q.stride(1), q.stride(2),
@@ -364,7 +373,7 @@ def launch_vertical_slash(
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
             DEDUP_ON_BANDS=on_bands, COL_BLOCK=col_block or block_size,
-            COL_STAGES=col_stages, COL_TMA=col_tma, PIECE_TMA=piece_tma,
+            COL_STAGES=col_stages, COL_TMA=col_tma, PIECE_TMA=piece_tma, STORE_LSE=lse is not None,
             num_warps=num_warps, num_stages=num_stages,
         )
     return out

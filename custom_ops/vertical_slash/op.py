@@ -13,6 +13,16 @@ never sees, so no data-dependent branch enters the graph; and only where the sha
 more than the threshold (`fraction_bound`), so budgets that are sparse at this length
 never sync with the host. The scalar comes from the sorted indices
 (`sorted_head_fractions`), so a fallback skips the rest of the index build.
+
+Autograd (gradients to q, k and v; the indices are not differentiable):
+- `minference_flex::vertical_slash_sparse_attention_with_lse`: the same forward that also
+  returns the rows' log-sum-exp, which its autograd saves. What `minference_flex` calls when
+  gradients are needed.
+- `minference_flex::vertical_slash_sparse_attention_backward`: rebuilds the index from v_idx
+  and s_idx (and takes the same dense-fallback decision), then runs the Triton backward
+  (`backward.launch_vertical_slash_backward`), or dense attention's backward where the
+  forward ran dense. The two ops above without a saved log-sum-exp, and the kernel-alone op,
+  recompute it with one more forward.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ import math
 
 import torch
 
-from ..dense_causal import dense_causal_attention
+from ..dense_causal import dense_causal_attention, dense_causal_attention_backward
+from .backward import launch_vertical_slash_backward
 from .index import (
     VerticalSlashIndex,
     fraction_bound,
@@ -50,6 +61,16 @@ def vertical_slash_sparse_attention_op(
     of what the kernel would compute), dense attention runs instead: a superset of the mask.
     Pass a value > 1 to never fall back.
     """
+    index = _sparse_index(q, v_idx, s_idx, block_size, dense_above)
+    if index is None:
+        return dense_causal_attention(q, k, v, scale)
+    return launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale)
+
+
+def _sparse_index(
+    q: torch.Tensor, v_idx: torch.Tensor, s_idx: torch.Tensor, block_size: int, dense_above: float
+) -> VerticalSlashIndex | None:
+    """The kernel's index, or None when the pattern goes dense (see the op's docstring)."""
     seq_len = q.shape[2]
     nblocks = math.ceil(seq_len / block_size)
     sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size)
@@ -58,14 +79,97 @@ def vertical_slash_sparse_attention_op(
         and fraction_bound(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size) > dense_above
         and sorted_head_fractions(sorted_idx, block_size).mean().item() > dense_above
     ):
-        return dense_causal_attention(q, k, v, scale)
-    index = index_from_sorted(sorted_idx, seq_len, block_size)
-    return launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale)
+        return None
+    return index_from_sorted(sorted_idx, seq_len, block_size)
 
 
 @vertical_slash_sparse_attention_op.register_fake
 def _(q, k, v, v_idx, s_idx, block_size, scale, dense_above):
     return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("minference_flex::vertical_slash_sparse_attention_with_lse", mutates_args=())
+def vertical_slash_sparse_attention_with_lse_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    v_idx: torch.Tensor,
+    s_idx: torch.Tensor,
+    block_size: int,
+    scale: float,
+    dense_above: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`vertical_slash_sparse_attention_op` that also returns lse [B, H, S] fp32: each row's
+    log-sum-exp of its scaled scores in log2 units (+inf for a row without keys), not
+    differentiable; zeros where the pattern ran dense (its backward does not read it)."""
+    index = _sparse_index(q, v_idx, s_idx, block_size, dense_above)
+    lse = torch.zeros(q.shape[:3], dtype=torch.float32, device=q.device)
+    if index is None:
+        return dense_causal_attention(q, k, v, scale), lse
+    out = launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale, lse=lse)
+    return out, lse
+
+
+@vertical_slash_sparse_attention_with_lse_op.register_fake
+def _(q, k, v, v_idx, s_idx, block_size, scale, dense_above):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _kernel_backward(grad, q, k, v, out, lse, index, block_size, scale):
+    """The Triton backward over `index`; an empty `lse` is recomputed by the forward kernel."""
+    if lse.numel() == 0:
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+        launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale, lse=lse)
+    return launch_vertical_slash_backward(grad, q, k, v, out, lse, index, block_size, scale)
+
+
+@torch.library.custom_op("minference_flex::vertical_slash_sparse_attention_backward", mutates_args=())
+def vertical_slash_sparse_attention_backward_op(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    v_idx: torch.Tensor,
+    s_idx: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    block_size: int,
+    scale: float,
+    dense_above: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of `vertical_slash_sparse_attention_op` for the output gradient grad
+    [B, H, S, D], given its output and lse (from the `_with_lse` op; an empty tensor to
+    recompute it). The index and the dense-fallback decision are rebuilt from v_idx, s_idx."""
+    index = _sparse_index(q, v_idx, s_idx, block_size, dense_above)
+    if index is None:
+        return dense_causal_attention_backward(grad, q, k, v, scale)
+    return _kernel_backward(grad, q, k, v, out, lse, index, block_size, scale)
+
+
+@vertical_slash_sparse_attention_backward_op.register_fake
+def _(grad, q, k, v, v_idx, s_idx, out, lse, block_size, scale, dense_above):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_sparse(ctx, inputs, output):
+    q, k, v, v_idx, s_idx, block_size, scale, dense_above = inputs
+    if isinstance(output, tuple):
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+    else:
+        out, lse = output, q.new_empty(0, dtype=torch.float32)
+    ctx.save_for_backward(q, k, v, v_idx, s_idx, out, lse)
+    ctx.args = (block_size, scale, dense_above)
+
+
+def _backward_sparse(ctx, grad, *unused_lse_grad):
+    q, k, v, v_idx, s_idx, out, lse = ctx.saved_tensors
+    dq, dk, dv = vertical_slash_sparse_attention_backward_op(grad, q, k, v, v_idx, s_idx, out, lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None
+
+
+vertical_slash_sparse_attention_op.register_autograd(_backward_sparse, setup_context=_setup_sparse)
+vertical_slash_sparse_attention_with_lse_op.register_autograd(_backward_sparse, setup_context=_setup_sparse)
 
 
 @torch.library.custom_op("minference_flex::vertical_slash_attention", mutates_args=())
@@ -95,6 +199,50 @@ def vertical_slash_attention_op(
 def _(q, k, v, cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup,
       block_size, scale):
     return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("minference_flex::vertical_slash_attention_backward", mutates_args=())
+def vertical_slash_attention_backward_op(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    cols: torch.Tensor,
+    col_count: torch.Tensor,
+    piece_lo: torch.Tensor,
+    piece_ranges: torch.Tensor,
+    dists: torch.Tensor,
+    dist_count: torch.Tensor,
+    clamped: torch.Tensor,
+    dedup: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of `vertical_slash_attention_op` (log-sum-exp recomputed)."""
+    index = VerticalSlashIndex(cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup)
+    return _kernel_backward(grad, q, k, v, out, q.new_empty(0, dtype=torch.float32), index, block_size, scale)
+
+
+@vertical_slash_attention_backward_op.register_fake
+def _(grad, q, k, v, out, cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup,
+      block_size, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_kernel(ctx, inputs, output):
+    q, k, v, *index = inputs[:11]
+    ctx.save_for_backward(q, k, v, output, *index)
+    ctx.args = inputs[11:]
+
+
+def _backward_kernel(ctx, grad):
+    q, k, v, out, *index = ctx.saved_tensors
+    dq, dk, dv = vertical_slash_attention_backward_op(grad, q, k, v, out, *index, *ctx.args)
+    return (dq, dk, dv) + (None,) * 10
+
+
+vertical_slash_attention_op.register_autograd(_backward_kernel, setup_context=_setup_kernel)
 
 
 def vertical_slash_attention(

@@ -1,0 +1,302 @@
+"""Triton backward of vertical-slash sparse attention (causal, GQA-native).
+
+Gradients from the forward's output O, its log-sum-exp L (log2 units, stored by the forward
+kernel with `lse=`) and the output gradient dO, with delta = rowsum(dO * O):
+P = exp2(S * log2e * scale - L), dP = dO V^T, dS = P * (dP - delta), dQ = scale * dS K,
+dK = scale * dS^T Q, dV = P^T dO, over exactly the (query, key) pairs the forward counted.
+
+Two kernels over the forward's work list (`index.VerticalSlashIndex`):
+- `_vertical_slash_bwd_rows`, one program per (query tile m, batch * query head), like the
+  forward: it walks the tile's band pieces, packed distances, clamped tile and column chunks
+  with the forward's masks (band pieces always masked: the forward's unmasked pieces pass the
+  same masks whole), accumulates the tile's dQ in registers and stores it once. The band
+  keys' dK and dV are added into fp32 [B, Hkv, S, D] buffers by atomics (each band key is
+  read by a few query tiles, and every query head of a group adds to its kv head).
+- `_vertical_slash_bwd_cols`, one program per (chunk of bs columns, batch * query head): the
+  columns are read by every later query tile, so their dK and dV are accumulated key-major in
+  registers over those tiles (no atomics), stored per query head into the gathered layout of
+  `kernel.gather_columns`, then scattered back to the columns' key rows with `index_add_`
+  (summing the query heads of each group).
+
+Loads go through pointers only (no TMA); column keys are computed twice (dQ in the first
+kernel, dK/dV in the second). Speed is to be measured on the GPU (perf/bench_train.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .._interpreter import check_interpreter
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from .index import SKIP_SHIFT as _SKIP_SHIFT  # noqa: E402
+from .index import VerticalSlashIndex, dedup_on_bands  # noqa: E402
+from .kernel import gather_columns  # noqa: E402
+
+SKIP_SHIFT = tl.constexpr(_SKIP_SHIFT)
+LO_BITS = tl.constexpr((1 << _SKIP_SHIFT) - 1)
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _grad_keys(
+    q, do, lse, delta, k_base, v_base, rows, stride_k, stride_v, load_ok, key_ok, pos, offs_m, offs_d, d_ok,
+    dq, qk_scale, dk_base, dv_base, sm_scale, ATOMIC_KV: tl.constexpr,
+):
+    """One key chunk of a query tile: returns dq plus the chunk's dS K (unscaled); with
+    ATOMIC_KV also adds the chunk's dK (scaled) and dV in fp32 into the rows `rows` of
+    dk_base / dv_base (strides stride_k / stride_v). A key counts where load_ok and key_ok
+    and its position pos <= the query's (rows are read where load_ok)."""
+    kt = tl.load(k_base + rows[None, :] * stride_k + offs_d[:, None],
+                 mask=load_ok[None, :] & d_ok[:, None], other=0.0)
+    vt = tl.load(v_base + rows[None, :] * stride_v + offs_d[:, None],
+                 mask=load_ok[None, :] & d_ok[:, None], other=0.0)
+    keep = (load_ok & key_ok)[None, :] & (pos[None, :] <= offs_m[:, None])
+    p = tl.where(keep, tl.exp2(tl.dot(q, kt) * qk_scale - lse[:, None]), 0.0)
+    ds = p * (tl.dot(do, vt) - delta[:, None])
+    dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
+    if ATOMIC_KV:
+        ok = (load_ok & key_ok)[:, None] & d_ok[None, :]
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do)
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q) * sm_scale
+        tl.atomic_add(dv_base + rows[:, None] * stride_v + offs_d[None, :], dv, mask=ok)
+        tl.atomic_add(dk_base + rows[:, None] * stride_k + offs_d[None, :], dk, mask=ok)
+    return dq
+
+
+@triton.jit
+def _vertical_slash_bwd_rows(
+    Q, DO, Lse, Delta, K, V, KCols, VCols, DQ, DK, DV,
+    Cols, ColCount, PieceLo, PieceRanges, Dists, DistCount, Clamped, Dedup,
+    stride_qb, stride_qh, stride_qs,
+    stride_dob, stride_doh, stride_dos,
+    stride_dqb, stride_dqh, stride_dqs,
+    stride_kb, stride_kh, stride_ks,
+    seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, n_dists_max, dedup_len,
+    qk_scale, sm_scale, q_offset,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DEDUP_ON_BANDS: tl.constexpr,
+    COL_BLOCK: tl.constexpr,
+):
+    """dQ of query tile m over all its keys; dK / dV of its band keys by atomics. K, V and the
+    fp32 DK, DV are contiguous [B, Hkv, S, D] (stride_k*). Query rows are absolute positions
+    q_offset + row (0 for a pre-fill)."""
+    m = nblocks - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    hk = h // group
+    rows_q = m * BLOCK + tl.arange(0, BLOCK)
+    offs_m = q_offset + rows_q
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row_ok = rows_q < seq_len - q_offset
+    tile_mask = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
+                mask=tile_mask, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + rows_q[:, None] * stride_dos + offs_d[None, :],
+                 mask=tile_mask, other=0.0)
+    row_stats = bh.to(tl.int64) * (seq_len - q_offset) + rows_q
+    lse = tl.load(Lse + row_stats, mask=row_ok, other=float("inf"))
+    delta = tl.load(Delta + row_stats, mask=row_ok, other=0.0)
+    kv = b * stride_kb + hk * stride_kh
+    k_base, v_base, dk_base, dv_base = K + kv, V + kv, DK + kv, DV + kv
+
+    tile = bh.to(tl.int64) * nblocks + m
+    end = q_offset + (m + 1) * BLOCK
+    lower = tl.load(Clamped + tile) * BLOCK
+    lanes = tl.arange(0, BLOCK)
+    bitmap = Dedup + bh.to(tl.int64) * dedup_len
+    dq = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+
+    # band pieces: keys e - u for u in [u_lo + skip, u_lo + bs - 1], within [lower, S)
+    pieces = PieceLo + bh.to(tl.int64) * n_pieces_max
+    r1 = tl.load(PieceRanges + tile * 2 + 1)
+    for t in range(0, r1):
+        piece = tl.load(pieces + t)
+        offs_n = end - (piece & LO_BITS) - (BLOCK - 1) + lanes
+        ok = (offs_n >= lower) & (offs_n < seq_len)
+        key_ok = ok
+        if DEDUP_ON_BANDS:
+            key_ok = ok & (lanes < BLOCK - (piece >> SKIP_SHIFT))
+            key_ok = key_ok & (tl.load(bitmap + offs_n, mask=ok, other=1) == 0)
+        dq = _grad_keys(q, do, lse, delta, k_base, v_base, offs_n, stride_ks, stride_ks, ok, key_ok, offs_n,
+                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, True)
+    # packed band distances
+    dists = Dists + bh.to(tl.int64) * n_dists_max
+    n_dists = tl.load(DistCount + tile)
+    for c in range(0, n_dists, BLOCK):
+        in_list = c + lanes < n_dists
+        offs_n = end - tl.load(dists + c + lanes, mask=in_list, other=0)
+        key_ok = in_list & (offs_n < seq_len)
+        band_ok = key_ok
+        if DEDUP_ON_BANDS:
+            band_ok = key_ok & (tl.load(bitmap + offs_n, mask=key_ok, other=1) == 0)
+        dq = _grad_keys(q, do, lse, delta, k_base, v_base, offs_n, stride_ks, stride_ks, key_ok, band_ok, offs_n,
+                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, True)
+    # the clamped tile: keys [0, bs)
+    if lower != 0:
+        key_ok = lanes < seq_len
+        band_ok = key_ok
+        if DEDUP_ON_BANDS:
+            band_ok = key_ok & (tl.load(bitmap + lanes, mask=key_ok, other=1) == 0)
+        dq = _grad_keys(q, do, lse, delta, k_base, v_base, lanes, stride_ks, stride_ks, key_ok, band_ok, lanes,
+                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, True)
+    # columns (their dK / dV come from `_vertical_slash_bwd_cols`): gathered rows c + lanes
+    columns = bh.to(tl.int64) * n_cols_max
+    n_cols = tl.load(ColCount + tile)
+    col_lanes = tl.arange(0, COL_BLOCK)
+    for c in range(0, n_cols, COL_BLOCK):
+        in_list = c + col_lanes < n_cols
+        cols = tl.load(Cols + columns + c + col_lanes, mask=in_list, other=0)
+        col_ok = in_list
+        if not DEDUP_ON_BANDS:  # the columns skip keys a band of this tile covers
+            banded = tl.load(bitmap + end - cols, mask=in_list, other=1)
+            col_ok = in_list & (banded == 0) & (cols >= lower)
+        dq = _grad_keys(q, do, lse, delta, KCols + columns * HEAD_DIM, VCols + columns * HEAD_DIM, c + col_lanes,
+                        HEAD_DIM, HEAD_DIM, col_ok, col_ok, cols, offs_m, offs_d, d_ok, dq, qk_scale,
+                        dk_base, dv_base, sm_scale, False)
+
+    dq = dq * sm_scale
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows_q[:, None] * stride_dqs + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=tile_mask)
+
+
+@triton.jit
+def _vertical_slash_bwd_cols(
+    Q, DO, Lse, Delta, KCols, VCols, DKCols, DVCols, Cols, Clamped, Dedup,
+    stride_qb, stride_qh, stride_qs,
+    stride_dob, stride_doh, stride_dos,
+    seq_len, num_heads, nblocks, n_cols_max, dedup_len, qk_scale, sm_scale, q_offset,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DEDUP_ON_BANDS: tl.constexpr,
+    COL_BLOCK: tl.constexpr,
+):
+    """dK / dV (fp32, scale applied to dK) of one chunk of a query head's columns, rows
+    [j * COL_BLOCK, (j + 1) * COL_BLOCK) of its gathered list, summed over the query tiles
+    from the one holding its first column on, with the forward's column masks."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    lanes = j * COL_BLOCK + tl.arange(0, COL_BLOCK)
+    in_list = lanes < n_cols_max
+    columns = bh.to(tl.int64) * n_cols_max
+    cols = tl.load(Cols + columns + lanes, mask=in_list, other=seq_len)
+    valid = cols < seq_len  # padding entries are >= S
+    gathered = (columns + lanes)[None, :] * HEAD_DIM + offs_d[:, None]
+    kt = tl.load(KCols + gathered, mask=valid[None, :] & d_ok[:, None], other=0.0)
+    vt = tl.load(VCols + gathered, mask=valid[None, :] & d_ok[:, None], other=0.0)
+    bitmap = Dedup + bh.to(tl.int64) * dedup_len
+    dk = tl.zeros([COL_BLOCK, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([COL_BLOCK, BLOCK_D], dtype=tl.float32)
+    q_len = seq_len - q_offset
+    # the first query tile whose last position reaches the chunk's first (smallest) column
+    first = tl.maximum(tl.min(tl.where(valid, cols, seq_len)) - q_offset, 0) // BLOCK
+    for m in range(first, nblocks):
+        rows_q = m * BLOCK + tl.arange(0, BLOCK)
+        offs_m = q_offset + rows_q
+        row_ok = rows_q < q_len
+        tile_mask = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
+                    mask=tile_mask, other=0.0)
+        do = tl.load(DO + b * stride_dob + h * stride_doh + rows_q[:, None] * stride_dos + offs_d[None, :],
+                     mask=tile_mask, other=0.0)
+        row_stats = bh.to(tl.int64) * q_len + rows_q
+        lse = tl.load(Lse + row_stats, mask=row_ok, other=float("inf"))
+        delta = tl.load(Delta + row_stats, mask=row_ok, other=0.0)
+        col_ok = valid
+        if not DEDUP_ON_BANDS:  # as the forward: skip columns a band of this tile covers
+            end = q_offset + (m + 1) * BLOCK
+            lower = tl.load(Clamped + bh.to(tl.int64) * nblocks + m) * BLOCK
+            before = valid & (cols < end)
+            banded = tl.load(bitmap + end - cols, mask=before, other=1)
+            col_ok = before & (banded == 0) & (cols >= lower)
+        keep = col_ok[None, :] & (cols[None, :] <= offs_m[:, None])
+        p = tl.where(keep, tl.exp2(tl.dot(q, kt) * qk_scale - lse[:, None]), 0.0)
+        ds = p * (tl.dot(do, vt) - delta[:, None])
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)
+    out = (columns + lanes)[:, None] * HEAD_DIM + offs_d[None, :]
+    store_ok = in_list[:, None] & d_ok[None, :]
+    tl.store(DKCols + out, dk * sm_scale, mask=store_ok)
+    tl.store(DVCols + out, dv, mask=store_ok)
+
+
+def launch_vertical_slash_backward(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    index: VerticalSlashIndex,
+    block_size: int,
+    scale: float,
+    num_warps: int = 4,
+    num_stages: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of `kernel.launch_vertical_slash` over `index`.
+
+    Args:
+        grad, q, out: [B, H, S, D] (output gradient, queries, the forward's output); k, v:
+            [B, Hkv, S, D]; lse: [B, H, S] fp32, the forward's log-sum-exp in log2 units
+            (`launch_vertical_slash(..., lse=)`); index, block_size, scale: as the forward.
+    Returns:
+        (dq [B, H, S, D], dk, dv [B, Hkv, S, D]) in the inputs' dtype; dk and dv summed over
+        the query heads of each group.
+    """
+    if not q.is_cuda:
+        check_interpreter()
+    q, grad = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, grad))
+    k, v, lse = k.contiguous(), v.contiguous(), lse.contiguous()
+    bsz, heads, seq_len, head_dim = q.shape
+    kv_heads = k.shape[1]
+    delta = (grad.float() * out.float()).sum(-1).contiguous()
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+    dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+    nblocks = index.col_count.shape[-1]
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    on_bands = dedup_on_bands(index, block_size)
+    k_cols, v_cols = gather_columns(k, v, index.cols)
+    n_cols = index.cols.shape[-1]
+    log2e_scale = scale * LOG2E
+    common = dict(BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, DEDUP_ON_BANDS=on_bands,
+                  COL_BLOCK=block_size, num_warps=num_warps, num_stages=num_stages)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _vertical_slash_bwd_rows[(nblocks, bsz * heads)](
+            q, grad, lse, delta, k, v, k_cols, v_cols, dq, dk, dv,
+            index.cols, index.col_count, index.piece_lo, index.piece_ranges, index.dists,
+            index.dist_count, index.clamped, index.dedup,
+            q.stride(0), q.stride(1), q.stride(2),
+            grad.stride(0), grad.stride(1), grad.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            seq_len, heads, heads // kv_heads, nblocks,
+            n_cols, index.piece_lo.shape[-1], index.dists.shape[-1], index.dedup.shape[-1],
+            log2e_scale, scale, 0,
+            **common,
+        )
+        if n_cols > 0:
+            dk_cols = torch.empty(bsz, heads, n_cols, head_dim, dtype=torch.float32, device=q.device)
+            dv_cols = torch.empty_like(dk_cols)
+            _vertical_slash_bwd_cols[(triton.cdiv(n_cols, block_size), bsz * heads)](
+                q, grad, lse, delta, k_cols, v_cols, dk_cols, dv_cols, index.cols, index.clamped, index.dedup,
+                q.stride(0), q.stride(1), q.stride(2),
+                grad.stride(0), grad.stride(1), grad.stride(2),
+                seq_len, heads, nblocks, n_cols, index.dedup.shape[-1], log2e_scale, scale, 0,
+                **common,
+            )
+            # back to the columns' key rows (padding entries carry zeros; they land on row S - 1)
+            batch = torch.arange(bsz, device=q.device)[:, None, None]
+            head = (torch.arange(heads, device=q.device) // (heads // kv_heads))[None, :, None]
+            rows = ((batch * kv_heads + head) * seq_len + index.cols.long().clamp(max=seq_len - 1)).reshape(-1)
+            dk.view(-1, head_dim).index_add_(0, rows, dk_cols.view(-1, head_dim))
+            dv.view(-1, head_dim).index_add_(0, rows, dv_cols.view(-1, head_dim))
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
