@@ -139,7 +139,7 @@ from tests.test_vertical_slash_cpu import CASES, _indices  # noqa: E402
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_vertical_slash_grads(case):
+def test_vertical_slash_grads(case, nan_empty):
     b, h, hk, s, d, nv, ns = case
     q, k, v = _leaves((b, h, hk, s, d))
     v_idx, s_idx = _indices(b, h, s, nv, ns)
@@ -149,7 +149,7 @@ def test_vertical_slash_grads(case):
 
 
 @pytest.mark.parametrize("on_bands", [False, True])
-def test_vertical_slash_grads_on_every_band_kind(on_bands):
+def test_vertical_slash_grads_on_every_band_kind(on_bands, nan_empty):
     """Pieces near the diagonal, whole and reaching below a clamped tile, packed distances,
     clamped tiles, columns de-duplicated against the bands (or the bands against the columns),
     column chunks before the tile; head_dim 128, GQA, batch 2."""

@@ -35,6 +35,7 @@ import triton.language as tl  # noqa: E402
 
 from .index import SKIP_SHIFT as _SKIP_SHIFT  # noqa: E402
 from .index import VerticalSlashIndex, dedup_on_bands  # noqa: E402
+from . import kernel as _kernel  # noqa: E402
 from .kernel import gather_columns  # noqa: E402
 
 SKIP_SHIFT = tl.constexpr(_SKIP_SHIFT)
@@ -258,7 +259,7 @@ def launch_vertical_slash_backward(
     bsz, heads, seq_len, head_dim = q.shape
     kv_heads = k.shape[1]
     delta = (grad.float() * out.float()).sum(-1).contiguous()
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dq = _kernel._empty(q.shape, dtype=q.dtype, device=q.device)  # every row is written
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     nblocks = index.col_count.shape[-1]
@@ -284,8 +285,8 @@ def launch_vertical_slash_backward(
             **common,
         )
         if n_cols > 0:
-            dk_cols = torch.empty(bsz, heads, n_cols, head_dim, dtype=torch.float32, device=q.device)
-            dv_cols = torch.empty_like(dk_cols)
+            dk_cols = _kernel._empty((bsz, heads, n_cols, head_dim), dtype=torch.float32, device=q.device)
+            dv_cols = _kernel._empty((bsz, heads, n_cols, head_dim), dtype=torch.float32, device=q.device)
             _vertical_slash_bwd_cols[(triton.cdiv(n_cols, block_size), bsz * heads)](
                 q, grad, lse, delta, k_cols, v_cols, dk_cols, dv_cols, index.cols, index.clamped, index.dedup,
                 q.stride(0), q.stride(1), q.stride(2),
