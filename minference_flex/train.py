@@ -6,6 +6,16 @@ the answer digits only, over a curriculum of growing lengths. Usage:
 
     python -m minference_flex.train --out DIR [--preset gpu|cpu] [--max-minutes M]
 
+With `--sparse-attention [CONFIG]` the model trains (and evaluates) through the sparse
+patterns (`minference_flex.compile`, whose ops all have a backward): every forward of at least
+`--min-sparse-len` tokens runs each head's pattern from CONFIG (a pattern config file; by
+default the one searched for the `--init` model, else MInference's default). `--init DIR`
+fine-tunes a saved model (the shipped one: minference_flex/models/retrieval_llama) instead of
+training from scratch, e.g. at long lengths:
+
+    python -m minference_flex.train --init minference_flex/models/retrieval_llama --sparse-attention \
+        --stages 8192:200:2 16384:100:1 --out DIR
+
 Every `--eval-every` steps it greedy-decodes held-out samples (seeds disjoint from training)
 and logs loss and exact-match accuracy per task; DIR gets the model (safetensors), its config
 and `train_log.json`.
@@ -115,11 +125,33 @@ def evaluate(
     return scores
 
 
+def load_for_training(path: str, device: str):
+    """A saved LlamaForCausalLM in fp32 (the master weights; CUDA steps run under bf16
+    autocast), for fine-tuning."""
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+
+
 def train(preset: Preset, out_dir: str, device: str, max_minutes: float, eval_every: int, eval_samples: int,
-          seed: int = 0) -> dict:
+          seed: int = 0, init: str | None = None, sparse_attention: str | None = None,
+          min_sparse_len: int = 1024) -> dict:
+    """Train (or with `init`, fine-tune the model saved there) on the preset's curriculum;
+    with `sparse_attention` (a pattern config path, or "auto": the config searched for `init`,
+    else MInference's default) through `minference_flex.compile`'s sparse patterns for every
+    forward of at least `min_sparse_len` tokens. Saves the model and train_log.json in out_dir."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = build_model(preset).to(device)
+    model = build_model(preset).to(device) if init is None else load_for_training(init, device)
+    if sparse_attention is not None:
+        import minference_flex as mf
+
+        from .retrieval_model import searched_config_path
+
+        config = sparse_attention
+        if config == "auto":
+            config = searched_config_path(init) if init is not None else None
+        mf.compile(model, config, min_sparse_len=min_sparse_len)
     opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.1)
     total = sum(steps for _, steps, _ in preset.stages)
     warmup = min(100, total // 10)
@@ -130,7 +162,9 @@ def train(preset: Preset, out_dir: str, device: str, max_minutes: float, eval_ev
         return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
     autocast = torch.autocast("cuda", torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-    log = {"preset": asdict(preset), "device": device, "steps": [], "evals": []}
+    log = {"preset": asdict(preset), "device": device, "steps": [], "evals": [], "init": init,
+           "sparse_attention": None if sparse_attention is None else
+           {"config": config if isinstance(config, str) else "default", "min_sparse_len": min_sparse_len}}
     start, step = time.time(), 0
     model.train()
     steps_so_far = 0
@@ -177,6 +211,10 @@ def train(preset: Preset, out_dir: str, device: str, max_minutes: float, eval_ev
     log["train_minutes"] = (time.time() - start) / 60
     log["steps_done"] = step
     os.makedirs(out_dir, exist_ok=True)
+    if sparse_attention is not None:  # save the plain model (its config names its own attention)
+        import minference_flex as mf
+
+        mf.restore(model)
     model.generation_config.pad_token_id = TOKENIZER.pad_id
     model.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "train_log.json"), "w") as f:
@@ -198,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", nargs="+", default=None, metavar="LENGTH:STEPS:BATCH",
                         help="override the preset's curriculum")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--init", default=None, metavar="DIR", help="fine-tune the model saved in DIR")
+    parser.add_argument("--sparse-attention", nargs="?", const="auto", default=None, metavar="CONFIG",
+                        help="train through the sparse patterns of CONFIG (default: the config searched "
+                             "for --init, else MInference's default)")
+    parser.add_argument("--min-sparse-len", type=int, default=1024,
+                        help="with --sparse-attention, the forwards of at least this many tokens go sparse")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = PRESETS[args.preset or ("gpu" if device.startswith("cuda") else "cpu")]
@@ -214,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         preset = replace(preset, stages=stages)
     if args.max_minutes <= 0:
         parser.error(f"--max-minutes must be > 0, got {args.max_minutes}")
-    train(preset, args.out, device, args.max_minutes, args.eval_every, args.eval_samples, args.seed)
+    if args.min_sparse_len < 1:
+        parser.error(f"--min-sparse-len must be >= 1, got {args.min_sparse_len}")
+    if args.init is not None and not os.path.exists(os.path.join(args.init, "config.json")):
+        parser.error(f"--init {args.init}: no saved model there (config.json missing)")
+    train(preset, args.out, device, args.max_minutes, args.eval_every, args.eval_samples, args.seed,
+          args.init, args.sparse_attention, args.min_sparse_len)
     return 0
 
 

@@ -96,3 +96,30 @@ def test_training_cli_rejects_bad_stages(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path), "--stages", "128:0"])
     assert "--stages wants LENGTH:STEPS:BATCH" in capsys.readouterr().err
+
+
+def test_training_script_fine_tunes_through_the_sparse_patterns(tmp_path, monkeypatch):
+    """--init a saved model, --sparse-attention CONFIG: every training forward of >= 128
+    tokens runs the sparse patterns (counted), losses stay finite, the saved model is plain."""
+    from transformers import LlamaForCausalLM
+
+    from minference_flex import hf
+
+    first = tmp_path / "first"
+    train_main(["--out", str(first), "--preset", "smoke", "--stages", "128:2:2", "--eval-every", "100",
+                "--eval-samples", "1", "--tasks", "passkey"])
+    patterns = [{"0": ["vertical_and_slash", 30, 100, 0], "1": ["stream_llm", 4, 64, 0]}] * PRESETS["smoke"].layers
+    config = tmp_path / "patterns.json"
+    config.write_text(json.dumps(patterns))
+    calls = []
+    real = hf.sparse_prefill
+    monkeypatch.setattr(hf, "sparse_prefill", lambda *a, **k: calls.append(a[0].requires_grad) or real(*a, **k))
+    out = tmp_path / "sparse"
+    train_main(["--out", str(out), "--preset", "smoke", "--init", str(first), "--stages", "256:10:2",
+                "--sparse-attention", str(config), "--min-sparse-len", "128", "--eval-every", "100",
+                "--eval-samples", "1", "--tasks", "passkey"])
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["sparse_attention"] == {"config": str(config), "min_sparse_len": 128} and log["init"] == str(first)
+    assert log["steps_done"] == 10 and len(log["steps"]) == 1 and torch.isfinite(torch.tensor(log["steps"][0]["loss"]))
+    assert calls.count(True) == 10 * PRESETS["smoke"].layers, "each training step runs every layer sparse"
+    assert LlamaForCausalLM.from_pretrained(out).config._attn_implementation != "minference_flex"
