@@ -52,6 +52,17 @@ def test_dense_attention_grads_cuda(shape):
     assert_grads_within_sdpa(mf.dense_attention(q, k, v), q, k, v, reference.causal_mask(shape[3], "cuda"))
 
 
+def test_dense_attention_grads_after_chunked_forward_cuda(monkeypatch):
+    """The row chunks of cuDNN calls that long prompts take forward (forced by a small
+    CHUNK_ROWS), then SDPA's backward: gradients of dense causal attention."""
+    from custom_ops.dense_causal import op as dense_op
+
+    q, k, v = _leaves((1, 8, 2, 3001, 128))
+    monkeypatch.setattr(dense_op, "CHUNK_ROWS", 1000)
+    assert dense_op._chunks_apply(q, k, v)
+    assert_grads_within_sdpa(mf.dense_attention(q, k, v), q, k, v, reference.causal_mask(3001, "cuda"))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_streaming_forward_grads_cuda(shape):
     """FlexAttention's backward through the A-shape mask with q-direction indices."""
