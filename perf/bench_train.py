@@ -14,15 +14,26 @@ and index/mask building (the backward of vertical-slash rebuilds its index). Col
 Goals (issue 18, 128K): vertical-slash (3500, 100) <= 0.10, (30, 800) <= 0.50, block-sparse
 top 100 <= 0.20, A-shape (128, 4096) <= 0.12; backward tile rate >= 60% of cuDNN's.
 
+With --model-step it times training steps of a 1B-parameter Llama shape instead (16 layers,
+hidden 2048, 32/8 heads, MLP 8192, vocab 128256, random bf16 weights, activation
+checkpointing): forward, a loss on the last `--loss-tokens` positions (the [S, vocab] logits
+of every position would not fit; both sides compute the same loss), backward; sdpa against
+minference_flex with the first 16 layers of the shipped Llama-3-8B-262K pattern config, in
+random and structured mode (perf/bench_e2e.py's planted indices), with peak memory. Goal at
+64K: <= 0.5x the sdpa step in structured mode, peak memory no higher than sdpa's.
+
 Usage (on a GPU):
     python perf/bench_train.py --lengths 131072 --out perf/results/train.json
+    python perf/bench_train.py --model-step --lengths 65536 --out perf/results/train_step.json
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
+import time
 
 import torch
 
@@ -112,6 +123,77 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
     return rows
 
 
+def llama_1b():
+    """Random-weight 1B Llama shape in bf16 on the GPU, SDPA attention, training mode."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
+        max_position_embeddings=262144, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    model.gradient_checkpointing_enable()
+    return model.train()
+
+
+def training_step(model, ids, loss_tokens):
+    """Seconds and peak GiB of forward, loss on the last `loss_tokens` positions, backward."""
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    logits = model(ids[:, :-1], logits_to_keep=loss_tokens, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[0, -loss_tokens:])
+    loss.backward()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+
+
+def bench_model_step(lengths, repeats, loss_tokens, min_sparse_len):
+    import contextlib
+
+    from minference_flex.config import load_pattern_config, shipped_config_path
+    from perf.bench_e2e import SHIPPED, planted_indices
+
+    model = llama_1b()
+    patterns = load_pattern_config(shipped_config_path(SHIPPED), 32, 32)[:16]
+    modes = {"sdpa": None, "minference_flex random": contextlib.nullcontext,
+             "minference_flex structured": planted_indices}
+    rows = []
+    for seq_len in lengths:
+        ids = torch.randint(0, 128256, (1, seq_len + 1), device="cuda")
+        base = None
+        for mode, context in modes.items():
+            if context is None:
+                if getattr(model, "_minference_flex_state", None) is not None:
+                    mf.restore(model)
+                context = contextlib.nullcontext
+            else:
+                mf.compile(model, patterns, min_sparse_len=min_sparse_len)
+            try:
+                with context():
+                    training_step(model, ids, loss_tokens)  # untimed: builds, autotunes
+                    runs = sorted(training_step(model, ids, loss_tokens) for _ in range(repeats))
+                seconds, peak = runs[len(runs) // 2][0], max(r[1] for r in runs)
+                row = {"S": seq_len, "mode": mode, "seconds": seconds, "peak_gib": peak}
+            except torch.OutOfMemoryError as exc:
+                row = {"S": seq_len, "mode": mode, "error": f"OOM: {str(exc).splitlines()[0]}"}
+            if mode == "sdpa" and "seconds" in row:
+                base = row
+            if base is not None and "seconds" in row:
+                row["x_sdpa"] = row["seconds"] / base["seconds"]
+                row["peak_over_sdpa"] = row["peak_gib"] / base["peak_gib"]
+            print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  flush=True)
+            rows.append(row)
+    return rows
+
+
 def print_table(rows):
     cols = ["S", "pattern", "mode", "ms", "x_cudnn", "goal", "fwd_ms", "bwd_ms", "computed_fraction",
             "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd"]
@@ -135,6 +217,11 @@ def main(argv=None):
     parser.add_argument("--vs-budgets", nargs="*", default=[f"{a},{b}" for a, b in VS_BUDGETS],
                         help="vertical-slash budgets as NV,NS (none: skip vertical-slash)")
     parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
+    parser.add_argument("--model-step", action="store_true", help="time training steps of the 1B Llama shape")
+    parser.add_argument("--repeats", type=int, default=3, help="with --model-step: timed steps per figure (median)")
+    parser.add_argument("--loss-tokens", type=int, default=1024, help="with --model-step: positions the loss covers")
+    parser.add_argument("--min-sparse-len", type=int, default=mf.Options.min_sparse_len,
+                        help="with --model-step: minference_flex option")
     parser.add_argument("--out", default="perf/results/train.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -142,6 +229,10 @@ def main(argv=None):
     info = machine()
     print(info)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    if args.model_step:
+        rows = bench_model_step(args.lengths, args.repeats, args.loss_tokens, args.min_sparse_len)
+        write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})
+        return
     budgets = [tuple(int(x) for x in b.split(",")) for b in args.vs_budgets]
     rows = []
     for seq_len in args.lengths:

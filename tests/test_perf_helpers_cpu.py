@@ -54,3 +54,15 @@ def test_interleaved_ratio_pairs_each_round_with_its_own_baseline(monkeypatch):
     ratio, ratios = bench_kernels.interleaved_ratio(lambda: None, lambda: None, 3, 1.0)
     assert ratios == [1.1, 0.95, 3.0]
     assert ratio == 1.1
+
+
+def test_bench_train_parses_its_arguments(capsys):
+    """perf/bench_train.py imports on a machine without a GPU and documents its modes."""
+    import pytest
+
+    from perf import bench_train
+
+    with pytest.raises(SystemExit) as done:
+        bench_train.main(["--help"])
+    assert done.value.code == 0
+    assert "--model-step" in capsys.readouterr().out
