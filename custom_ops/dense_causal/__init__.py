@@ -2,6 +2,7 @@
 
 from .op import (
     CHUNK_ROWS,
+    MASK_ELEMENTS,
     chunk_bounds,
     chunked_causal_attention,
     dense_causal_attention,
@@ -10,6 +11,7 @@ from .op import (
 
 __all__ = [
     "CHUNK_ROWS",
+    "MASK_ELEMENTS",
     "chunk_bounds",
     "chunked_causal_attention",
     "dense_causal_attention",

@@ -43,19 +43,20 @@ def vertical_slash_sparse_attention_op(
     scale: float,
     dense_above: float,
 ) -> torch.Tensor:
-    """Vertical-slash attention from v_idx [B, H, NV] and s_idx [B, H, NS]; [B, H, S, D].
+    """Vertical-slash attention of q [B, H, Sq, D] (the last Sq of Sk positions) over k, v
+    [B, Hkv, Sk, D] from v_idx [B, H, NV] and s_idx [B, H, NS]; [B, H, Sq, D].
 
-    When the pattern's key tiles exceed `dense_above` of the dense causal ones
-    (`sorted_head_fractions`, averaged over batch and heads; within two tiles per query tile
-    of what the kernel would compute), dense attention runs instead: a superset of the mask.
-    Pass a value > 1 to never fall back.
+    When the pattern's key tiles exceed `dense_above` of the dense causal ones of the Sq x Sk
+    rectangle (`sorted_head_fractions`, averaged over batch and heads; within two tiles per
+    query tile of what the kernel would compute), dense attention runs instead: a superset
+    of the mask. Pass a value > 1 to never fall back.
     """
-    seq_len = q.shape[2]
-    nblocks = math.ceil(seq_len / block_size)
-    sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size)
+    q_len, seq_len = q.shape[2], k.shape[2]
+    nblocks = math.ceil(q_len / block_size)
+    sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size, q_len)
     if (
         dense_above <= 1.0
-        and fraction_bound(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size) > dense_above
+        and fraction_bound(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size, seq_len - q_len) > dense_above
         and sorted_head_fractions(sorted_idx, block_size).mean().item() > dense_above
     ):
         return dense_causal_attention(q, k, v, scale)
@@ -84,7 +85,8 @@ def vertical_slash_attention_op(
     block_size: int,
     scale: float,
 ) -> torch.Tensor:
-    """The kernel over a prepared `VerticalSlashIndex` (its fields in order); [B, H, S, D]."""
+    """The kernel over a prepared `VerticalSlashIndex` (its fields in order, built for these
+    Sq and Sk); [B, H, Sq, D]."""
     index = VerticalSlashIndex(
         cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup
     )
