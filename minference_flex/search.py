@@ -96,8 +96,8 @@ def _check_candidates(candidates: Sequence[Any]) -> list[HeadPattern]:
     return out
 
 
-#: Chosen recall under which `SearchResult.summary` warns: measured on the retrieval model, a
-#: searched config with mean recall ~0.86 lost up to 40 points of passkey accuracy (perf/RESULTS.md).
+#: Chosen recall under which `SearchResult.summary` warns: on a small retrieval model, searched
+#: configs keeping 0.86-0.99 mean recall lost 30-40 points of passkey accuracy (perf/RESULTS.md).
 LOW_RECALL = 0.95
 
 
