@@ -137,7 +137,7 @@ def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole
 
 def fallback_decision(q, k, rep, budgets=((1000, 6096), (30, 800), (3500, 100))):
     """Time the dense-fallback decision: from the sorted indices (what the op does) against
-    building the whole index and reading its computed fraction (sessions 3-6)."""
+    building the whole index and reading its computed fraction (what the op did before)."""
     from custom_ops.vertical_slash.index import sort_indices, sorted_head_fractions
 
     s = q.shape[2]
