@@ -14,7 +14,8 @@ _CPU_DTYPES = (torch.float32, torch.float16)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """Check q [B, H, S, D] and k, v [B, Hkv, S, D] for a causal pre-fill."""
+    """Check q [B, H, Sq, D] and k, v [B, Hkv, Sk, D], Sq <= Sk, for a causal pre-fill whose
+    queries are the last Sq positions of the keys."""
     if torch.compiler.is_compiling():
         return
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -32,9 +33,10 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     bk, hk, sk, dk = k.shape
     if bq != bk:
         raise ValueError(f"q and k must have the same batch size, got {bq} and {bk}")
-    if sq != sk:
+    if sq > sk:
         raise ValueError(
-            f"q and k must have the same sequence length for a causal pre-fill, got {sq} and {sk}"
+            f"q has more positions ({sq}) than k and v ({sk}): the queries are the last Sq of the Sk "
+            f"key positions, so Sq <= Sk; pass the keys of every position up to the last query"
         )
     if dq != dk:
         raise ValueError(f"q and k must have the same head_dim, got {dq} and {dk}")
@@ -43,7 +45,7 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             f"q heads ({hq}) must be a multiple of k/v heads ({hk}) for grouped-query attention"
         )
     if sq == 0:
-        raise ValueError("the sequence length is 0: there is nothing to attend")
+        raise ValueError("q has 0 positions: there is nothing to attend")
     if dq > 256:
         raise ValueError(f"head_dim must be at most 256, got {dq}")
     if not (q.device == k.device == v.device):

@@ -1,16 +1,19 @@
 """Public sparse attention ops: validation, then dispatch to FlexAttention or the Triton op.
 
-Layout: q [B, H, S, D], k and v [B, Hkv, S, D] with H % Hkv == 0 (GQA, K/V never repeated);
-causal pre-fill (query i sits at position i); bf16/fp16 on CUDA, fp32/fp16 on CPU; any S.
-Every op returns [B, H, S, D] in q's dtype. Rows that attend no key return 0.
+Layout: q [B, H, Sq, D], k and v [B, Hkv, Sk, D] with H % Hkv == 0 (GQA, K/V never
+repeated) and Sq <= Sk: the queries are the last Sq of the Sk positions, query i at
+p = Sk - Sq + i (causal at the bottom right; Sq == Sk is a whole pre-fill, Sq < Sk a chunk
+of one over a KV cache, Sq == 1 a decode step); bf16/fp16 on CUDA, fp32/fp16 on CPU; any
+lengths. Every op returns [B, H, Sq, D] in q's dtype. Rows that attend no key return 0; a
+NaN or inf in q, k or v reaches every output row that attends it, as in SDPA.
 
 Every op is differentiable in q, k and v (the indices are not): when autograd records and an
 input requires grad, the ops run their training path (`custom_ops._autograd.needs_grad`):
 - `dense_attention`: SDPA's backward, recomputing the forward;
 - `streaming_forward`, `block_sparse_attention`: FlexAttention's backward through the same
-  BlockMask on CUDA; on CPU (FlexAttention has no backward there) SDPA with the mask's dense
-  boolean form (`flex.masked_attention_from_block_mask`: S x S memory, for tests and short
-  prompts);
+  attention on CUDA (masks with q-direction indices; see `flex`); on CPU (FlexAttention has
+  no backward there) SDPA with the mask's dense boolean form
+  (`flex.masked_attention_from_block_mask`: Sq x Sk memory, for tests and short prompts);
 - `vertical_slash_sparse_attention`: a Triton backward over the forward's work list, from
   the log-sum-exp the forward saves (or dense attention's backward where it ran dense).
 GQA gradients of k and v are summed over each group of query heads.
@@ -29,7 +32,7 @@ from custom_ops.vertical_slash import (
 
 from . import _checks
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
-from .flex import a_shape_block_mask, block_sparse_flex, flex_attend, flex_padded_length
+from .flex import a_shape_attend, block_sparse_flex
 
 #: Above this fraction of dense causal key tiles, vertical-slash runs dense attention instead
 #: (counted from the sorted indices: `custom_ops.vertical_slash.index.sorted_head_fractions`).
@@ -46,9 +49,10 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
 def dense_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
-    """Dense causal attention, GQA-native; [B, H, S, D]. On CUDA past `CHUNK_ROWS` (32K) tokens,
-    row chunks of cuDNN calls merged by log-sum-exp (faster than one call: cuDNN's causal
-    kernel slows past 64K); else one SDPA call (`custom_ops.dense_causal`)."""
+    """Dense causal attention, GQA-native; [B, H, Sq, D]: the query at p attends keys j <= p.
+    On CUDA past `CHUNK_ROWS` (32K) rows or for Sq < Sk, row chunks of cuDNN calls merged by
+    log-sum-exp (faster than one call: cuDNN's causal kernel slows past 64K); else SDPA
+    (`custom_ops.dense_causal`)."""
     _checks.check_qkv(q, k, v)
     return dense_causal_attention_op(q, k, v, _scale(q, scale))
 
@@ -61,24 +65,19 @@ def streaming_forward(
     local_window_num: int,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """A-shape (StreamingLLM) attention: query i attends key j iff
-    j <= i and (j < init_num or i - j < local_window_num).
+    """A-shape (StreamingLLM) attention: the query at p attends key j iff
+    j <= p and (j < init_num or p - j < local_window_num).
 
     Args:
-        q: [B, H, S, D]; k, v: [B, Hkv, S, D].
+        q: [B, H, Sq, D]; k, v: [B, Hkv, Sk, D] (query i at p = Sk - Sq + i).
         init_num: sink tokens at the start (>= 0). local_window_num: local window (>= 0).
         scale: softmax scale, default 1/sqrt(D).
-    Returns: [B, H, S, D]. Runs FlexAttention with a BlockMask built from a closed form.
+    Returns: [B, H, Sq, D]. Runs FlexAttention with a BlockMask built from a closed form.
     """
     _checks.check_qkv(q, k, v)
     init_num = _checks.check_nonnegative_int("init_num", init_num)
     local_window_num = _checks.check_nonnegative_int("local_window_num", local_window_num)
-    bsz, heads, seq_len, _ = q.shape
-    mask = a_shape_block_mask(
-        bsz, heads, flex_padded_length(seq_len), init_num, local_window_num, q.device,
-        q_blocks=q.is_cuda and needs_grad(q, k, v),
-    )
-    return flex_attend(q, k, v, mask, _scale(q, scale))
+    return a_shape_attend(q, k, v, init_num, local_window_num, _scale(q, scale))
 
 
 def block_sparse_attention(
@@ -91,15 +90,17 @@ def block_sparse_attention(
 ) -> torch.Tensor:
     """Block-sparse attention over the best-scoring tiles of each query tile.
 
-    q and k are mean-pooled over tiles of `block_size` tokens (a last partial tile is the mean
-    of the tokens it has); query tile m scores key tiles n <= m by the pooled dot product,
-    keeps the `topk` best (all if fewer) plus the diagonal tile m, and attends causally inside
-    the kept tiles.
+    Query tiles are `block_size`-row tiles of q, key tiles absolute `block_size`-key tiles of
+    k, both mean-pooled (a last partial tile is the mean of the tokens it has). Query tile m
+    scores the key tiles whose first key is <= its first absolute position by the pooled dot
+    product, keeps the `topk` best (all if fewer), plus every key tile holding one of its own
+    positions (the diagonal tile), and attends causally inside the kept tiles.
 
     Args:
-        q: [B, H, S, D]; k, v: [B, Hkv, S, D]. topk: tiles per query tile, >= 1.
-        block_size: tile size (16, 32, 64 or 128). scale: default 1/sqrt(D).
-    Returns: [B, H, S, D]. Runs FlexAttention with a BlockMask from the top-k tile indices;
+        q: [B, H, Sq, D]; k, v: [B, Hkv, Sk, D] (query i at Sk - Sq + i). topk: tiles per
+            query tile, >= 1. block_size: tile size (16, 32, 64 or 128). scale: default
+            1/sqrt(D).
+    Returns: [B, H, Sq, D]. Runs FlexAttention with a BlockMask from the top-k tile indices;
     on CUDA, where one kv head's K and V outgrow L2 (`flex.KEY_SPLIT_BYTES`), in passes over
     ranges of key tiles merged by log-sum-exp (`flex.block_sparse_flex`).
     """
@@ -123,22 +124,23 @@ def vertical_slash_sparse_attention(
     """Vertical-slash attention: a few key columns plus a few diagonals, per query head.
 
     Args:
-        q: [B, H, S, D]; k, v: [B, Hkv, S, D].
-        v_idx: [B, H, NV] key positions (vertical columns).
-        s_idx: [B, H, NS] diagonal offsets i - j >= 0 (slash lines).
-            Order and duplicates don't matter; values outside [0, S) are ignored.
+        q: [B, H, Sq, D]; k, v: [B, Hkv, Sk, D] (query i at p = Sk - Sq + i).
+        v_idx: [B, H, NV] absolute key positions (vertical columns).
+        s_idx: [B, H, NS] diagonal offsets p - j >= 0 (slash lines).
+            Order and duplicates don't matter; values outside [0, Sk) are ignored.
         block_size: query tile size bs (16, 32, 64 or 128).
         scale: softmax scale, default 1/sqrt(D).
         dense_fallback: when the pattern covers more than `DENSE_FALLBACK_FRACTION` of the
-            dense causal key tiles, run `dense_attention` instead (exact superset of the mask,
-            and faster); the index is then not built.
+            dense causal key tiles of the Sq x Sk rectangle, run `dense_attention` instead
+            (exact superset of the mask, and faster); the index is then not built.
 
-    Semantics: for query tile m (rows [m*bs, (m+1)*bs), e = (m+1)*bs) each offset s < e covers
-    the band of keys [max(e - s, bs) - bs, max(e - s, bs)); offsets s >= e cover nothing.
-    Query i attends key j iff j <= i and (j is in v_idx or in one of the bands of i's tile):
-    exactly the union of the bands, no extra keys.
+    Semantics: query tile m holds q rows [m*bs, (m+1)*bs) and ends at the absolute position
+    e = Sk - Sq + (m+1)*bs; each offset s < e covers the band of keys
+    [max(e - s, bs) - bs, max(e - s, bs)); offsets s >= e cover nothing. The query at p
+    attends key j iff j <= p and (j is in v_idx or in one of the bands of its tile): exactly
+    the union of the bands, no extra keys.
 
-    Returns: [B, H, S, D]. Runs the `minference_flex::vertical_slash_sparse_attention` op
+    Returns: [B, H, Sq, D]. Runs the `minference_flex::vertical_slash_sparse_attention` op
     (index conversion and Triton kernel).
     """
     _checks.check_qkv(q, k, v)

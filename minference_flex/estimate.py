@@ -37,15 +37,16 @@ def vertical_slash_counts(seq_len: int, vertical_size: int, slash_size: int) -> 
 def _grouped_last_scores(
     q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
 ) -> torch.Tensor:
-    """Scaled scores of the last `last_q` queries against all keys: [B, H, last_q, S], unmasked.
+    """Scaled scores of the last `last_q` queries against all Sk keys: [B, H, last_q, Sk],
+    unmasked (q [B, H, Sq, D] holds the last Sq positions, last_q <= Sq).
 
     One matmul per K head in the inputs' dtype (fp32 accumulation), so K is read once and
     never repeated or upcast.
     """
-    bsz, heads, seq_len, dim = q.shape
-    kv_heads = k.shape[1]
+    bsz, heads, q_len, dim = q.shape
+    kv_heads, seq_len = k.shape[1], k.shape[2]
     group = heads // kv_heads
-    q_last = (q[:, :, seq_len - last_q :].float() * scale).to(q.dtype)
+    q_last = (q[:, :, q_len - last_q :].float() * scale).to(q.dtype)
     q_last = q_last.reshape(bsz, kv_heads, group * last_q, dim)
     return torch.matmul(q_last, k.transpose(-1, -2)).view(bsz, heads, last_q, seq_len)
 
@@ -95,7 +96,7 @@ def last_query_sums(
     twice and never materialises the fp32 probabilities; on CPU the same in PyTorch. Heads
     go in chunks that keep the scores under `SCORE_BUFFER_BYTES`.
     """
-    bsz, _, seq_len, _ = q.shape
+    bsz, seq_len = q.shape[0], k.shape[2]
     # the scores in q's dtype; on CPU the fp32 probabilities as well
     per_head = bsz * last_q * seq_len * (q.element_size() + (0 if q.is_cuda else 4))
     return _in_head_chunks(_last_query_sums, q, k, per_head, last_q, scale, columns, diagonals)
@@ -143,30 +144,31 @@ def estimate_vertical_slash(
     """Estimate each query head's vertical columns and slash diagonals.
 
     Args:
-        q: [B, H, S, D] queries; k: [B, Hkv, S, D] keys, H % Hkv == 0.
+        q: [B, H, Sq, D] queries, the last Sq of the Sk key positions (query i at
+            p = Sk - Sq + i); k: [B, Hkv, Sk, D] keys, H % Hkv == 0, Sq <= Sk.
         vertical_size, slash_size: budgets (numbers of columns / diagonals), >= 0; one int for
             every head or a sequence of H ints (one per query head).
-        last_q: how many of the last queries probe the attention (clamped to S).
+        last_q: how many of the last queries probe the attention (clamped to Sq).
         scale: softmax scale, default 1/sqrt(D).
 
     Returns:
         (v_idx [B, H, NV], s_idx [B, H, NS]) int64 with (NV, NS) =
-        `vertical_slash_counts(S, vertical_size, slash_size)` (the largest over heads with
+        `vertical_slash_counts(Sk, vertical_size, slash_size)` (the largest over heads with
         per-head budgets; a head's entries past its own count are -1, which the attention
-        ignores).
+        ignores). v_idx holds absolute key positions, s_idx offsets p - j.
 
-    The last `last_q` queries are scored against all keys (scaled, causal inside the last
-    last_q x last_q corner) and soft-maxed in fp32. A key's vertical score is the sum of its
-    column; an offset's slash score is the sum along the diagonal i - j = offset. The first 30
-    keys and the offsets 0..99 are always kept; the rest are the top-k scores per query head.
+    The last `last_q` queries are scored against all Sk keys (scaled, causal by absolute
+    position) and soft-maxed in fp32. A key's vertical score is the sum of its column; an
+    offset's slash score is the sum along the diagonal p - j = offset. The first 30 keys and
+    the offsets 0..99 are always kept; the rest are the top-k scores per query head.
     """
     _checks.check_qkv(q, k, k)
     q, k = q.detach(), k.detach()
-    heads, seq_len = q.shape[1], q.shape[2]
+    heads, seq_len = q.shape[1], k.shape[2]
     verticals = _checks.check_budgets("vertical_size", vertical_size, heads)
     slashes = _checks.check_budgets("slash_size", slash_size, heads)
     last_q = _checks.check_nonnegative_int("last_q", last_q, minimum=1)
-    last_q = min(last_q, seq_len)
+    last_q = min(last_q, q.shape[2])
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     counts = [vertical_slash_counts(seq_len, a, b) for a, b in zip(verticals, slashes)]
     nv = max(c[0] for c in counts)
@@ -221,8 +223,9 @@ def pool_tiles(x: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def pooled_tile_scores(q: torch.Tensor, k: torch.Tensor, block_size: int = 64) -> torch.Tensor:
-    """[B, H, M, M] dot products of mean-pooled query and key tiles, in the inputs' dtype
-    (entries n > m are computed too; callers ignore them). q [B, H, S, D], k [B, Hkv, S, D].
+    """[B, H, Mq, Mk] dot products of mean-pooled query tiles (of q's rows) and key tiles (of
+    k's absolute positions), in the inputs' dtype (entries past the causal limit are computed
+    too; callers ignore them). q [B, H, Sq, D], k [B, Hkv, Sk, D].
 
     On CUDA a bf16/fp16 matmul and top-k over [M, M] per head cost a third of fp32's
     (256K tokens: 16 ms in fp32); fp32 inputs stay exact.
@@ -236,19 +239,19 @@ def _pooled_tiles(q: torch.Tensor, k: torch.Tensor, block_size: int) -> tuple[to
 
 
 def _pooled_scores(pooled_q: torch.Tensor, pooled_k: torch.Tensor) -> torch.Tensor:
-    bsz, heads, nblocks, dim = pooled_q.shape
-    kv_heads = pooled_k.shape[1]
-    grouped = pooled_q.reshape(bsz, kv_heads, (heads // kv_heads) * nblocks, dim)
-    return torch.matmul(grouped, pooled_k.transpose(-1, -2)).view(bsz, heads, nblocks, nblocks)
+    bsz, heads, q_blocks, dim = pooled_q.shape
+    kv_heads, k_blocks = pooled_k.shape[1], pooled_k.shape[2]
+    grouped = pooled_q.reshape(bsz, kv_heads, (heads // kv_heads) * q_blocks, dim)
+    return torch.matmul(grouped, pooled_k.transpose(-1, -2)).view(bsz, heads, q_blocks, k_blocks)
 
 
 def _select_from_pooled(
-    pooled_q: torch.Tensor, pooled_k: torch.Tensor, topk: int
+    pooled_q: torch.Tensor, pooled_k: torch.Tensor, topk: int, shift: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     scores = _pooled_scores(pooled_q, pooled_k)
     if scores.is_cuda:  # a radix search per row: no sort, tiles come out ascending
-        return top_tiles(scores, topk)
-    return _top_tiles_torch(scores, topk)
+        return top_tiles(scores, topk, shift)
+    return _top_tiles_torch(scores, topk, shift)
 
 
 def select_block_sparse_tiles(
@@ -257,34 +260,39 @@ def select_block_sparse_tiles(
     """Pick the key tiles of each query tile for `block_sparse_attention`.
 
     Args:
-        q: [B, H, S, D]; k: [B, Hkv, S, D]; topk >= 1; block_size: tile size.
+        q: [B, H, Sq, D], the last Sq of the Sk positions; k: [B, Hkv, Sk, D]; topk >= 1;
+            block_size: tile size.
 
     Returns:
-        (tiles, count): tiles [B, H, M, W] int32 with W = min(topk, M), M = ceil(S/bs), holding
-        per query tile m the best-scoring key tiles n < m (the first count entries are valid,
-        ascending on CUDA, in no particular order on CPU; the rest are padding M); count
-        [B, H, M] int32. The diagonal tile m is always kept and is not in `tiles`: callers
-        add it as the one partial (causal) tile. The [M, M] scores are built for chunks of
-        heads under `SCORE_BUFFER_BYTES`.
+        (tiles, count): tiles [B, H, Mq, W] int32 with Mq = ceil(Sq/bs), Mk = ceil(Sk/bs),
+        W = min(topk, Mk). Query tile m (q rows [m*bs, (m+1)*bs), first position
+        Sk - Sq + m*bs) scores the key tiles n <= n0 = m + (Sk - Sq) // bs (those whose first
+        key is at or before its first position) and keeps the topk best of them, less n0:
+        the first count entries are valid, ascending on CUDA, in no particular order on CPU;
+        the rest are padding Mk. count [B, H, Mq] int32. The key tiles holding the query
+        tile's own positions (n0, and n0 + 1 when Sk - Sq is not a multiple of bs) are
+        always kept and are not in `tiles`: callers add them as partial (causal) tiles. The
+        [Mq, Mk] scores are built for chunks of heads under `SCORE_BUFFER_BYTES`.
     """
     pooled_q, pooled_k = _pooled_tiles(q.detach(), k.detach(), block_size)
-    nblocks = pooled_q.shape[2]
-    per_head = q.shape[0] * nblocks * nblocks * q.element_size()
-    return _in_head_chunks(_select_from_pooled, pooled_q, pooled_k, per_head, topk)
+    per_head = q.shape[0] * pooled_q.shape[2] * pooled_k.shape[2] * q.element_size()
+    shift = (k.shape[2] - q.shape[2]) // block_size
+    return _in_head_chunks(_select_from_pooled, pooled_q, pooled_k, per_head, topk, shift)
 
 
-def _top_tiles_torch(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_tiles_torch(scores: torch.Tensor, topk: int, shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`custom_ops.top_tiles` in PyTorch (the CPU path): same rows, tiles in no particular order."""
-    bsz, heads, nblocks, _ = scores.shape
+    bsz, heads, q_blocks, nblocks = scores.shape
+    diagonal = shift + torch.arange(q_blocks, device=scores.device)[:, None]
     tiles = torch.arange(nblocks, device=scores.device)
-    scores = scores.masked_fill(tiles[None, :] > tiles[:, None], float("-inf"))
+    scores = scores.masked_fill(tiles[None, :] > diagonal, float("-inf"))
     width = min(topk, nblocks)
     # Packing the kept tiles (not -inf, not the diagonal) to the front is a cumsum and a
     # scatter, much cheaper than sorting the indices.
     best = scores.topk(width, dim=-1, sorted=False)
-    below_diagonal = (best.values > float("-inf")) & (best.indices != tiles[:, None])
+    below_diagonal = (best.values > float("-inf")) & (best.indices != diagonal)
     slot = torch.where(below_diagonal, torch.cumsum(below_diagonal, -1) - 1, width)
-    chosen = torch.full((bsz, heads, nblocks, width + 1), nblocks, dtype=torch.int32, device=scores.device)
+    chosen = torch.full((bsz, heads, q_blocks, width + 1), nblocks, dtype=torch.int32, device=scores.device)
     chosen.scatter_(-1, slot, best.indices.to(torch.int32))
     count = below_diagonal.sum(-1, dtype=torch.int32)
     return chosen[..., :width].contiguous(), count

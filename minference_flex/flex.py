@@ -9,19 +9,23 @@ h to mask head h % H_mask).
 Block-sparse attention on CUDA runs in passes over ranges of key tiles, merged by log-sum-exp,
 once one kv head's K and V outgrow L2 (`block_sparse_flex`, `KEY_SPLIT_BYTES`).
 
+Queries may be the last Sq of Sk key positions (chunked pre-fill over a KV cache): masks are
+[Sq, Sk] grids whose query blocks sit at absolute positions, and mask_mods add the position
+of the mask's first query row, held in a tensor so that each chunk reuses the compiled kernel.
+
 Gradients (`flex_attend` when q, k or v require grad and autograd records):
 - on CUDA, FlexAttention's own backward through the same BlockMask, in one pass. Its backward
-  walks the mask by query blocks too, so grad-path masks are built with `q_blocks=True`: the
+  walks the mask by query blocks too, so grad-path masks are built with `for_backward=True`: the
   q-direction indices, with the kv index width padded to the number of KV blocks (compact
   widths crash the q-direction transpose up to torch 2.13, pytorch#153344). Inductor's
-  backward template takes only masks of 128 x 128 blocks at head_dim 128 on H100 (its one
+  backward template takes only masks of 128 x 128 blocks at head_dim 64-128 on H100 (its one
   default config there has 128-wide tiles, and configs a mask's blocks don't divide are
   dropped; torch 2.11-2.13), so block-sparse tiles below 128 train through a coarser mask
   (`block_sparse_grad_mask`), and the forward's tuned kernel options apply to the forward
   only (`fwd_` prefix).
-- on CPU, where FlexAttention has no backward, SDPA with the boolean [S, S] mask the
-  BlockMask describes (its blocks and mask_mod): exact and differentiable, but S x S memory,
-  so meant for tests and short prompts.
+- on CPU, where FlexAttention has no backward, SDPA with the boolean [Sq, Sk] mask the
+  BlockMask describes (its blocks and mask_mod): exact and differentiable, but Sq x Sk
+  memory, so meant for tests and short prompts.
 """
 
 from __future__ import annotations
@@ -48,18 +52,39 @@ def flex_padded_length(seq_len: int) -> int:
     return math.ceil(seq_len / FLEX_ALIGN) * FLEX_ALIGN
 
 
+def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
+    """[..., 1] bool: the rows of x [..., D] holding a NaN or an infinity."""
+    return ~torch.isfinite(x.float().sum(-1, keepdim=True))
+
+
+def _poison_values(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """v with NaN rows where k's row is not finite: FlexAttention drops a NaN score (no
+    output turns NaN), while a NaN value reaches every row that weighs it, as in SDPA."""
+    return torch.where(_nonfinite_rows(k), float("nan"), v)
+
+
 def _flex_on_blocks(q, k, v, block_mask, scale, enable_gqa, kernel_options):
     if q.dim() == 5:
         q, k, v = (t.flatten(2, 3) for t in (q, k, v))
-    return flex_attention(
+    if not q.is_cuda:  # Inductor's CPU template fuses neither: `flex_attend` does both there
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
+                              kernel_options=kernel_options)
+    out = flex_attention(
         q,
         k,
-        v,
+        _poison_values(k, v),
         block_mask=block_mask,
         scale=scale,
         enable_gqa=enable_gqa,
         kernel_options=kernel_options,
     )
+    return _poison_rows(q, out)
+
+
+def _poison_rows(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out with NaN rows where q's row is not finite: FlexAttention returns 0 for a query row
+    of NaN, SDPA returns NaN, which shows the upstream fault."""
+    return torch.where(_nonfinite_rows(q), float("nan"), out)
 
 
 @functools.cache
@@ -89,16 +114,20 @@ def flex_attend(
     block_mask: BlockMask | list[BlockMask],
     scale: float,
 ) -> torch.Tensor:
-    """FlexAttention of q [B, H, S, D] over k, v [B, Hkv, S, D] with `block_mask`; [B, H, S, D].
+    """FlexAttention of q [B, H, Sq, D] over k, v [B, Hkv, Sk, D] with `block_mask`;
+    [B, H, Sq, D]. A query or key row holding NaN or inf turns every row that attends it NaN
+    (except on CPU inside a caller's torch.compile region, where Inductor's CPU template
+    takes neither step: NaN queries give 0 there).
 
-    `block_mask` is built for `flex_padded_length(S)`, or is the list of passes of
+    `block_mask` is built for the grid [flex_padded_length(Sq), flex_padded_length(Sk)], or
+    is the list of passes of
     `block_sparse_key_split_masks` (CUDA only: Inductor's CPU template returns no log-sum-exp),
     run one by one and merged by log-sum-exp. Compiled by Inductor (eager flex would
     materialise S x S scores); inside a caller's torch.compile region it is traced instead.
     K and V are contiguous because FlexAttention computes KV offsets in int32 up to 2.13.
 
     When q, k or v require grad (`needs_grad`): one BlockMask; on CUDA it must carry its
-    q-direction indices (built with `q_blocks=True`) and FlexAttention differentiates through
+    q-direction indices (built with `for_backward=True`) and FlexAttention differentiates through
     it; on CPU `masked_attention_from_block_mask` runs instead.
     """
     masks = [block_mask] if isinstance(block_mask, BlockMask) else list(block_mask)
@@ -110,28 +139,68 @@ def flex_attend(
             return masked_attention_from_block_mask(q, k, v, masks[0], scale)
         if masks[0].q_indices is None:
             raise ValueError("flex_attend: FlexAttention's backward needs the mask's q-direction indices; "
-                             "build the BlockMask with q_blocks=True")
+                             "build the BlockMask with for_backward=True")
     if len(masks) > 1 and not q.is_cuda:
         raise ValueError("flex_attend: several key-range passes need a CUDA device (Inductor's CPU "
                          "FlexAttention returns no log-sum-exp); pass one BlockMask on CPU")
-    seq_len = q.shape[2]
+    q_len = q.shape[2]
     enable_gqa = q.shape[1] != k.shape[1]
     options = _kernel_options(q, masks[0])
-    padded = flex_padded_length(seq_len)
-    if padded != seq_len:
-        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded - seq_len)) for t in (q, k, v))
-    if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer
-        q, k, v = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
     if options is not None and needs_grad(q, k, v):  # tuned for the forward: Inductor's defaults for the backward
         options = {f"fwd_{name}": value for name, value in options.items()}
+    q = _pad_rows(q, flex_padded_length(q_len))
+    k, v = (_pad_rows(t, flex_padded_length(k.shape[2])) for t in (k, v))
+    if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer
+        q, k, v = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
     compiling = torch.compiler.is_compiling()
+    if not q.is_cuda and not compiling:
+        v = _poison_values(k, v)
     if len(masks) == 1:
         fn = _flex_on_blocks if compiling else _compiled_flex()
         out = fn(q, k, v, masks[0], scale, enable_gqa, options)
     else:
         fn = _flex_key_split if compiling else _compiled_flex_key_split()
         out = fn(q, k, v, masks, scale, enable_gqa, options)
-    return out[:, :, :seq_len]
+    if not q.is_cuda and not compiling:
+        out = _poison_rows(q, out)
+    return out[:, :, :q_len]
+
+
+def block_mask_to_bool(block_mask: BlockMask, q_len: int, kv_len: int) -> torch.Tensor:
+    """[B, H, q_len, kv_len] bool: what `block_mask` lets the query in grid row i attend (its
+    blocks, partial and full, at token level, and mask_mod evaluated on them); q_len, kv_len
+    at most its grid's lengths."""
+    bq, bkv = block_mask.BLOCK_SIZE
+    blocks = block_mask.to_dense().bool()
+    device = blocks.device
+    allowed = blocks.repeat_interleave(bq, -2)[..., :q_len, :].repeat_interleave(bkv, -1)[..., :kv_len]
+    b = torch.arange(blocks.shape[0], device=device).view(-1, 1, 1, 1)
+    h = torch.arange(blocks.shape[1], device=device).view(1, -1, 1, 1)
+    q_idx = torch.arange(q_len, device=device).view(1, 1, -1, 1)
+    kv_idx = torch.arange(kv_len, device=device).view(1, 1, 1, -1)
+    # mask_mod holds on every pair of a full block, so applying it everywhere changes nothing there
+    return allowed & block_mask.mask_mod(b, h, q_idx, kv_idx)
+
+
+def masked_attention_from_block_mask(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float
+) -> torch.Tensor:
+    """What FlexAttention computes with `block_mask` (one built as `flex_attend` takes it), by
+    SDPA with its boolean mask (`block_mask_to_bool`): differentiable on any device, Sq x Sk
+    memory. q [B, H, Sq, D], k, v [B, Hkv, Sk, D]; [B, H, Sq, D]; rows with no key give 0."""
+    allowed = block_mask_to_bool(block_mask, q.shape[2], k.shape[2])
+    if allowed.shape[1] == 1 and q.shape[1] > 1:
+        allowed = allowed.expand(-1, q.shape[1], -1, -1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    # a row with no allowed key: 0, as FlexAttention gives (no NaN reaches the gradients)
+    return torch.where(allowed.any(-1, keepdim=True), out, 0.0)
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x [B, H, S, D] padded with zero rows at the end to `rows`."""
+    return x if x.shape[2] == rows else torch.nn.functional.pad(x, (0, 0, 0, rows - x.shape[2]))
 
 
 #: K+V bytes of one kv head above which block-sparse FlexAttention runs in passes over key
@@ -162,7 +231,8 @@ def _flex_key_split(q, k, v, block_masks, scale, enable_gqa, kernel_options):
     its first row on, its range of key tiles), merged row segment by row segment; q, k, v as
     `flex_attend` hands them over on CUDA, [B, H, n, FLEX_ALIGN, D]."""
     k, v = (t.flatten(2, 3) for t in (k, v))
-    seq_len = k.shape[2]
+    v = _poison_values(k, v)
+    q_rows = q.shape[2] * FLEX_ALIGN
     starts, outs, lses = [], [], []
     for mask in block_masks:
         # q is [B, H, n, FLEX_ALIGN, D]: a pass's queries are its last whole FLEX_ALIGN blocks
@@ -170,55 +240,23 @@ def _flex_key_split(q, k, v, block_masks, scale, enable_gqa, kernel_options):
         q_pass = q[:, :, q.shape[2] - units:].flatten(2, 3)
         out, lse = flex_attention(q_pass, k, v, block_mask=mask, scale=scale, enable_gqa=enable_gqa,
                                   kernel_options=kernel_options, return_lse=True)
-        starts.append(seq_len - q_pass.shape[2])
+        starts.append(q_rows - q_pass.shape[2])
         outs.append(out)
         lses.append(lse)
     result = outs[0]
     for p in range(1, len(block_masks)):
         # rows [starts[p], next start) are attended by passes 0..p
-        lo, hi = starts[p], (starts[p + 1] if p + 1 < len(starts) else seq_len)
+        lo, hi = starts[p], (starts[p + 1] if p + 1 < len(starts) else q_rows)
         result[:, :, lo:hi] = merge_by_lse(
             [outs[j][:, :, lo - starts[j]:hi - starts[j]] for j in range(p + 1)],
             [lses[j][:, :, lo - starts[j]:hi - starts[j]] for j in range(p + 1)],
         )
-    return result
+    return _poison_rows(q.flatten(2, 3), result)
 
 
 @functools.cache
 def _compiled_flex_key_split():
     return torch.compile(_flex_key_split)
-
-
-def block_mask_to_bool(block_mask: BlockMask, q_len: int, kv_len: int) -> torch.Tensor:
-    """[B, H, q_len, kv_len] bool: what `block_mask` lets query i attend (its blocks, partial
-    and full, at token level, and mask_mod evaluated on them); q_len, kv_len <= its lengths."""
-    bq, bkv = block_mask.BLOCK_SIZE
-    blocks = block_mask.to_dense().bool()
-    device = blocks.device
-    allowed = blocks.repeat_interleave(bq, -2)[..., :q_len, :].repeat_interleave(bkv, -1)[..., :kv_len]
-    b = torch.arange(blocks.shape[0], device=device).view(-1, 1, 1, 1)
-    h = torch.arange(blocks.shape[1], device=device).view(1, -1, 1, 1)
-    q_idx = torch.arange(q_len, device=device).view(1, 1, -1, 1)
-    kv_idx = torch.arange(kv_len, device=device).view(1, 1, 1, -1)
-    # mask_mod holds on every pair of a full block, so applying it everywhere changes nothing there
-    return allowed & block_mask.mask_mod(b, h, q_idx, kv_idx)
-
-
-def masked_attention_from_block_mask(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float
-) -> torch.Tensor:
-    """What FlexAttention computes with `block_mask` (one built for `flex_padded_length(S)`),
-    by SDPA with its boolean mask (`block_mask_to_bool`): differentiable on any device, S x S
-    memory. q [B, H, S, D], k, v [B, Hkv, S, D]; [B, H, S, D]; rows with no key give 0."""
-    seq_len = q.shape[2]
-    allowed = block_mask_to_bool(block_mask, seq_len, seq_len)
-    if allowed.shape[1] == 1 and q.shape[1] > 1:
-        allowed = allowed.expand(-1, q.shape[1], -1, -1)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
-    # a row with no allowed key: 0, as FlexAttention gives (no NaN reaches the gradients)
-    return torch.where(allowed.any(-1, keepdim=True), out, 0.0)
 
 
 def _compact(blocks: torch.Tensor, keep: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,10 +279,10 @@ def _from_kv_blocks(
     seq_len: int,
     mask_mod,
     q_len: int | None = None,
-    q_blocks: bool = False,
+    for_backward: bool = False,
 ) -> BlockMask:
     """BlockMask of a [q_len (default seq_len), seq_len] grid from (indices, counts) of its
-    partial and full blocks; with q_blocks also the q-direction indices that FlexAttention's
+    partial and full blocks; with for_backward also the q-direction indices that FlexAttention's
     backward walks."""
     idx, num = partial
     full_idx, full_num = full
@@ -252,7 +290,7 @@ def _from_kv_blocks(
     # one width. Inductor's CPU template also asserts that the width spans the sequence, and
     # the q-direction transpose needs that width up to torch 2.13 (pytorch#153344).
     width = max(idx.shape[-1], full_idx.shape[-1])
-    if idx.device.type == "cpu" or q_blocks:
+    if idx.device.type == "cpu" or for_backward:
         width = max(width, math.ceil(seq_len / block))
     idx, full_idx = _pad_width(idx, width), _pad_width(full_idx, width)
     return BlockMask.from_kv_blocks(
@@ -263,8 +301,23 @@ def _from_kv_blocks(
         BLOCK_SIZE=block,
         mask_mod=mask_mod,
         seq_lengths=(seq_len if q_len is None else q_len, seq_len),
-        compute_q_blocks=q_blocks,
+        compute_q_blocks=for_backward,
     )
+
+
+def _mask_scalar(value: int, device: torch.device) -> torch.Tensor | int:
+    """A mask_mod parameter: a 0-dim tensor, so that new values reuse the compiled kernel; a
+    plain int on CPU inside a torch.compile region, where Inductor's CPU template takes no
+    tensor made inside the graph."""
+    if torch.device(device).type == "cpu" and torch.compiler.is_compiling():
+        return value
+    return torch.full((), value, dtype=torch.int32, device=device)
+
+
+def a_shape_front_rows(q_len: int, seq_len: int) -> int:
+    """Rows of zeros to put before q [B, H, Sq, D] (the last Sq of Sk positions) so that its
+    first row sits at a multiple of `A_SHAPE_BLOCK`, as `a_shape_block_mask` expects."""
+    return (seq_len - q_len) % A_SHAPE_BLOCK
 
 
 def a_shape_block_mask(
@@ -275,21 +328,29 @@ def a_shape_block_mask(
     local_window_num: int | tuple[int, ...],
     device: torch.device,
     block: int = A_SHAPE_BLOCK,
-    q_blocks: bool = False,
+    q_len: int | None = None,
+    for_backward: bool = False,
 ) -> BlockMask:
     """BlockMask of A-shape attention (see `_build_a_shape_block_mask`), cached outside
     torch.compile: it depends only on its integer arguments and is reused across layers.
 
+    seq_len: Sk padded to FLEX_ALIGN. q_len: the query rows, the last of the seq_len
+    positions (default all), padded to a multiple of `block` (put `a_shape_front_rows` zero
+    rows before the queries: then their first row sits on a block boundary).
     init_num and local_window_num are one int for every head or a tuple of one per query
-    head; a head with (0, 0) gets no blocks at all (it belongs to another pattern). q_blocks:
-    also the q-direction indices (for FlexAttention's backward).
+    head; a head with (0, 0) gets no blocks at all (it belongs to another pattern).
+    for_backward: also the q-direction indices (for FlexAttention's backward).
     """
     if isinstance(init_num, int):
         init_num = (init_num,) * heads
     if isinstance(local_window_num, int):
         local_window_num = (local_window_num,) * heads
-    args = (batch, heads, seq_len, tuple(init_num), tuple(local_window_num), torch.device(device), block,
-            q_blocks)
+    q_len = seq_len if q_len is None else q_len
+    if q_len % block or seq_len % block or q_len > seq_len:
+        raise ValueError(f"a_shape_block_mask: q_len ({q_len}) and seq_len ({seq_len}) must be multiples of "
+                         f"{block} with q_len <= seq_len; pad them with flex_padded_length")
+    args = (batch, heads, seq_len, tuple(init_num), tuple(local_window_num), torch.device(device), block, q_len,
+            for_backward)
     if torch.compiler.is_compiling():
         return _build_a_shape_block_mask(*args)
     return _cached_a_shape_block_mask(*args)
@@ -308,16 +369,21 @@ def _build_a_shape_block_mask(
     local_window_num: tuple[int, ...],
     device: torch.device,
     block: int = A_SHAPE_BLOCK,
-    q_blocks: bool = False,
+    q_len: int | None = None,
+    for_backward: bool = False,
 ) -> BlockMask:
-    """BlockMask of A-shape attention: for head h, query i attends key j iff
-    j <= i and (j < init_num[h] or i - j < local_window_num[h]).
+    """BlockMask of A-shape attention for the last q_len of seq_len positions (both multiples
+    of `block`): for head h, the query at p attends key j iff
+    j <= p and (j < init_num[h] or p - j < local_window_num[h]).
 
-    Query block m needs the sink blocks [0, ceil(init/bs)) and the local blocks from the one
-    holding key m*bs - local + 1 up to m; a block is full when every (i, j) pair in it passes.
-    Slots: [0, W_sink) for sinks, then W_local for the local run, per head [H, M, W].
+    Query block m (absolute) needs the sink blocks [0, ceil(init/bs)) and the local blocks
+    from the one holding key m*bs - local + 1 up to m; a block is full when every (p, j) pair
+    in it passes. Slots: [0, W_sink) for sinks, then W_local for the local run, per head
+    [H, Mq, W].
     """
     nblocks = math.ceil(seq_len / block)
+    q_len = seq_len if q_len is None else q_len
+    first_block = (seq_len - q_len) // block
     n_sink_h = [min(math.ceil(i / block), nblocks) for i in init_num]
     w_sink = max(n_sink_h)
     w_local = min(max(math.ceil(max(w - 1, 0) / block) + 2 for w in local_window_num), nblocks)
@@ -325,7 +391,7 @@ def _build_a_shape_block_mask(
     local_t = torch.tensor(local_window_num, device=device)
     n_sink = torch.tensor(n_sink_h, device=device)[:, None, None]
     init_h, local_h = init_t[:, None, None], local_t[:, None, None]
-    m = torch.arange(nblocks, device=device)[None, :, None]
+    m = first_block + torch.arange(q_len // block, device=device)[None, :, None]
     slot = torch.arange(w_sink + w_local, device=device)[None, None, :]
     local_first = torch.clamp(m * block - local_h + 1, min=0) // block
     local_first = torch.maximum(local_first, n_sink)
@@ -335,21 +401,26 @@ def _build_a_shape_block_mask(
     full_sink = is_sink & ((kv + 1) * block <= init_h)
     full_local = ~is_sink & ((m + 1) * block - 1 - kv * block < local_h)
     full = live & (kv < m) & (full_sink | full_local)
-    shape = (batch, heads, nblocks, w_sink + w_local)
+    shape = (batch, heads, q_len // block, w_sink + w_local)
     kv = kv.expand(shape)
+    # the absolute position of query row 0, as a tensor: every chunk reuses the kernel
+    first = _mask_scalar(first_block * block, device)
 
     budgets = {(i, w) for i, w in zip(init_num, local_window_num) if i + w > 0}
     if len(budgets) == 1:
-        # one budget for every active head (heads without blocks never reach mask_mod):
-        # plain ints, which also keeps Inductor's CPU template away from captured tensors
-        init_i, local_i = budgets.pop()
+        # one budget for every active head (heads without blocks never reach mask_mod): 0-dim
+        # tensors, which keep Inductor's CPU template away from per-head tensors; plain ints
+        # would turn into symbols it miscompiles once a second budget makes them dynamic
+        one_init, one_local = (_mask_scalar(x, device) for x in budgets.pop())
 
         def a_shape(b, h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & ((kv_idx < init_i) | (q_idx - kv_idx < local_i))
+            pos = q_idx + first
+            return (pos >= kv_idx) & ((kv_idx < one_init) | (pos - kv_idx < one_local))
     else:
 
         def a_shape(b, h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & ((kv_idx < init_t[h]) | (q_idx - kv_idx < local_t[h]))
+            pos = q_idx + first
+            return (pos >= kv_idx) & ((kv_idx < init_t[h]) | (pos - kv_idx < local_t[h]))
 
     return _from_kv_blocks(
         _compact(kv, (live & ~full).expand(shape), nblocks),
@@ -357,8 +428,31 @@ def _build_a_shape_block_mask(
         block,
         seq_len,
         a_shape,
-        q_blocks=q_blocks,
+        q_len=q_len,
+        for_backward=for_backward,
     )
+
+
+def a_shape_attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    init_num: int | tuple[int, ...],
+    local_window_num: int | tuple[int, ...],
+    scale: float,
+) -> torch.Tensor:
+    """A-shape FlexAttention of q [B, H, Sq, D] (the last Sq of Sk positions) over k, v
+    [B, Hkv, Sk, D]; [B, H, Sq, D]. Budgets as in `a_shape_block_mask`. The queries go on a
+    block boundary behind `a_shape_front_rows` zero rows, whose outputs are dropped."""
+    q_len, seq_len = q.shape[2], k.shape[2]
+    front = a_shape_front_rows(q_len, seq_len)
+    if front:
+        q = torch.nn.functional.pad(q, (0, 0, front, 0))
+    mask = a_shape_block_mask(
+        q.shape[0], q.shape[1], flex_padded_length(seq_len), init_num, local_window_num, q.device,
+        q_len=flex_padded_length(q.shape[2]), for_backward=q.is_cuda and needs_grad(q, k, v),
+    )
+    return flex_attend(q, k, v, mask, scale)[:, :, front:]
 
 
 def _causal(b, h, q_idx, kv_idx):
@@ -367,7 +461,7 @@ def _causal(b, h, q_idx, kv_idx):
 
 def _causal_from(first_row: int, device: torch.device):
     """Causal mask_mod of queries that start at row `first_row` (a tensor: no recompiles)."""
-    offset = torch.full((), first_row, dtype=torch.int32, device=device)
+    offset = _mask_scalar(first_row, device)
 
     def causal_from(b, h, q_idx, kv_idx):
         return q_idx + offset >= kv_idx
@@ -381,14 +475,17 @@ def block_sparse_block_mask(
     seq_len: int,
     block_size: int,
     active_heads: torch.Tensor | None = None,
-    q_blocks: bool = False,
+    q_len: int | None = None,
+    for_backward: bool = False,
 ) -> BlockMask:
-    """BlockMask from `estimate.select_block_sparse_tiles` output, for the padded length of
-    `seq_len`: the chosen tiles are full, the diagonal tile of each query tile is the one
-    partial (causal) tile; query tiles past the sequence get no full tiles. Heads where
-    `active_heads` [H] bool is False get no blocks at all (they belong to another pattern).
-    q_blocks: also the q-direction indices (for FlexAttention's backward)."""
-    return block_sparse_key_split_masks(tiles, count, seq_len, block_size, 1, active_heads, q_blocks)[0]
+    """BlockMask from `estimate.select_block_sparse_tiles` output, for the queries at the last
+    q_len (default seq_len) of seq_len positions, on the padded grid: the chosen tiles are
+    full; the key tiles holding the query tile's own positions (the diagonal tile, and the
+    one after it when Sk - Sq is not a multiple of block_size) are partial (causal); query
+    tiles past the sequence get no full tiles. Heads where `active_heads` [H] bool is False
+    get no blocks at all (they belong to another pattern). for_backward: also the q-direction
+    indices (for FlexAttention's backward)."""
+    return block_sparse_key_split_masks(tiles, count, seq_len, block_size, 1, active_heads, q_len, for_backward)[0]
 
 
 def key_split_parts(k: torch.Tensor) -> int:
@@ -406,20 +503,26 @@ def block_sparse_key_split_masks(
     block_size: int,
     parts: int,
     active_heads: torch.Tensor | None = None,
-    q_blocks: bool = False,
+    q_len: int | None = None,
+    for_backward: bool = False,
 ) -> list[BlockMask]:
     """`block_sparse_block_mask` cut at key-tile bounds b_0 = 0 < b_1 < ... < b_P = the padded
-    tile count (multiples of FLEX_ALIGN, near-equal) into one mask per pass: pass p attends
-    the query tiles m >= b_p (queries from row b_p * block_size on) to their chosen tiles in
-    [b_p, b_{p+1}) and, where b_p <= m < b_{p+1}, to their diagonal tile. The passes together
-    attend exactly what the one mask does (tiles n <= m only, so no pass misses a row).
-    With parts > 1 each row's tiles must be ascending, as `select_block_sparse_tiles` gives."""
+    key-tile count (multiples of FLEX_ALIGN, near-equal) into one mask per pass: pass p
+    attends the query tiles that reach key tile b_p (from a FLEX_ALIGN row boundary on) to
+    their chosen tiles in [b_p, b_{p+1}) and to those of their own key tiles that fall there.
+    The passes together attend exactly what the one mask does (a query tile's tiles all lie at
+    or before its own, so no pass misses a row). With parts > 1 each row's tiles must be
+    ascending, as `select_block_sparse_tiles` gives."""
+    q_len = seq_len if q_len is None else q_len
+    first = seq_len - q_len
+    shift, unaligned = divmod(first, block_size)
     padded = flex_padded_length(seq_len)
     nblocks = padded // block_size
+    q_blocks = flex_padded_length(q_len) // block_size
     align = max(FLEX_ALIGN // block_size, 1)
     units = nblocks // align
     bounds = sorted({units * i // parts * align for i in range(parts)} | {nblocks})
-    extra = nblocks - tiles.shape[2]
+    extra = q_blocks - tiles.shape[2]
     tiles = torch.nn.functional.pad(tiles, (0, 0, 0, extra), value=0)
     count = torch.nn.functional.pad(count, (0, extra), value=0)
     bsz, heads, _, width = tiles.shape
@@ -428,28 +531,35 @@ def block_sparse_key_split_masks(
     if active_heads is not None:
         on = active_heads.to(device=device, dtype=torch.int32)[None, :, None]
     slots = torch.arange(width, device=device)
+    # the key tiles of each query tile's own positions: n0 = m + shift, and n0 + 1 unaligned
+    own = shift + torch.arange(q_blocks, device=device, dtype=torch.int32)[:, None]
+    own = own + torch.arange(2 if unaligned else 1, device=device, dtype=torch.int32)
     # a row's chosen tiles are ascending, so those below each bound are a prefix of its slots
     below = {0: None, nblocks: count}
     for b in bounds[1:-1]:
         below[b] = ((tiles < b) & (slots < count[..., None])).sum(-1, dtype=torch.int32)
     masks = []
     for lo, hi in zip(bounds, bounds[1:]):
-        rows = nblocks - lo
+        # the query tiles whose last own key tile is >= lo, from a FLEX_ALIGN boundary on
+        m_first = max(0, lo - shift - (1 if unaligned else 0)) // align * align
+        if m_first >= q_blocks:
+            continue
+        rows = q_blocks - m_first
         if lo == 0:  # the prefix of each row's list
-            chosen, inside, mask_mod = tiles, below[hi], _causal
+            chosen, inside = tiles, below[hi]
         else:
-            start = below[lo][..., lo:]
+            start = below[lo][..., m_first:]
             picked = (start[..., None] + slots).clamp(max=width - 1)
-            chosen = tiles[:, :, lo:].gather(-1, picked)
-            inside = below[hi][..., lo:] - start
-            mask_mod = _causal_from(lo * block_size, device)
-        diagonal = torch.arange(lo, nblocks, device=device, dtype=torch.int32)
-        ones = (on * (diagonal < hi).to(torch.int32)).expand(bsz, heads, rows)
-        diagonal = diagonal.view(1, 1, rows, 1).expand(bsz, heads, rows, 1)
+            chosen = tiles[:, :, m_first:].gather(-1, picked)
+            inside = below[hi][..., m_first:] - start
+        mask_mod = _causal if first + m_first * block_size == 0 else _causal_from(first + m_first * block_size, device)
+        diagonal = own[m_first:]
+        keep = (diagonal >= lo) & (diagonal < hi)
+        diagonal, ones = _compact(diagonal.expand(1, 1, *diagonal.shape), keep.expand(1, 1, *keep.shape), nblocks)
         masks.append(_from_kv_blocks(
-            (diagonal.contiguous(), ones.contiguous()),
+            (diagonal.expand(bsz, heads, *diagonal.shape[2:]).contiguous(), (ones * on).expand(bsz, heads, rows).contiguous()),
             (chosen.contiguous(), (inside * on).contiguous()),
-            block_size, padded, mask_mod, q_len=rows * block_size, q_blocks=q_blocks,
+            block_size, padded, mask_mod, q_len=rows * block_size, for_backward=for_backward,
         ))
     return masks
 
@@ -460,41 +570,48 @@ def block_sparse_grad_mask(
     seq_len: int,
     block_size: int,
     active_heads: torch.Tensor | None = None,
+    q_len: int | None = None,
 ) -> BlockMask:
     """The mask of `block_sparse_block_mask` with blocks of FLEX_ALIGN x FLEX_ALIGN (for
     block_size < FLEX_ALIGN) and q-direction indices, for FlexAttention's backward on CUDA.
 
-    Which tiles of block_size each query tile attends (its chosen tiles and its diagonal
-    tile, causal inside) is a [B, H, M, M] bitmap that mask_mod reads; every coarse block
-    holding a chosen tile is partial. The same attention, at up to (FLEX_ALIGN / block_size)^2
-    times the computed area where neighbouring query tiles choose different tiles.
+    Which key tiles of block_size each query tile attends (its chosen tiles and the key tiles
+    of its own positions, causal inside) is a [B, H, Mq, Mk] bitmap that mask_mod reads;
+    every coarse block holding such a tile is partial. The same attention, at up to
+    (FLEX_ALIGN / block_size)^2 times the computed area where neighbouring query tiles choose
+    different tiles.
     """
-    padded = flex_padded_length(seq_len)
-    nblocks = padded // block_size
-    extra = nblocks - tiles.shape[2]
+    q_len = seq_len if q_len is None else q_len
+    first = seq_len - q_len
+    shift, unaligned = divmod(first, block_size)
+    padded, padded_q = flex_padded_length(seq_len), flex_padded_length(q_len)
+    nblocks, q_tiles = padded // block_size, padded_q // block_size
+    extra = q_tiles - tiles.shape[2]
     tiles = torch.nn.functional.pad(tiles, (0, 0, 0, extra), value=0)
     count = torch.nn.functional.pad(count, (0, extra), value=0)
     bsz, heads, _, width = tiles.shape
     device = tiles.device
     valid = torch.arange(width, device=device) < count[..., None]
-    chosen = torch.zeros(bsz, heads, nblocks, nblocks + 1, dtype=torch.bool, device=device)
+    chosen = torch.zeros(bsz, heads, q_tiles, nblocks + 1, dtype=torch.bool, device=device)
     chosen.scatter_(-1, torch.where(valid, tiles.long(), nblocks), True)
-    chosen = chosen[..., :nblocks] | torch.eye(nblocks, dtype=torch.bool, device=device)
+    own = shift + torch.arange(q_tiles, device=device)[:, None] + torch.arange(2 if unaligned else 1, device=device)
+    chosen.scatter_(-1, own.clamp(max=nblocks).expand(bsz, heads, -1, -1), True)
+    chosen = chosen[..., :nblocks]
     if active_heads is not None:
         chosen = chosen & active_heads.to(device=device, dtype=torch.bool)[None, :, None, None]
     chosen = chosen.contiguous()
     coarse = FLEX_ALIGN // block_size
-    ncoarse = padded // FLEX_ALIGN
-    live = chosen.view(bsz, heads, ncoarse, coarse, ncoarse, coarse).any(-1).any(3)
-    blocks = torch.arange(ncoarse, device=device).expand(bsz, heads, ncoarse, ncoarse)
-    nothing = torch.zeros_like(live)
+    q_coarse, kv_coarse = padded_q // FLEX_ALIGN, padded // FLEX_ALIGN
+    live = chosen.view(bsz, heads, q_coarse, coarse, kv_coarse, coarse).any(-1).any(3)
+    blocks = torch.arange(kv_coarse, device=device).expand(bsz, heads, q_coarse, kv_coarse)
+    offset = _mask_scalar(first, device)
 
     def chosen_tiles(b, h, q_idx, kv_idx):
-        return chosen[b, h, q_idx // block_size, kv_idx // block_size] & (q_idx >= kv_idx)
+        return chosen[b, h, q_idx // block_size, kv_idx // block_size] & (q_idx + offset >= kv_idx)
 
     return _from_kv_blocks(
-        _compact(blocks, live, ncoarse), _compact(blocks, nothing, ncoarse), FLEX_ALIGN, padded,
-        chosen_tiles, q_blocks=True,
+        _compact(blocks, live, kv_coarse), _compact(blocks, torch.zeros_like(live), kv_coarse), FLEX_ALIGN,
+        padded, chosen_tiles, q_len=padded_q, for_backward=True,
     )
 
 
@@ -508,15 +625,18 @@ def block_sparse_flex(
     scale: float,
     active_heads: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Block-sparse FlexAttention of q [B, H, S, D] over k, v [B, Hkv, S, D] on the tiles of
-    `estimate.select_block_sparse_tiles`; [B, H, S, D]. One pass, or `key_split_parts(k)`
-    passes over key ranges merged by log-sum-exp where a kv head outgrows L2. With gradients
-    (`needs_grad`) one pass; on CUDA its mask has q-direction indices and, for tiles below
-    FLEX_ALIGN, FLEX_ALIGN-wide blocks (`block_sparse_grad_mask`)."""
+    """Block-sparse FlexAttention of q [B, H, Sq, D] (the last Sq of Sk positions) over k, v
+    [B, Hkv, Sk, D] on the tiles of `estimate.select_block_sparse_tiles`; [B, H, Sq, D]. One
+    pass, or `key_split_parts(k)` passes over key ranges merged by log-sum-exp where a kv
+    head outgrows L2. With gradients (`needs_grad`) one pass; on CUDA its mask has
+    q-direction indices and, for tiles below FLEX_ALIGN, FLEX_ALIGN-wide blocks
+    (`block_sparse_grad_mask`)."""
+    seq_len, q_len = k.shape[2], q.shape[2]
     if needs_grad(q, k, v):
         if q.is_cuda and block_size < FLEX_ALIGN:
-            return flex_attend(q, k, v, block_sparse_grad_mask(tiles, count, q.shape[2], block_size, active_heads), scale)
-        mask = block_sparse_block_mask(tiles, count, q.shape[2], block_size, active_heads, q_blocks=q.is_cuda)
+            mask = block_sparse_grad_mask(tiles, count, seq_len, block_size, active_heads, q_len)
+        else:
+            mask = block_sparse_block_mask(tiles, count, seq_len, block_size, active_heads, q_len, for_backward=q.is_cuda)
         return flex_attend(q, k, v, mask, scale)
-    masks = block_sparse_key_split_masks(tiles, count, q.shape[2], block_size, key_split_parts(k), active_heads)
+    masks = block_sparse_key_split_masks(tiles, count, seq_len, block_size, key_split_parts(k), active_heads, q_len)
     return flex_attend(q, k, v, masks, scale)

@@ -4,9 +4,11 @@ The model keeps its own code: an attention function is registered with transform
 `AttentionInterface` (and a padding-only mask function with `AttentionMaskInterface`, so no
 S x S mask is ever built) and selected with `set_attn_implementation`. accelerate's device
 hooks stay intact. Each attention module carries its layer's plan; pre-fill of long prompts
-goes sparse, everything else (short prompts, decode steps, chunked pre-fill) runs dense:
-SDPA, or `minference_flex::dense_causal_attention` for a no-grad pre-fill (cuDNN row chunks
-past 32K tokens).
+goes sparse, in one call or in chunks over a KV cache (`generate(..., prefill_chunk_size=N)`,
+a manual loop over a `DynamicCache`, a second prompt on a cached context): the chunk's
+queries are the last q_len of the kv_len cached positions. Everything else (short prompts,
+short chunks, decode steps) runs dense: `minference_flex::dense_causal_attention` for a
+no-grad call (cuDNN row chunks past 32K tokens), else SDPA.
 
 Training: a forward in training mode with autograd recording runs the same sparse patterns
 (every op has a backward; see `minference_flex.attention`), unless `Options.sparse_training`
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from custom_ops.dense_causal import dense_causal_attention_op
+from custom_ops.dense_causal import MASK_ELEMENTS, dense_causal_attention_op
 
 from . import _checks
 from .config import ConfigSource, PatternConfig, load_pattern_config
@@ -39,9 +41,12 @@ _STATE_ATTR = "_minference_flex_state"
 class Options:
     """Options of `minference_flex.compile`.
 
-    min_sparse_len: query length from which pre-fill goes sparse; shorter prompts and every
-        decode step run dense SDPA. Default 16384: below it the sparse kernels gain little
+    min_sparse_len: key length (cached plus new positions) from which pre-fill goes sparse;
+        shorter prompts run dense. Default 16384: below it the sparse kernels gain little
         (at 32K on H100 a (3500, 100) head takes 0.38x and A-shape 0.35x of dense).
+    min_chunk_len: query length from which a call goes sparse (chunked pre-fill: the chunk);
+        shorter chunks and every decode step run dense. Default 1024 (a min_sparse_len below
+        it lowers it too: a whole prompt of min_sparse_len tokens goes sparse).
     starting_layer: layers before it stay dense.
     dense_fallback: vertical-slash heads whose estimated index is near dense run dense
         attention (see `DENSE_FALLBACK_FRACTION`).
@@ -52,6 +57,7 @@ class Options:
     """
 
     min_sparse_len: int = 16384
+    min_chunk_len: int = 1024
     starting_layer: int = 0
     dense_fallback: bool = True
     last_q: int = 64
@@ -60,6 +66,7 @@ class Options:
 
     def __post_init__(self) -> None:
         _checks.check_nonnegative_int("min_sparse_len", self.min_sparse_len, minimum=1)
+        _checks.check_nonnegative_int("min_chunk_len", self.min_chunk_len, minimum=1)
         _checks.check_nonnegative_int("starting_layer", self.starting_layer)
         _checks.check_nonnegative_int("last_q", self.last_q, minimum=1)
         _checks.check_block_size(self.block_size)
@@ -101,11 +108,13 @@ def _dense(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
     """Dense causal attention for any q_len <= kv_len (queries are the last q_len positions):
-    the dense op for a no-grad pre-fill without padding, else SDPA."""
+    the dense op for a no-grad call without padding, else SDPA."""
     q_len, kv_len = query.shape[2], key.shape[2]
     gqa = query.shape[1] != key.shape[1]
-    if padding is None and q_len == kv_len > 1 and not torch.is_grad_enabled():
-        # the op runs long prompts in row chunks of cuDNN calls (faster); it has no backward
+    if padding is None and q_len > 1 and not torch.is_grad_enabled():
+        # the op runs long prompts and chunks in row chunks of cuDNN calls (faster), with no
+        # [q_len, kv_len] mask; with gradients SDPA's own autograd is cheaper (the op's
+        # backward recomputes the forward)
         return dense_causal_attention_op(query, key, value, scale)
     if padding is None and q_len in (1, kv_len):
         return torch.nn.functional.scaled_dot_product_attention(
@@ -120,13 +129,34 @@ def _dense(
     ).nan_to_num(0.0)  # fully padded query rows
 
 
-def _sparse_per_row(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: torch.Tensor, plan: LayerPlan,
+def _goes_sparse(q_len: int, kv_len: int, options: Options) -> bool:
+    """kv_len >= min_sparse_len and q_len >= min_chunk_len (or >= min_sparse_len, if smaller:
+    a whole prompt that is long enough always goes sparse)."""
+    return kv_len >= options.min_sparse_len and q_len >= min(options.min_chunk_len, options.min_sparse_len)
+
+
+def _attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: LayerPlan | None, scale: float,
+    options: Options,
+) -> torch.Tensor:
+    """Unpadded rows: the layer's sparse patterns where `_goes_sparse`, else dense."""
+    if plan is not None and _goes_sparse(query.shape[2], key.shape[2], options):
+        return sparse_prefill(query, key, value, plan, scale, options.last_q, options.block_size,
+                              options.dense_fallback)
+    return _dense(query, key, value, None, scale)
+
+
+def _per_row(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: torch.Tensor, plan: LayerPlan | None,
     scale: float, options: Options,
 ) -> torch.Tensor:
-    """Padded batch: each row's real tokens (one contiguous run, left or right padding) run
-    alone, so no padded key is ever attended; padded query rows give 0."""
+    """Padded batch: each row's real tokens (one contiguous run of keys, left or right
+    padding) run alone, so no padded key is ever attended; padded query rows give 0. The
+    queries are the last q_len of the kv_len positions; row b's real queries are those inside
+    its run, and they see the run's keys up to the last of them."""
     out = torch.zeros_like(query)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    first_query = kv_len - q_len
     lengths = padding.sum(-1).tolist()
     firsts = padding.int().argmax(-1).tolist()
     for b, (first, length) in enumerate(zip(firsts, lengths)):
@@ -138,12 +168,13 @@ def _sparse_per_row(
                 "tokens contiguous); this attention_mask has holes. Pass rows without holes, or "
                 "batch size 1."
             )
-        run = slice(first, first + length)
-        rows = [t[b : b + 1, :, run] for t in (query, key, value)]
-        if length >= options.min_sparse_len:
-            out[b : b + 1, :, run] = sparse_prefill(*rows, plan, scale, options.last_q, options.block_size, options.dense_fallback)
-        else:
-            out[b : b + 1, :, run] = _dense(*rows, None, scale)
+        start, stop = max(first, first_query), first + length
+        if stop <= start:
+            continue
+        rows = slice(start - first_query, stop - first_query)
+        q = query[b : b + 1, :, rows]
+        k, v = (t[b : b + 1, :, first:stop] for t in (key, value))
+        out[b : b + 1, :, rows] = _attend(q, k, v, plan, scale, options)
     return out
 
 
@@ -168,22 +199,29 @@ def minference_attention(
             f"{dropout}; set config.attention_dropout = 0.0 before training, or call model.eval()"
         )
     q_len, kv_len = query.shape[2], key.shape[2]
+    if q_len > kv_len:
+        raise ValueError(f"minference_flex attention got {q_len} queries for {kv_len} keys: the queries must be "
+                         f"the last q_len of the key positions (the cache is updated before attention)")
     training = module.training and torch.is_grad_enabled()
-    sparse = (
-        plan is not None
-        and state is not None
-        and q_len == kv_len
-        and q_len >= state.options.min_sparse_len
-        and module.layer_idx >= state.options.starting_layer
-        and (state.options.sparse_training or not training)
-    )
-    if not sparse:
-        out = _dense(query, key, value, attention_mask, scale)
-    elif attention_mask is not None:
-        out = _sparse_per_row(query, key, value, attention_mask, plan, scale, state.options)
+    if (
+        state is None
+        or plan is None
+        or module.layer_idx < state.options.starting_layer
+        or (training and not state.options.sparse_training)
+    ):
+        plan = None
+    if attention_mask is None:
+        if state is None:
+            out = _dense(query, key, value, None, scale)
+        else:
+            out = _attend(query, key, value, plan, scale, state.options)
+    elif plan is not None and _goes_sparse(q_len, kv_len, state.options):
+        out = _per_row(query, key, value, attention_mask, plan, scale, state.options)
+    elif state is not None and q_len * kv_len > MASK_ELEMENTS and not torch.is_grad_enabled():
+        # a long padded dense call: row by row through the dense op, with no [q_len, kv_len] mask
+        out = _per_row(query, key, value, attention_mask, None, scale, state.options)
     else:
-        opts = state.options
-        out = sparse_prefill(query, key, value, plan, scale, opts.last_q, opts.block_size, opts.dense_fallback)
+        out = _dense(query, key, value, attention_mask, scale)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -227,8 +265,8 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
         pattern_config: MInference's per-head file: a path, a parsed list, or None to use the
             config shipped for the model's name or path (`model.config._name_or_path`);
             unknown models get vertical_and_slash (1000, 6096) on every head and a warning.
-        **options: fields of `Options` (min_sparse_len, starting_layer, dense_fallback,
-            last_q, block_size, sparse_training).
+        **options: fields of `Options` (min_sparse_len, min_chunk_len, starting_layer,
+            dense_fallback, last_q, block_size, sparse_training).
 
     Returns:
         the same model, patched in place; `minference_flex.restore(model)` undoes it. Call

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from custom_ops._autograd import needs_grad
-
 from .attention import vertical_slash_sparse_attention
 from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
-from .flex import a_shape_block_mask, block_sparse_flex, flex_attend, flex_padded_length
+from .flex import a_shape_attend, block_sparse_flex
 
 
 @dataclass(frozen=True)
@@ -64,11 +62,12 @@ def sparse_prefill(
     block_size: int = 64,
     dense_fallback: bool = True,
 ) -> torch.Tensor:
-    """Causal pre-fill of q [B, H, S, D] over k, v [B, Hkv, S, D] with each head's pattern.
+    """Causal pre-fill of q [B, H, Sq, D] over k, v [B, Hkv, Sk, D] with each head's pattern;
+    the queries are the last Sq of the Sk positions (Sq < Sk: a chunk over a KV cache).
 
-    Returns [B, H, S, D]. Budgets larger than the prompt are clamped to it by the estimators.
+    Returns [B, H, Sq, D]. Budgets larger than the prompt are clamped to it by the estimators.
     """
-    bsz, heads, seq_len, _ = q.shape
+    heads = q.shape[1]
     outputs: dict[str, torch.Tensor] = {}
     vs_heads = plan.heads_of(VERTICAL_SLASH)
     if vs_heads:
@@ -82,11 +81,7 @@ def sparse_prefill(
             q, k, v, v_idx, s_idx, block_size, scale, dense_fallback
         )
     if plan.heads_of(A_SHAPE):
-        mask = a_shape_block_mask(
-            bsz, heads, flex_padded_length(seq_len), plan.only(A_SHAPE), plan.only_b(A_SHAPE), q.device,
-            q_blocks=q.is_cuda and needs_grad(q, k, v),
-        )
-        outputs[A_SHAPE] = flex_attend(q, k, v, mask, scale)
+        outputs[A_SHAPE] = a_shape_attend(q, k, v, plan.only(A_SHAPE), plan.only_b(A_SHAPE), scale)
     bs_heads = plan.heads_of(BLOCK_SPARSE)
     if bs_heads:
         tiles, count = select_block_sparse_tiles(q, k, BLOCK_SPARSE_TOPK, block_size)

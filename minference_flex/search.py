@@ -96,8 +96,8 @@ def _check_candidates(candidates: Sequence[Any]) -> list[HeadPattern]:
     return out
 
 
-#: Chosen recall under which `SearchResult.summary` warns: measured on the retrieval model, a
-#: searched config with mean recall ~0.86 lost up to 40 points of passkey accuracy (perf/RESULTS.md).
+#: Chosen recall under which `SearchResult.summary` warns: on a small retrieval model, searched
+#: configs keeping 0.86-0.99 mean recall lost 30-40 points of passkey accuracy (perf/RESULTS.md).
 LOW_RECALL = 0.95
 
 
@@ -270,7 +270,9 @@ def _scoring_dtype(t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclasses.dataclass
-class _Session:
+class _LayerScorer:
+    """Per-layer recall and cost of every candidate, filled by `score_layer` in the dense forward."""
+
     candidates: list[HeadPattern]
     num_layers: int
     num_tiles: int
@@ -348,20 +350,20 @@ def search(
     seq_len = ids.shape[1]
 
     start = time.perf_counter()
-    session = _Session(cands, num_layers, num_tiles, last_q, block_size, progress, start)
+    scorer = _LayerScorer(cands, num_layers, num_tiles, last_q, block_size, progress, start)
     if progress:
         print(f"search: {num_layers} layers x {num_heads} heads, {len(cands)} candidates, {seq_len} tokens",
               file=sys.stderr, flush=True)
-    dense_forward_with_probe(model, ids, session.score_layer)
-    if sorted(session.recall) != list(range(num_layers)):
+    dense_forward_with_probe(model, ids, scorer.score_layer)
+    if sorted(scorer.recall) != list(range(num_layers)):
         raise ValueError(
-            f"captured {len(session.recall)} of {num_layers} layers: {type(model).__name__} does not call "
+            f"captured {len(scorer.recall)} of {num_layers} layers: {type(model).__name__} does not call "
             "its attention function once per layer with module.layer_idx"
         )
 
     config, recall, cost, table, cost_table = [], [], [], [], []
     for layer in range(num_layers):
-        scores, costs = session.recall[layer], session.cost[layer]
+        scores, costs = scorer.recall[layer], scorer.cost[layer]
         chosen = select_patterns(scores, costs, tolerance)
         config.append([cands[c] for c in chosen])
         recall.append([float(scores[h, c]) for h, c in enumerate(chosen)])
@@ -371,7 +373,7 @@ def search(
     result = SearchResult(
         config=config, recall=recall, cost=cost, candidates=cands, candidate_recall=table,
         candidate_cost=cost_table, seq_len=seq_len, seconds=time.perf_counter() - start,
-        layer_seconds=[session.layer_seconds[i] for i in range(num_layers)],
+        layer_seconds=[scorer.layer_seconds[i] for i in range(num_layers)],
     )
     if progress:
         print(result.summary(), file=sys.stderr, flush=True)

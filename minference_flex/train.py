@@ -62,8 +62,8 @@ class Preset:
 
 PRESETS = {
     # short prompts first: retrieval heads form far sooner at 128 tokens than at 512. Two tasks,
-    # as in the cpu preset that learned both: with all four, two H100 runs of 4 min learned the
-    # pass key only (perf/RESULTS.md, "GPU training of the retrieval model")
+    # as in the cpu preset that learned both: with all four, 4 min on an H100 learned the pass
+    # key only (perf/RESULTS.md, "Accuracy")
     "gpu": Preset(tasks=("passkey", "needle"),
                   stages=[(128, 2000, 64), (512, 2500, 32), (2048, 1000, 8), (8192, 300, 2), (16384, 200, 1)]),
     # the shipped model: `python -m minference_flex.train --out DIR --preset cpu --max-minutes 30

@@ -11,7 +11,7 @@ wall time with the GPU synchronised, and peak allocated memory. Modes of minfere
   columns, diagonals near the main one) with each head's own budgets.
 
 Usage (GPU): python perf/bench_e2e.py --lengths 32768 131072 262144 --out perf/results/e2e.json
-    [--config searched=perf/results/searched_llama3_8b_32k.json] [--layers 32]
+    [--config searched=perf/results/searched_2026-11-24_llama3_8b_32k.json] [--layers 32]
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def sweep_vertical_slash(q, k, v, rep, stage_list=(2, 3), case_names=None, whole
 
 def fallback_decision(q, k, rep, budgets=((1000, 6096), (30, 800), (3500, 100))):
     """Time the dense-fallback decision: from the sorted indices (what the op does) against
-    building the whole index and reading its computed fraction (sessions 3-6)."""
+    building the whole index and reading its computed fraction (what the op did before)."""
     from custom_ops.vertical_slash.index import sort_indices, sorted_head_fractions
 
     s = q.shape[2]
@@ -176,10 +176,10 @@ def sweep_block_sparse(q, k, v, rep, option_names=None, sweep_select=True):
     t_base, c_base = launch_top_tiles(scores, 100)
     for chunk in (256, 512, 1024, 2048) if sweep_select else ():
         for warps in (2, 4, 8):
-            t, c = launch_top_tiles(scores, 100, chunk, warps)
+            t, c = launch_top_tiles(scores, 100, chunk=chunk, num_warps=warps)
             same = bool(torch.equal(t, t_base) and torch.equal(c, c_base))
             report("bs select", f"  top_tiles chunk={chunk} warps={warps}",
-                   median_ms(lambda: launch_top_tiles(scores, 100, chunk, warps), rep_ms=rep), same=same)
+                   median_ms(lambda: launch_top_tiles(scores, 100, chunk=chunk, num_warps=warps), rep_ms=rep), same=same)
     t_old, c_old = _top_tiles_torch(scores, 100)
     t_new, c_new = top_tiles(scores, 100)
     report("bs select", "count agreement", float((c_old == c_new).float().mean().item()))

@@ -108,7 +108,7 @@ def _q_direction_dense(mask):
 
 
 def test_grad_path_masks_carry_q_indices_of_the_same_blocks():
-    """Masks built with q_blocks=True (FlexAttention's backward walks them on CUDA) have the
+    """Masks built with for_backward=True (FlexAttention's backward walks them on CUDA) have the
     same kv blocks as the forward masks and q-direction indices that describe those blocks."""
     from torch.nn.attention.flex_attention import _ordered_to_dense
 
@@ -120,9 +120,9 @@ def test_grad_path_masks_carry_q_indices_of_the_same_blocks():
     padded = flex.flex_padded_length(777)
     pairs = [
         (flex._build_a_shape_block_mask(2, 4, padded, (5, 0, 9, 4), (70, 0, 300, 1), q.device, 128),
-         flex._build_a_shape_block_mask(2, 4, padded, (5, 0, 9, 4), (70, 0, 300, 1), q.device, 128, True)),
+         flex._build_a_shape_block_mask(2, 4, padded, (5, 0, 9, 4), (70, 0, 300, 1), q.device, 128, for_backward=True)),
         (flex.block_sparse_block_mask(tiles, count, 777, 64, active),
-         flex.block_sparse_block_mask(tiles, count, 777, 64, active, q_blocks=True)),
+         flex.block_sparse_block_mask(tiles, count, 777, 64, active, for_backward=True)),
     ]
     for plain, grad in pairs:
         assert plain.q_indices is None and grad.q_indices is not None
@@ -164,7 +164,7 @@ def test_vertical_slash_grads_on_every_band_kind(on_bands, nan_empty):
         s_idx = torch.tensor([0, 5, 100, 130, 150, 333, 500, 505, 700, 730, 64, 200, 201]).expand(2, 4, -1)
         v_idx = torch.randint(0, s, (2, 4, 6))
     index = build_vertical_slash_index(v_idx, s_idx, s, bs)
-    assert dedup_on_bands(index, bs) == on_bands and index.clamped.bool().any()
+    assert dedup_on_bands(index, s) == on_bands and index.clamped.bool().any()
     assert (index.dist_count > 0).any() and (index.piece_ranges[..., 1] > index.piece_ranges[..., 0]).any()
     out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
     grads, grad_out = _grads(out, q, k, v)
@@ -292,3 +292,48 @@ def test_block_sparse_grad_mask_attends_what_the_forward_mask_does(seq_len, bloc
 
     assert torch.equal(partial, _ordered_to_dense(mask.kv_num_blocks, mask.kv_indices, nkv).bool())
     assert not full.any()
+
+
+# queries at the end of the keys (chunked pre-fill): q [B, H, Sq, D], k, v [B, Hkv, Sk, D]
+CHUNKED = [  # batch, heads, kv_heads, Sq, Sk, head_dim
+    (2, 4, 2, 193, 449, 64),  # offset 256: on a tile boundary
+    (1, 4, 1, 101, 300, 128),  # offset 199: off
+    (2, 2, 2, 1, 333, 64),  # one query
+]
+CHUNKED_IDS = ["aligned", "unaligned", "decode"]
+
+
+def _chunk_leaves(b, h, hk, sq, sk, d):
+    return [torch.randn(*shape).requires_grad_() for shape in ((b, h, sq, d), (b, hk, sk, d), (b, hk, sk, d))]
+
+
+@pytest.mark.parametrize("shape", CHUNKED, ids=CHUNKED_IDS)
+@pytest.mark.parametrize("op", ["dense", "a_shape", "block_sparse", "vertical_slash"])
+def test_grads_at_the_end_of_the_keys(shape, op, nan_empty):
+    b, h, hk, sq, sk, d = shape
+    q, k, v = _chunk_leaves(*shape)
+    if op == "dense":
+        out, mask = mf.dense_attention(q, k, v), reference.causal_mask(sk, q_len=sq)
+    elif op == "a_shape":
+        out, mask = mf.streaming_forward(q, k, v, 5, 70), reference.a_shape_mask(sk, 5, 70, q_len=sq)
+    elif op == "block_sparse":
+        out = mf.block_sparse_attention(q, k, v, 2)
+        mask = reference.block_sparse_mask(q.detach(), k.detach(), 2)
+    else:
+        v_idx = torch.randint(-3, sk + 5, (b, h, 9))
+        s_idx = torch.cat([torch.arange(3).expand(b, h, 3), torch.randint(0, sk + 5, (b, h, 6))], -1)
+        out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+        mask = reference.vertical_slash_mask(v_idx, s_idx, sk, 64, q_len=sq)
+    grads, grad_out = _grads(out, q, k, v)
+    assert_grads_close_to_reference(grads, q, k, v, mask, grad_out)
+
+
+@pytest.mark.parametrize("seq_len, q_len", [(449, 193), (300, 101)])
+def test_block_sparse_grad_mask_at_the_end_of_the_keys(seq_len, q_len):
+    """The coarse training mask for queries at the end of the keys, aligned or not."""
+    from minference_flex import flex
+
+    q, k = torch.randn(2, 4, q_len, 64), torch.randn(2, 2, seq_len, 64)
+    tiles, count = select_block_sparse_tiles(q, k, 2, 64)
+    mask = flex.block_sparse_grad_mask(tiles, count, seq_len, 64, q_len=q_len)
+    assert torch.equal(flex.block_mask_to_bool(mask, q_len, seq_len), reference.block_sparse_mask(q, k, 2))

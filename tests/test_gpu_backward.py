@@ -28,7 +28,7 @@ def _leaves(shape, dtype=torch.bfloat16):
 def _sdpa_grads(q, k, v, mask, grad_out):
     """bf16 SDPA's backward with the boolean mask (the baseline error)."""
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    full = mask.expand(q.shape[0], q.shape[1], q.shape[2], q.shape[2])
+    full = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     out = torch.nn.functional.scaled_dot_product_attention(*leaves, attn_mask=full, enable_gqa=q.shape[1] != k.shape[1])
     return torch.autograd.grad(out, leaves, grad_out)
 
@@ -159,3 +159,29 @@ def test_training_step_of_a_patched_model_cuda():
     assert (compiled - sparse).norm() <= 0.05 * sparse.norm()
     model.gradient_checkpointing_enable()
     assert (grads(model) - sparse).norm() <= 0.05 * sparse.norm()
+
+
+@pytest.mark.parametrize("op", ["dense", "a_shape", "block_sparse", "vertical_slash"])
+def test_grads_at_the_end_of_the_keys_cuda(op):
+    """Queries at the end of the keys (a chunk of 1000 of 3001 positions, offset off a tile
+    boundary). Block-sparse is checked on its own tile selection (bf16 pooled scores)."""
+    from minference_flex import flex
+
+    sq, sk = 1000, 3001
+    q = torch.randn(2, 8, sq, 128, device="cuda", dtype=torch.bfloat16).requires_grad_()
+    k, v = (torch.randn(2, 2, sk, 128, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(2))
+    if op == "dense":
+        out, mask = mf.dense_attention(q, k, v), reference.causal_mask(sk, "cuda", q_len=sq)
+    elif op == "a_shape":
+        out, mask = mf.streaming_forward(q, k, v, 7, 300), reference.a_shape_mask(sk, 7, 300, "cuda", q_len=sq)
+    elif op == "block_sparse":
+        out = mf.block_sparse_attention(q, k, v, 5)
+        tiles, count = mf.select_block_sparse_tiles(q.detach(), k.detach(), 5)
+        mask = flex.block_mask_to_bool(flex.block_sparse_block_mask(tiles, count, sk, 64, q_len=sq), sq, sk)
+    else:
+        v_idx = torch.randint(0, sk, (2, 8, 100), device="cuda")
+        s_idx = torch.cat([torch.arange(50, device="cuda").expand(2, 8, 50),
+                           torch.randint(0, sk, (2, 8, 30), device="cuda")], -1)
+        out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+        mask = reference.vertical_slash_mask(v_idx, s_idx, sk, 64, q_len=sq)
+    assert_grads_within_sdpa(out, q, k, v, mask)

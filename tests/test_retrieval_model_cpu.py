@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 def test_sparse_prefill_answers_as_dense_does():
     """Sparse pre-fill gives the model's own answers on fresh held-out samples. The model
     itself is not perfect (dense: 299 of 300 held-out passkey samples at 2048 tokens, with
-    sparse pre-fill giving the same answer on the one it misses; perf/RESULTS.md), so its
+    sparse pre-fill giving the same answer on the one it misses; its MODEL_CARD.md), so its
     accuracy is checked loosely and the sparse path exactly."""
     model = load_retrieval_model()
     config = searched_config_path()

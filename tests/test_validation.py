@@ -16,7 +16,7 @@ def _qkv():
 @pytest.mark.parametrize(
     "call, error, words",
     [
-        (lambda q, k, v: mf.streaming_forward(q, k[:, :, :10], v[:, :, :10], 4, 8), ValueError, "sequence length"),
+        (lambda q, k, v: mf.streaming_forward(q, k[:, :, :10], v[:, :, :10], 4, 8), ValueError, "Sq <= Sk"),
         (lambda q, k, v: mf.streaming_forward(q, k[:, :1].expand(1, 3, 64, 32), v[:, :1].expand(1, 3, 64, 32), 4, 8), ValueError, "multiple of k/v heads"),
         (lambda q, k, v: mf.streaming_forward(q.double(), k.double(), v.double(), 4, 8), TypeError, "float32"),
         (lambda q, k, v: mf.streaming_forward(q, k.half(), v, 4, 8), TypeError, "one dtype"),

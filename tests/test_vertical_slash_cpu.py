@@ -68,7 +68,7 @@ def test_sorted_fractions_are_within_two_tiles_per_query_tile_of_the_index():
         index = build_vertical_slash_index(v_idx, s_idx, s, bs)
         exact = head_fractions(index, bs) * dense
         counted = sorted_head_fractions(sort_indices(v_idx, s_idx, s, bs), bs) * dense
-        return (exact - counted).round(), nblocks * (2 if dedup_on_bands(index, bs) else 1)
+        return (exact - counted).round(), nblocks * (2 if dedup_on_bands(index, s) else 1)
 
     # tile 2 reads keys through distance 128 (an offset in (128, 192) clamps it): the plain
     # piece [101, 164] cut there (28 distances) and the packed distances 1..84 take 1 + 2
@@ -98,7 +98,7 @@ def test_band_pieces_and_distances_split_the_union_of_the_bands(budget):
     nblocks = -(-s // bs)
     v_idx, s_idx = _indices(2, 3, s, *budget)
     index = build_vertical_slash_index(v_idx, s_idx, s, bs)
-    assert dedup_on_bands(index, bs) == (budget[0] > budget[1])
+    assert dedup_on_bands(index, s) == (budget[0] > budget[1])
     big = nblocks * bs
     for b in range(2):
         for h in range(3):
@@ -112,7 +112,7 @@ def test_band_pieces_and_distances_split_the_union_of_the_bands(budget):
             pieces = [(lo + skip, lo + bs - 1) for lo, skip in entries if lo <= big]
             assert all(lo >= 1 for lo, _ in pieces) and sum(lo < bs for lo, _ in windows) <= 1
             skips = sum(start > lo for (start, _), (lo, _) in zip(pieces, windows))
-            assert skips <= int(dedup_on_bands(index, bs))  # one window skips, with dedup on the bands
+            assert skips <= int(dedup_on_bands(index, s))  # one window skips, with dedup on the bands
             assert all(lo >= bs for (lo, _), (start, _) in zip(windows, pieces) if start > lo)  # before the tile
             assert [lo for lo, _ in windows] == sorted(lo for lo, _ in windows)
             in_pieces = [u for lo, hi in pieces for u in range(lo, hi + 1)]
@@ -140,7 +140,7 @@ def test_every_band_kind_matches_reference(nan_empty):
     s_idx = torch.tensor([[[0, 5, 100, 130, 150, 333, 500, 505, 700, 730], [64, 200, 201, 420, 421, 800, 90, 77, 99, 850]]])
     v_idx = torch.randint(0, s, (1, 2, 6))
     index = build_vertical_slash_index(v_idx, s_idx, s, bs)
-    assert not dedup_on_bands(index, bs)
+    assert not dedup_on_bands(index, s)
     r0, r1 = index.piece_ranges.unbind(-1)
     assert (r0 > 0).any(), "no unmasked piece"
     assert (r1 > r0).any(), "no piece reaching below a clamped tile's lowest key"
@@ -160,7 +160,7 @@ def test_band_pieces_skip_columns_when_dedup_on_bands(nan_empty):
     s_idx = torch.cat([torch.arange(150), torch.tensor([420, 460])]).expand(1, 2, -1)
     v_idx = torch.randint(0, s, (1, 2, 250))
     index = build_vertical_slash_index(v_idx, s_idx, s, bs)
-    assert dedup_on_bands(index, bs)
+    assert dedup_on_bands(index, s)
     r0, r1 = index.piece_ranges.unbind(-1)
     assert (index.piece_lo[..., 0] < bs).all() and (r0 > 1).any() and (r1 > r0).any()
     assert (index.dist_count > 0).any() and index.clamped.bool().any()
@@ -178,9 +178,9 @@ def test_index_rejects_lengths_past_its_piece_encoding():
 
 def test_both_dedup_sides_are_exercised():
     index = build_vertical_slash_index(torch.zeros(1, 1, 9), torch.zeros(1, 1, 3), 100, 64)
-    assert dedup_on_bands(index, 64)
+    assert dedup_on_bands(index, 100)
     index = build_vertical_slash_index(torch.zeros(1, 1, 3), torch.zeros(1, 1, 9), 100, 64)
-    assert not dedup_on_bands(index, 64)
+    assert not dedup_on_bands(index, 100)
 
 
 def test_fp16_and_block_size_32(nan_empty):
@@ -241,7 +241,7 @@ def test_opcheck():
     from custom_ops.vertical_slash.index import vertical_slash_index_op
 
     for nv, ns in ((9, 4), (3, 7), (0, 5), (4, 0)):  # both dedup sides, no columns, no offsets
-        torch.library.opcheck(vertical_slash_index_op, (*_indices(2, 3, 150, nv, ns), 150, 64))
+        torch.library.opcheck(vertical_slash_index_op, (*_indices(2, 3, 150, nv, ns), 150, 64, 150))
 
 
 def test_dense_fallback_threshold_dispatches(monkeypatch):

@@ -2,6 +2,7 @@
 
 from .op import (
     CHUNK_ROWS,
+    MASK_ELEMENTS,
     chunk_bounds,
     chunked_causal_attention,
     dense_causal_attention,
@@ -12,6 +13,7 @@ from .op import (
 
 __all__ = [
     "CHUNK_ROWS",
+    "MASK_ELEMENTS",
     "chunk_bounds",
     "chunked_causal_attention",
     "dense_causal_attention",

@@ -9,9 +9,16 @@ sequence: 0.93 / 0.87 / 0.83 of its time at 128K / 256K / 512K, and no faster at
 (perf/tune_kernels.py --only dense_chunks; H200: 0.95 / 0.86 at 128K / 256K). Elsewhere
 (CPU, short prompts, inputs cuDNN does not take) it is one SDPA call.
 
+Queries may be the last Sq of Sk > Sq positions (chunked pre-fill over a KV cache): query i
+sits at Sk - Sq + i, causal at the bottom right. On CUDA that is the same pair of cuDNN calls
+per row chunk (the rectangle now spans the cached keys too); elsewhere SDPA over row chunks
+with an explicit mask of bounded size (`MASK_ELEMENTS`), since SDPA's own `is_causal` aligns
+at the top left when Sq != Sk.
+
 Backward (`minference_flex::dense_causal_attention_backward`, registered as the op's autograd):
-SDPA's own backward, after recomputing its forward in one call (GQA-native: SDPA sums the
-K/V gradients over each group; nothing is repeated).
+SDPA's own backward, after recomputing its forward (one causal call for Sq == Sk, else the
+masked row chunks; GQA-native: SDPA sums the K/V gradients over each group, nothing is
+repeated).
 """
 
 from __future__ import annotations
@@ -40,23 +47,51 @@ def chunk_bounds(seq_len: int, chunk_rows: int) -> list[int]:
     return list(range(0, seq_len, step)) + [seq_len]
 
 
+#: Largest [rows, keys] boolean mask the SDPA path builds at once (256 MiB).
+MASK_ELEMENTS = 1 << 28
+
+
 def chunked_causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, chunk_rows: int, attend: Attend
 ) -> torch.Tensor:
-    """Causal attention of q [B, H, S, D] over k, v [B, Hkv, S, D] by row chunks
-    (`chunk_bounds`): chunk [a, b) is attend(causal, keys [a, b)) merged with
-    attend(non-causal, keys [0, a)). Returns a contiguous [B, H, S, D] in q's dtype."""
-    seq_len = q.shape[2]
+    """Causal attention of q [B, H, Sq, D] over k, v [B, Hkv, Sk, D] (query i at position
+    Sk - Sq + i) by row chunks (`chunk_bounds` of Sq): chunk [a, b), at positions [c, d) =
+    [Sk - Sq + a, Sk - Sq + b), is attend(causal, keys [c, d)) merged with
+    attend(non-causal, keys [0, c)). Returns a contiguous [B, H, Sq, D] in q's dtype."""
+    q_len, seq_len = q.shape[2], k.shape[2]
+    first = seq_len - q_len
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    bounds = chunk_bounds(seq_len, chunk_rows)
+    bounds = chunk_bounds(q_len, chunk_rows)
     for a, b in zip(bounds[:-1], bounds[1:]):
         rows = q[:, :, a:b]
-        square, lse_square = attend(rows, k[:, :, a:b], v[:, :, a:b], True, scale)
-        if a == 0:
+        c, d = first + a, first + b
+        square, lse_square = attend(rows, k[:, :, c:d], v[:, :, c:d], True, scale)
+        if c == 0:
             out[:, :, :b].copy_(square)
             continue
-        before, lse_before = attend(rows, k[:, :, :a], v[:, :, :a], False, scale)
+        before, lse_before = attend(rows, k[:, :, :c], v[:, :, :c], False, scale)
         merge_two_into(out[:, :, a:b], square, lse_square, before, lse_before)
+    return out
+
+
+def masked_sdpa_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Bottom-right causal SDPA of q [B, H, Sq, D] over k, v [B, Hkv, Sk, D] in row chunks
+    whose [rows, keys] mask stays under `MASK_ELEMENTS`; contiguous [B, H, Sq, D]."""
+    q_len, seq_len = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if q_len == 1:  # a decode step sees every key
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa).contiguous()
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    step = max(1, MASK_ELEMENTS // seq_len)
+    keys = torch.arange(seq_len, device=q.device)
+    for a in range(0, q_len, step):
+        b = min(a + step, q_len)
+        last = seq_len - q_len + b  # keys past the chunk's last query are never attended
+        pos = torch.arange(seq_len - q_len + a, last, device=q.device)
+        mask = keys[None, :last] <= pos[:, None]
+        out[:, :, a:b] = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, a:b], k[:, :, :last], v[:, :, :last], attn_mask=mask, scale=scale, enable_gqa=gqa
+        )
     return out
 
 
@@ -69,17 +104,21 @@ def _cudnn_attend(q, k, v, causal: bool, scale: float):
 
 
 def _chunks_apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    if not q.is_cuda or q.shape[2] <= CHUNK_ROWS:
+    q_len, seq_len = q.shape[2], k.shape[2]
+    if not q.is_cuda or q_len == 1 or (q_len == seq_len <= CHUNK_ROWS):
         return False
     return can_use_cudnn_attention(SDPAParams(q, k, v, None, 0.0, True, q.shape[1] != k.shape[1]), False)
 
 
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Dense causal attention of q [B, H, S, D] over k, v [B, Hkv, S, D], GQA-native;
-    contiguous [B, H, S, D]. Row chunks of cuDNN calls where they apply (see the module),
-    else one SDPA call. The dense fallback of vertical-slash, and the body of the op."""
+    """Dense causal attention of q [B, H, Sq, D] over k, v [B, Hkv, Sk, D], Sq <= Sk (query i
+    at position Sk - Sq + i), GQA-native; contiguous [B, H, Sq, D]. Row chunks of cuDNN calls
+    where they apply (see the module), else SDPA. The dense fallback of vertical-slash, and
+    the body of the op."""
     if _chunks_apply(q, k, v):
         return chunked_causal_attention(q, k, v, scale, CHUNK_ROWS, _cudnn_attend)
+    if q.shape[2] != k.shape[2]:
+        return masked_sdpa_rows(q, k, v, scale)
     out = torch.nn.functional.scaled_dot_product_attention(
         q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
@@ -88,7 +127,8 @@ def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 
 @torch.library.custom_op("minference_flex::dense_causal_attention", mutates_args=())
 def dense_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """`dense_causal_attention` as a torch op: q [B, H, S, D], k, v [B, Hkv, S, D] -> [B, H, S, D]."""
+    """`dense_causal_attention` as a torch op: q [B, H, Sq, D], k, v [B, Hkv, Sk, D] ->
+    [B, H, Sq, D]."""
     return dense_causal_attention(q, k, v, scale)
 
 
@@ -100,14 +140,18 @@ def _(q, k, v, scale):
 def dense_causal_attention_backward(
     grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq [B, H, S, D], dk, dv [B, Hkv, S, D]) of dense causal attention for the
-    output gradient grad [B, H, S, D]: SDPA's forward recomputed under autograd, then its
-    backward; contiguous, in the inputs' dtype. Works inside a custom op's implementation."""
+    """Gradients (dq [B, H, Sq, D], dk, dv [B, Hkv, Sk, D]) of dense causal attention (query i
+    at Sk - Sq + i) for the output gradient grad [B, H, Sq, D]: SDPA's forward recomputed
+    under autograd, then its backward; contiguous, in the inputs' dtype. Works inside a
+    custom op's implementation."""
     with autograd_inside_op():
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-        out = torch.nn.functional.scaled_dot_product_attention(
-            *leaves, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
+        if q.shape[2] == k.shape[2]:
+            out = torch.nn.functional.scaled_dot_product_attention(
+                *leaves, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+            )
+        else:
+            out = masked_sdpa_rows(*leaves, scale)
         grads = torch.autograd.grad(out, leaves, grad)
     return tuple(g.contiguous() for g in grads)
 

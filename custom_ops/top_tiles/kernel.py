@@ -1,6 +1,7 @@
 """Triton kernel: each query tile's best key tiles, by a radix search for the k-th score.
 
-One program per row m of a [B, H, M, M] tile-score matrix. The scores n <= m (causal) are
+One program per row m of a [B, H, Mq, Mk] tile-score matrix, whose diagonal is n0 = m + shift
+(queries after cached keys: shift = (Sk - Sq) // bs). The scores n <= n0 (causal) are
 mapped to integers that sort like the floats; a radix search, one 256-bin histogram per 8
 bits (2 passes for bf16/fp16, 4 for fp32), finds the k-th largest, and the tiles above it
 (ties: lowest tiles first) are written in ascending order, without sorting. Every pass reads
@@ -29,7 +30,8 @@ import triton.language as tl  # noqa: E402
 @triton.jit
 def _order_keys(Bits, row, nblocks, offs, valid, KEY_BITS: tl.constexpr):
     """Integer keys >= 0 that sort like the scores' floats (raw 16- or 32-bit patterns: the
-    magnitude bits of negatives are flipped, then the sign is offset away); -1 where invalid."""
+    magnitude bits of negatives are flipped, then the sign is offset away); -1 where invalid.
+    nblocks: the row length Mk."""
     bits = tl.load(Bits + row * nblocks + offs, mask=valid, other=0)
     if KEY_BITS == 16:
         bits = bits.to(tl.int32)
@@ -74,11 +76,11 @@ def _kth_key_by_histogram(
 
 @triton.jit
 def _top_tiles(
-    Bits, Tiles, Count, nblocks, width, topk,
+    Bits, Tiles, Count, q_blocks, nblocks, shift, width, topk,
     CHUNK: tl.constexpr, KEY_BITS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    m = (row % nblocks).to(tl.int32)
+    m = (row % q_blocks).to(tl.int32) + shift  # the diagonal key tile
     want = tl.minimum(topk, m + 1)
     lanes = tl.arange(0, CHUNK)
     kth, n_greater = _kth_key_by_histogram(Bits, row, nblocks, m, want, lanes, CHUNK, KEY_BITS)
@@ -102,32 +104,35 @@ def _top_tiles(
 def launch_top_tiles(
     scores: torch.Tensor,
     topk: int,
+    shift: int = 0,
     chunk: int | None = None,
     num_warps: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """scores [B, H, M, M] (row m scores key tiles n; entries n > m are ignored), topk >= 1 ->
-    (tiles [B, H, M, W] int32 with W = min(topk, M), count [B, H, M] int32).
+    """scores [B, H, Mq, Mk] (row m scores key tiles n; entries n > m + shift are ignored),
+    topk >= 1, shift >= 0 with Mq + shift <= Mk -> (tiles [B, H, Mq, W] int32 with
+    W = min(topk, Mk), count [B, H, Mq] int32).
 
-    Row m keeps the min(topk, m + 1) best tiles n <= m, ties broken towards lower n, then
-    drops the diagonal m; the count kept tiles are in ascending order, the rest is M.
+    Row m keeps the min(topk, n0 + 1) best tiles n <= n0 = m + shift, ties broken towards
+    lower n, then drops the diagonal n0; the count kept tiles are in ascending order, the
+    rest is Mk.
     chunk (keys per step of a pass) and num_warps are launch parameters; the result does not
     depend on them. Defaults measured on H100 (perf/tune_kernels.py --only bs, 256K).
     """
     if not scores.is_cuda:
         check_interpreter()
     scores = scores.contiguous()
-    bsz, heads, nblocks, _ = scores.shape
+    bsz, heads, q_blocks, nblocks = scores.shape
     key_bits = 8 * scores.element_size()
     if key_bits not in (16, 32):
         raise TypeError(f"top_tiles takes fp32, bf16 or fp16 scores, got {scores.dtype}")
     bits = scores.view(torch.int16 if key_bits == 16 else torch.int32)
     width = min(topk, nblocks)
-    tiles = torch.full((bsz, heads, nblocks, width), nblocks, dtype=torch.int32, device=scores.device)
-    count = torch.empty(bsz, heads, nblocks, dtype=torch.int32, device=scores.device)
+    tiles = torch.full((bsz, heads, q_blocks, width), nblocks, dtype=torch.int32, device=scores.device)
+    count = torch.empty(bsz, heads, q_blocks, dtype=torch.int32, device=scores.device)
     chunk = chunk or min(512, max(16, triton.next_power_of_2(nblocks)))
     with torch.cuda.device(scores.device) if scores.is_cuda else contextlib.nullcontext():
-        _top_tiles[(bsz * heads * nblocks,)](
-            bits, tiles, count, nblocks, width, topk,
+        _top_tiles[(bsz * heads * q_blocks,)](
+            bits, tiles, count, q_blocks, nblocks, shift, width, topk,
             CHUNK=chunk, KEY_BITS=key_bits, num_warps=num_warps,
         )
     return tiles, count

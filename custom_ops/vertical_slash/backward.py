@@ -85,8 +85,8 @@ def _vertical_slash_bwd_rows(
     COL_BLOCK: tl.constexpr,
 ):
     """dQ of query tile m over all its keys; dK / dV of its band keys by atomics. K, V and the
-    fp32 DK, DV are contiguous [B, Hkv, S, D] (stride_k*). Query rows are absolute positions
-    q_offset + row (0 for a pre-fill)."""
+    fp32 DK, DV are contiguous [B, Hkv, Sk, D] (stride_k*). seq_len is Sk; query row r sits
+    at position q_offset + r (q_offset = Sk - Sq), and the tile ends at e = q_offset + (m+1)*bs."""
     m = nblocks - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // num_heads).to(tl.int64)
@@ -246,26 +246,28 @@ def launch_vertical_slash_backward(
     """Gradients of `kernel.launch_vertical_slash` over `index`.
 
     Args:
-        grad, q, out: [B, H, S, D] (output gradient, queries, the forward's output); k, v:
-            [B, Hkv, S, D]; lse: [B, H, S] fp32, the forward's log-sum-exp in log2 units
+        grad, q, out: [B, H, Sq, D] (output gradient, queries, the forward's output; the
+            queries are the last Sq of the Sk positions); k, v: [B, Hkv, Sk, D]; lse:
+            [B, H, Sq] fp32, the forward's log-sum-exp in log2 units
             (`launch_vertical_slash(..., lse=)`); index, block_size, scale: as the forward.
     Returns:
-        (dq [B, H, S, D], dk, dv [B, Hkv, S, D]) in the inputs' dtype; dk and dv summed over
+        (dq [B, H, Sq, D], dk, dv [B, Hkv, Sk, D]) in the inputs' dtype; dk and dv summed over
         the query heads of each group.
     """
     if not q.is_cuda:
         check_interpreter()
     q, grad = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, grad))
     k, v, lse = k.contiguous(), v.contiguous(), lse.contiguous()
-    bsz, heads, seq_len, head_dim = q.shape
-    kv_heads = k.shape[1]
+    bsz, heads, q_len, head_dim = q.shape
+    kv_heads, seq_len = k.shape[1], k.shape[2]
+    q_offset = seq_len - q_len
     delta = (grad.float() * out.float()).sum(-1).contiguous()
     dq = _kernel._empty(q.shape, dtype=q.dtype, device=q.device)  # every row is written
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     nblocks = index.col_count.shape[-1]
     block_d = max(16, triton.next_power_of_2(head_dim))
-    on_bands = dedup_on_bands(index, block_size)
+    on_bands = dedup_on_bands(index, seq_len)
     k_cols, v_cols = gather_columns(k, v, index.cols)
     n_cols = index.cols.shape[-1]
     log2e_scale = scale * LOG2E
@@ -282,7 +284,7 @@ def launch_vertical_slash_backward(
             k.stride(0), k.stride(1), k.stride(2),
             seq_len, heads, heads // kv_heads, nblocks,
             n_cols, index.piece_lo.shape[-1], index.dists.shape[-1], index.dedup.shape[-1],
-            log2e_scale, scale, 0,
+            log2e_scale, scale, q_offset,
             **common,
         )
         if n_cols > 0:
@@ -292,7 +294,7 @@ def launch_vertical_slash_backward(
                 q, grad, lse, delta, k_cols, v_cols, dk_cols, dv_cols, index.cols, index.clamped, index.dedup,
                 q.stride(0), q.stride(1), q.stride(2),
                 grad.stride(0), grad.stride(1), grad.stride(2),
-                seq_len, heads, nblocks, n_cols, index.dedup.shape[-1], log2e_scale, scale, 0,
+                seq_len, heads, nblocks, n_cols, index.dedup.shape[-1], log2e_scale, scale, q_offset,
                 **common,
             )
             # back to the columns' key rows (padding entries carry zeros; they land on row S - 1)

@@ -1,6 +1,10 @@
 """Device-side conversion of (vertical, slash) indices into what the Triton kernel walks.
 
-Distance space. For query tile m (rows [m*bs, e), e = (m+1)*bs) a slash offset s < e covers
+Queries are the last Sq of the Sk key positions (chunked pre-fill over a KV cache): query
+tile m holds q rows [m*bs, (m+1)*bs) and ends at the absolute position e = Sk - Sq + (m+1)*bs;
+for Sq == Sk that is the whole pre-fill. Everything below speaks of that absolute e.
+
+Distance space. For query tile m (positions [e - bs, e)) a slash offset s < e covers
 keys [e - s - bs, e - s) before clamping; in the distance u = e - j from the tile end that
 band is u in [s+1, s+bs], the same for every tile. So the union of the bands is built once
 per head, in distance space, and split in two:
@@ -36,9 +40,10 @@ import torch
 
 
 class VerticalSlashIndex(NamedTuple):
-    """Per-head work lists of the vertical-slash kernel (B, H as q; M = ceil(S/bs) tiles).
+    """Per-head work lists of the vertical-slash kernel (B, H as q; M = ceil(Sq/bs) query
+    tiles, tile m ending at e = Sk - Sq + (m+1)*bs; E = Sk - Sq + M*bs, the last tile end).
 
-    cols: [B, H, NV] int32, the distinct in-range columns ascending, padded with M*bs.
+    cols: [B, H, NV] int32, the distinct in-range columns ascending, padded with E.
     col_count: [B, H, M] int32, how many of `cols` are < e of tile m.
     piece_lo: [B, H, NS] int32, the pieces' windows [u_lo, u_lo + bs - 1] ascending by u_lo
         (>= 1; at most one < bs), padded with a large value; an entry is u_lo + (skip <<
@@ -53,8 +58,8 @@ class VerticalSlashIndex(NamedTuple):
     dist_count: [B, H, M] int32, how many of `dists` tile m reads: those with u <= e - lower.
     clamped: [B, H, M] int32, 1 when tile m also covers keys [0, bs) through a clamped band.
     dedup: int8 bitmap that makes a key in a band and in the columns count once. When
-        `dedup_on_bands(index, bs)` (more columns than slash offsets) it is [B, H, S], 1 at the
-        columns (the bands skip them); otherwise [B, H, M*bs + 1], 1 at the distances u the
+        `dedup_on_bands(index, bs)` (more columns than slash offsets) it is [B, H, Sk], 1 at
+        the columns (the bands skip them); otherwise [B, H, E + 1], 1 at the distances u the
         band union covers (the columns skip them).
     """
 
@@ -156,37 +161,40 @@ def dists_width(n_offsets: int, seq_len: int, block_size: int) -> int:
 
 
 def build_vertical_slash_index(
-    v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int
+    v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int, q_len: int | None = None
 ) -> VerticalSlashIndex:
-    """Convert v_idx [B, H, NV] and s_idx [B, H, NS] into the kernel's work lists.
+    """Convert v_idx [B, H, NV] and s_idx [B, H, NS] into the kernel's work lists for the last
+    q_len (default seq_len) queries of seq_len keys.
 
-    Order and duplicates don't matter; values outside [0, S) are ignored. Runs as the op
+    Order and duplicates don't matter; values outside [0, Sk) are ignored. Runs as the op
     `minference_flex::vertical_slash_index`, which torch.compile keeps whole (the same ~60
     eager operations as outside a compiled graph): Inductor in torch 2.11 generated invalid
     CUDA kernels when it fused them.
     """
-    return VerticalSlashIndex(*vertical_slash_index_op(v_idx, s_idx, seq_len, block_size))
+    q_len = seq_len if q_len is None else q_len
+    return VerticalSlashIndex(*vertical_slash_index_op(v_idx, s_idx, seq_len, block_size, q_len))
 
 
 @torch.library.custom_op("minference_flex::vertical_slash_index", mutates_args=())
 def vertical_slash_index_op(
-    v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int
+    v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int, q_len: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
     """The fields of `build_vertical_slash_index`'s result, in `VerticalSlashIndex` order."""
-    return tuple(index_from_sorted(sort_indices(v_idx, s_idx, seq_len, block_size), seq_len, block_size))
+    sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size, q_len)
+    return tuple(index_from_sorted(sorted_idx, seq_len, block_size))
 
 
 @vertical_slash_index_op.register_fake
-def _(v_idx, s_idx, seq_len, block_size):
+def _(v_idx, s_idx, seq_len, block_size, q_len):
     bsz, heads, n_cols = v_idx.shape
     n_offsets = s_idx.shape[-1]
-    nblocks = math.ceil(seq_len / block_size)
+    nblocks = math.ceil(q_len / block_size)
 
     def new(*shape, dtype=torch.int32):
         return v_idx.new_empty(shape, dtype=dtype)
 
-    dedup_len = seq_len if n_cols > n_offsets else nblocks * block_size + 1
+    dedup_len = seq_len if n_cols > n_offsets else last_tile_end(seq_len, q_len, block_size) + 1
     return (
         new(bsz, heads, n_cols), new(bsz, heads, nblocks), new(bsz, heads, n_offsets),
         new(bsz, heads, nblocks, 2),
@@ -196,14 +204,16 @@ def _(v_idx, s_idx, seq_len, block_size):
 
 
 class SortedIndices(NamedTuple):
-    """v_idx / s_idx sorted, with what every tile reads of them (B, H as q; M tiles; long).
+    """v_idx / s_idx sorted, with what every tile reads of them (B, H as q; M query tiles
+    ending at e = Sk - Sq + (m+1)*bs; E the last end; long).
 
-    cols: [B, H, NV] the distinct in-range columns ascending, padded with M*bs.
+    cols: [B, H, NV] the distinct in-range columns ascending, padded with E.
     col_count: [B, H, M] how many of `cols` are < e of tile m.
     offsets: [B, H, NS] the in-range slash offsets ascending (duplicates kept), padded with
-        `_pad(M, bs)`.
+        `_pad(E, bs)`.
     clamped: [B, H, M] bool, tile m has an offset in (e - bs, e), clamped to keys [0, bs).
     reach: [B, H, M] the largest band distance u = e - j tile m reads: e, or e - bs if clamped.
+    first: Sk - Sq, the position of the first query.
     """
 
     cols: torch.Tensor
@@ -211,26 +221,44 @@ class SortedIndices(NamedTuple):
     offsets: torch.Tensor
     clamped: torch.Tensor
     reach: torch.Tensor
+    first: int = 0
 
 
-def _pad(nblocks: int, block_size: int) -> int:
-    """Pad value of sorted offsets and distances: above every distance a tile reads."""
-    return 4 * nblocks * block_size + 4 * block_size
+def last_tile_end(seq_len: int, q_len: int, block_size: int) -> int:
+    """E = Sk - Sq + M*bs, the absolute end of the last query tile (M = ceil(Sq/bs))."""
+    return seq_len - q_len + math.ceil(q_len / block_size) * block_size
 
 
-def sort_indices(v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int) -> SortedIndices:
-    """The first step of the index build, shared with `sorted_head_fractions`."""
-    nblocks = math.ceil(seq_len / block_size)
-    tile_end = (torch.arange(nblocks, device=v_idx.device) + 1) * block_size
+def _pad(last_end: int, block_size: int) -> int:
+    """Pad value of sorted offsets and distances: above every distance a tile reads (<= E)."""
+    return 4 * last_end + 4 * block_size
+
+
+def sort_indices(
+    v_idx: torch.Tensor, s_idx: torch.Tensor, seq_len: int, block_size: int, q_len: int | None = None
+) -> SortedIndices:
+    """The first step of the index build, shared with `sorted_head_fractions`; for the last
+    q_len (default seq_len) queries of seq_len keys."""
+    q_len = seq_len if q_len is None else q_len
+    first = seq_len - q_len
+    nblocks = math.ceil(q_len / block_size)
+    last_end = last_tile_end(seq_len, q_len, block_size)
+    tile_end = first + (torch.arange(nblocks, device=v_idx.device) + 1) * block_size
     # pads sort after every tile end, so col_count never counts them
-    cols = _distinct_columns(v_idx, seq_len, nblocks * block_size)
+    cols = _distinct_columns(v_idx, seq_len, last_end)
     col_count = torch.searchsorted(cols, tile_end.expand(*cols.shape[:-1], -1).contiguous())
-    offsets = _sorted_in_range(s_idx, seq_len, _pad(nblocks, block_size))
+    offsets = _sorted_in_range(s_idx, seq_len, _pad(last_end, block_size))
     ends = tile_end.expand(*offsets.shape[:-1], -1).contiguous()
     # offsets in (e - bs, e) are clamped to keys [0, bs), which the clamped tile serves
     clamped = torch.searchsorted(offsets, ends) > torch.searchsorted(offsets, ends - block_size, right=True)
     reach = ends - torch.where(clamped, block_size, 0)
-    return SortedIndices(cols, col_count, offsets, clamped, reach)
+    return SortedIndices(cols, col_count, offsets, clamped, reach, first)
+
+
+def dense_tiles(nblocks: int, first: int, block_size: int) -> int:
+    """Key tiles of dense causal attention for M query tiles after `first` cached positions:
+    tile m reads keys [0, e), ceil(e / bs) = m + 1 + ceil(first / bs) tiles."""
+    return nblocks * (nblocks + 1) // 2 + nblocks * math.ceil(first / block_size)
 
 
 def sorted_head_fractions(sorted_idx: SortedIndices, block_size: int) -> torch.Tensor:
@@ -241,16 +269,17 @@ def sorted_head_fractions(sorted_idx: SortedIndices, block_size: int) -> torch.T
     distances u <= reach the union of the bands [s+1, s+bs] holds. The kernel reads the same
     U distances, but in pieces plus packed chunks: one tile per piece it reads (all full but
     the one reaching past reach and the one window that skips distances) plus ceil(D / bs),
-    which is ceil(U / bs) or up to two more.
+    which is ceil(U / bs) or up to two more. The dense count is `dense_tiles`.
     """
-    offsets, reach = sorted_idx.offsets, sorted_idx.reach
+    offsets, reach, first = sorted_idx.offsets, sorted_idx.reach, sorted_idx.first
     nblocks = reach.shape[-1]
+    pad = _pad(first + nblocks * block_size, block_size)
     if offsets.shape[-1] == 0:
         union = torch.zeros_like(reach)
     else:
         # offset i owns the distances [s_i + 1, s_i + own_i] that no later offset starts in
-        following = torch.cat([offsets[..., 1:], torch.full_like(offsets[..., :1], _pad(nblocks, block_size))], -1)
-        own = torch.where(offsets < _pad(nblocks, block_size), (following - offsets).clamp(max=block_size), 0)
+        following = torch.cat([offsets[..., 1:], torch.full_like(offsets[..., :1], pad)], -1)
+        own = torch.where(offsets < pad, (following - offsets).clamp(max=block_size), 0)
         owned_before = torch.cumsum(own, dim=-1) - own
         last = torch.searchsorted(offsets, reach) - 1  # the last offset with s + 1 <= reach
         at = last.clamp(min=0)
@@ -258,7 +287,7 @@ def sorted_head_fractions(sorted_idx: SortedIndices, block_size: int) -> torch.T
         union = torch.where(last >= 0, owned_before.gather(-1, at) + partial, 0)
     tiles = (union + block_size - 1) // block_size
     tiles = tiles + (sorted_idx.col_count + block_size - 1) // block_size + sorted_idx.clamped.long()
-    return tiles.float().sum(-1) / (nblocks * (nblocks + 1) // 2)
+    return tiles.float().sum(-1) / dense_tiles(nblocks, first, block_size)
 
 
 #: A piece's `piece_lo` entry holds u_lo + (skip << SKIP_SHIFT): the kernel reads the
@@ -268,10 +297,11 @@ SKIP_SHIFT = 24
 
 def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) -> VerticalSlashIndex:
     """The rest of the index build (`build_vertical_slash_index`) after `sort_indices`."""
-    cols, col_count, offsets, clamped, reach = sorted_idx
+    cols, col_count, offsets, clamped, reach, first = sorted_idx
     nblocks = col_count.shape[-1]
     device = cols.device
-    big = _pad(nblocks, block_size)
+    last_end = first + nblocks * block_size
+    big = _pad(last_end, block_size)
     on_bands = cols.shape[-1] > offsets.shape[-1]
 
     if seq_len + 2 * block_size >= 1 << SKIP_SHIFT:
@@ -301,7 +331,7 @@ def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) 
         dedup.scatter_(-1, cols.clamp(max=seq_len), 1)
         dedup = dedup[..., :seq_len]
     else:  # dedup on the columns: mark the distances the bands cover
-        span = nblocks * block_size + 1
+        span = last_end + 1
         dedup = _interval_cover(offsets + 1, offsets + block_size, span, big).to(torch.int8)
 
     return VerticalSlashIndex(
@@ -316,21 +346,21 @@ def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) 
     )
 
 
-def dedup_on_bands(index: VerticalSlashIndex, block_size: int) -> bool:
-    """True when the bands skip column keys, else the columns skip band keys (see `dedup`).
-    Read from static shapes, so it never syncs or recompiles."""
-    return index.dedup.shape[-1] != index.col_count.shape[-1] * block_size + 1
+def dedup_on_bands(index: VerticalSlashIndex, seq_len: int) -> bool:
+    """True when the bands skip column keys, else the columns skip band keys (see `dedup`:
+    [.., Sk] for the one, [.., E + 1] with E >= Sk for the other). Read from static shapes,
+    so it never syncs or recompiles."""
+    return index.dedup.shape[-1] <= seq_len
 
 
-def head_fractions(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
+def head_fractions(index: VerticalSlashIndex, block_size: int, first: int = 0) -> torch.Tensor:
     """[B, H] float: key tiles the kernel computes for each head over those of dense causal
     attention (band pieces + distance chunks + column chunks + clamped tiles, summed over
-    query tiles)."""
+    query tiles; `dense_tiles` for queries after `first` = Sk - Sq cached positions)."""
     nblocks = index.col_count.shape[-1]
     chunks = (index.dist_count + block_size - 1) // block_size + (index.col_count + block_size - 1) // block_size
     tiles = index.piece_ranges[..., 1] + chunks + index.clamped
-    dense = nblocks * (nblocks + 1) // 2
-    return tiles.float().sum(-1) / dense
+    return tiles.float().sum(-1) / dense_tiles(nblocks, first, block_size)
 
 
 def _sum_of_min(cap: int, offset: int, nblocks: int) -> int:
@@ -340,20 +370,21 @@ def _sum_of_min(cap: int, offset: int, nblocks: int) -> int:
     return rising * (rising - 1) // 2 + rising * offset + (nblocks - rising) * cap
 
 
-def fraction_bound(n_cols: int, n_offsets: int, nblocks: int, block_size: int) -> float:
-    """Upper bound of `computed_fraction` for NV columns, NS offsets and M tiles, from these
-    sizes alone (no device read).
+def fraction_bound(n_cols: int, n_offsets: int, nblocks: int, block_size: int, first: int = 0) -> float:
+    """Upper bound of `computed_fraction` for NV columns, NS offsets and M query tiles after
+    `first` cached positions, from these sizes alone (no device read).
 
-    Tile m's pieces and distances read disjoint parts of the union of NS bands (at most one
-    piece per band) and, all but one straddling piece, of the e distances u <= e: at most
-    min(NS + 1, m + 3) band tiles. Add min(ceil(NV/bs), m + 1) column chunks and one clamped
-    tile.
+    Tile m (f = ceil(first / bs)) reads keys below e <= (m + 1 + f) * bs. Its pieces and
+    distances read disjoint parts of the union of NS bands (at most one piece per band) and,
+    all but one straddling piece, of the distances u <= e: at most min(NS + 1, m + f + 3) band
+    tiles. Add min(ceil(NV/bs), m + f + 1) column chunks and one clamped tile.
     """
-    bands = _sum_of_min(n_offsets + 1, 3, nblocks)
-    columns = _sum_of_min(math.ceil(n_cols / block_size), 1, nblocks)
-    return (bands + columns + nblocks) / (nblocks * (nblocks + 1) // 2)
+    cached = math.ceil(first / block_size)
+    bands = _sum_of_min(n_offsets + 1, 3 + cached, nblocks)
+    columns = _sum_of_min(math.ceil(n_cols / block_size), 1 + cached, nblocks)
+    return (bands + columns + nblocks) / dense_tiles(nblocks, first, block_size)
 
 
-def computed_fraction(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
+def computed_fraction(index: VerticalSlashIndex, block_size: int, first: int = 0) -> torch.Tensor:
     """0-dim float tensor: `head_fractions` averaged over batch and heads."""
-    return head_fractions(index, block_size).mean()
+    return head_fractions(index, block_size, first).mean()

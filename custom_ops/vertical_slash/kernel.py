@@ -1,6 +1,8 @@
 """Triton kernel of vertical-slash sparse attention (forward, causal, GQA-native).
 
-One program per (query tile m, batch * query head). It walks four work lists from
+One program per (query tile m, batch * query head). The queries are the last Sq of the Sk
+key positions: tile m holds q rows [m*bs, (m+1)*bs) at positions from q_offset + m*bs
+(q_offset = Sk - Sq), and ends at e = q_offset + (m+1)*bs. It walks four work lists from
 `index.build_vertical_slash_index`: the tile's band pieces (contiguous keys), its other
 band distances packed 64 per chunk (keys e - u), the clamped tile [0, bs) where it applies,
 and the vertical columns in chunks of bs; online softmax in fp32 over all of them. The
@@ -157,7 +159,7 @@ def _vertical_slash_fwd(
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_os,
-    seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, n_dists_max, dedup_len,
+    seq_len, q_len, q_offset, num_heads, group, nblocks, n_cols_max, n_pieces_max, n_dists_max, dedup_len,
     qk_scale,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     DEDUP_ON_BANDS: tl.constexpr, COL_BLOCK: tl.constexpr,
@@ -169,17 +171,18 @@ def _vertical_slash_fwd(
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
     hk = h // group
-    offs_m = m * BLOCK + tl.arange(0, BLOCK)
+    q_rows = m * BLOCK + tl.arange(0, BLOCK)
+    offs_m = q_offset + q_rows  # absolute positions: every causal test compares these
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    row_ok = offs_m < seq_len
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
+    row_ok = q_rows < q_len
+    q = tl.load(Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
 
     tile = bh.to(tl.int64) * nblocks + m
-    end = (m + 1) * BLOCK
+    end = q_offset + (m + 1) * BLOCK
     clamped = tl.load(Clamped + tile)
     lower = clamped * BLOCK
     m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
@@ -245,7 +248,7 @@ def _vertical_slash_fwd(
     col_lanes = tl.arange(0, COL_BLOCK)
     c0 = 0
     if DEDUP_ON_BANDS:
-        # whole chunks of columns before this tile (< m*bs) count as they are: no mask
+        # whole chunks of columns before this tile (< e - bs) count as they are: no mask
         n_before = tl.load(ColCount + tile - 1, mask=m > 0, other=0)
         c0 = (n_before // COL_BLOCK) * COL_BLOCK
         if COL_TMA:
@@ -273,12 +276,12 @@ def _vertical_slash_fwd(
                                      m_i, l_i, acc, qk_scale, True)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
+    tl.store(Out + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if STORE_LSE:
         # log2 units; +inf for a row without keys, so that the backward's weights there are 0
         lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
-        tl.store(Lse + bh.to(tl.int64) * seq_len + offs_m, lse, mask=row_ok)
+        tl.store(Lse + bh.to(tl.int64) * q_len + q_rows, lse, mask=row_ok)
 
 
 def gather_columns(
@@ -324,8 +327,9 @@ def launch_vertical_slash(
     piece_tma: bool = True,
     lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the kernel; q [B, H, S, D], k/v [B, Hkv, S, D] with unit stride in D. Returns [B, H, S, D].
-    With `lse` (a contiguous [B, H, S] fp32 buffer) the kernel also stores each row's
+    """Run the kernel; q [B, H, Sq, D] (the last Sq of Sk positions), k/v [B, Hkv, Sk, D] with
+    unit stride in D, `index` built for these Sq and Sk. Returns [B, H, Sq, D].
+    With `lse` (a contiguous [B, H, Sq] fp32 buffer) the kernel also stores each row's
     log-sum-exp of the scaled scores in log2 units (+inf for a row without keys), which the
     backward (`backward.launch_vertical_slash_backward`) reads; without it nothing more is stored.
 
@@ -343,12 +347,13 @@ def launch_vertical_slash(
     if not q.is_cuda:
         check_interpreter()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    bsz, heads, seq_len, head_dim = q.shape
+    bsz, heads, q_len, head_dim = q.shape
+    seq_len = k.shape[2]
     out = _empty(q.shape, dtype=q.dtype, device=q.device)
     nblocks = index.col_count.shape[-1]
     block_d = max(16, triton.next_power_of_2(head_dim))
     grid = (nblocks, bsz * heads)
-    on_bands = dedup_on_bands(index, block_size)
+    on_bands = dedup_on_bands(index, seq_len)
     k_cols, v_cols = gather_columns(k, v, index.cols)
     tma = q.is_cuda and block_d == head_dim  # whole rows, 16-byte aligned (D >= 16)
     col_tma = col_tma and tma and on_bands
@@ -368,7 +373,7 @@ def launch_vertical_slash(
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
-            seq_len, heads, heads // k.shape[1], nblocks,
+            seq_len, q_len, seq_len - q_len, heads, heads // k.shape[1], nblocks,
             index.cols.shape[-1], index.piece_lo.shape[-1], index.dists.shape[-1], index.dedup.shape[-1],
             scale * log2e,
             BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,

@@ -54,29 +54,31 @@ def vertical_slash_sparse_attention_op(
     scale: float,
     dense_above: float,
 ) -> torch.Tensor:
-    """Vertical-slash attention from v_idx [B, H, NV] and s_idx [B, H, NS]; [B, H, S, D].
+    """Vertical-slash attention of q [B, H, Sq, D] (the last Sq of Sk positions) over k, v
+    [B, Hkv, Sk, D] from v_idx [B, H, NV] and s_idx [B, H, NS]; [B, H, Sq, D].
 
-    When the pattern's key tiles exceed `dense_above` of the dense causal ones
-    (`sorted_head_fractions`, averaged over batch and heads; within two tiles per query tile
-    of what the kernel would compute), dense attention runs instead: a superset of the mask.
-    Pass a value > 1 to never fall back.
+    When the pattern's key tiles exceed `dense_above` of the dense causal ones of the Sq x Sk
+    rectangle (`sorted_head_fractions`, averaged over batch and heads; within two tiles per
+    query tile of what the kernel would compute), dense attention runs instead: a superset
+    of the mask. Pass a value > 1 to never fall back.
     """
-    index = _sparse_index(q, v_idx, s_idx, block_size, dense_above)
+    index = _sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
     if index is None:
         return dense_causal_attention(q, k, v, scale)
     return launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale)
 
 
 def _sparse_index(
-    q: torch.Tensor, v_idx: torch.Tensor, s_idx: torch.Tensor, block_size: int, dense_above: float
+    q: torch.Tensor, k: torch.Tensor, v_idx: torch.Tensor, s_idx: torch.Tensor, block_size: int,
+    dense_above: float,
 ) -> VerticalSlashIndex | None:
     """The kernel's index, or None when the pattern goes dense (see the op's docstring)."""
-    seq_len = q.shape[2]
-    nblocks = math.ceil(seq_len / block_size)
-    sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size)
+    q_len, seq_len = q.shape[2], k.shape[2]
+    nblocks = math.ceil(q_len / block_size)
+    sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size, q_len)
     if (
         dense_above <= 1.0
-        and fraction_bound(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size) > dense_above
+        and fraction_bound(v_idx.shape[-1], s_idx.shape[-1], nblocks, block_size, seq_len - q_len) > dense_above
         and sorted_head_fractions(sorted_idx, block_size).mean().item() > dense_above
     ):
         return None
@@ -102,7 +104,7 @@ def vertical_slash_sparse_attention_with_lse_op(
     """`vertical_slash_sparse_attention_op` that also returns lse [B, H, S] fp32: each row's
     log-sum-exp of its scaled scores in log2 units (+inf for a row without keys), not
     differentiable; zeros where the pattern ran dense (its backward does not read it)."""
-    index = _sparse_index(q, v_idx, s_idx, block_size, dense_above)
+    index = _sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
     lse = torch.zeros(q.shape[:3], dtype=torch.float32, device=q.device)
     if index is None:
         return dense_causal_attention(q, k, v, scale), lse
@@ -140,7 +142,7 @@ def vertical_slash_sparse_attention_backward_op(
     """(dq, dk, dv) of `vertical_slash_sparse_attention_op` for the output gradient grad
     [B, H, S, D], given its output and lse (from the `_with_lse` op; an empty tensor to
     recompute it). The index and the dense-fallback decision are rebuilt from v_idx, s_idx."""
-    index = _sparse_index(q, v_idx, s_idx, block_size, dense_above)
+    index = _sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
     if index is None:
         return dense_causal_attention_backward(grad, q, k, v, scale)
     return _kernel_backward(grad, q, k, v, out, lse, index, block_size, scale)
@@ -188,7 +190,8 @@ def vertical_slash_attention_op(
     block_size: int,
     scale: float,
 ) -> torch.Tensor:
-    """The kernel over a prepared `VerticalSlashIndex` (its fields in order); [B, H, S, D]."""
+    """The kernel over a prepared `VerticalSlashIndex` (its fields in order, built for these
+    Sq and Sk); [B, H, Sq, D]."""
     index = VerticalSlashIndex(
         cols, col_count, piece_lo, piece_ranges, dists, dist_count, clamped, dedup
     )
