@@ -636,7 +636,8 @@ def block_sparse_flex(
         if q.is_cuda and block_size < FLEX_ALIGN:
             mask = block_sparse_grad_mask(tiles, count, seq_len, block_size, active_heads, q_len)
         else:
-            mask = block_sparse_block_mask(tiles, count, seq_len, block_size, active_heads, q_len, for_backward=q.is_cuda)
+            mask = block_sparse_block_mask(tiles, count, seq_len, block_size, active_heads, q_len,
+                                           for_backward=q.is_cuda)
         return flex_attend(q, k, v, mask, scale)
     masks = block_sparse_key_split_masks(tiles, count, seq_len, block_size, key_split_parts(k), active_heads, q_len)
     return flex_attend(q, k, v, masks, scale)

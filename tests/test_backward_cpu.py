@@ -243,7 +243,8 @@ def test_vertical_slash_opcheck_with_autograd():
             args = (q, k, v, v_idx, s_idx, 64, 0.125, dense_above)
             torch.library.opcheck(vertical_slash_sparse_attention_op, args)
             torch.library.opcheck(vertical_slash_sparse_attention_with_lse_op, args)
-            out, lse = vertical_slash_sparse_attention_with_lse_op(*(t.detach() if torch.is_tensor(t) else t for t in args))
+            plain_args = tuple(t.detach() if torch.is_tensor(t) else t for t in args)
+            out, lse = vertical_slash_sparse_attention_with_lse_op(*plain_args)
             detached = [t.detach() for t in (q, k, v)]
             torch.library.opcheck(vertical_slash_sparse_attention_backward_op,
                                   (torch.randn_like(out), *detached, v_idx, s_idx, out, lse, 64, 0.125, dense_above))
