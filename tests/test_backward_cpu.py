@@ -338,3 +338,13 @@ def test_block_sparse_grad_mask_at_the_end_of_the_keys(seq_len, q_len):
     tiles, count = select_block_sparse_tiles(q, k, 2, 64)
     mask = flex.block_sparse_grad_mask(tiles, count, seq_len, 64, q_len=q_len)
     assert torch.equal(flex.block_mask_to_bool(mask, q_len, seq_len), reference.block_sparse_mask(q, k, 2))
+
+
+def test_flex_attend_with_grads_rejects_key_range_passes():
+    from minference_flex import flex
+
+    q, k, v = _leaves((1, 2, 1, 256, 64))
+    tiles, count = select_block_sparse_tiles(q.detach(), k.detach(), 2, 64)
+    masks = flex.block_sparse_key_split_masks(tiles, count, 256, 64, 2)
+    with pytest.raises(ValueError, match="parts=1"):
+        flex.flex_attend(q, k, v, masks, 0.125)
