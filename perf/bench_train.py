@@ -10,7 +10,11 @@ and index/mask building (the backward of vertical-slash rebuilds its index). Col
   backward alone (the same graph, retained);
 - bwd_tile_tflops: backward FLOPs of the tiles the vertical-slash kernels compute (2.5x the
   forward's per tile, as for dense attention) over the backward time, beside cuDNN's
-  backward TFLOP/s on the dense causal tiles (`cudnn_bwd_tflops`).
+  backward TFLOP/s on the dense causal tiles (`cudnn_bwd_tflops`);
+- bwd_kernel_atomic_ms / bwd_kernel_key_major_ms: the vertical-slash backward kernels alone
+  (prepared index and log-sum-exp), with the band keys' dK/dV by atomics (the op's default,
+  `custom_ops.vertical_slash.op.KEY_MAJOR_BANDS`) and by the key-major pass; `--key-major-bands`
+  makes the op use the latter for the fwd+bwd figures.
 Goals (issue 18, 128K): vertical-slash (3500, 100) <= 0.10, (30, 800) <= 0.50, block-sparse
 top 100 <= 0.20, A-shape (128, 4096) <= 0.12; backward tile rate >= 60% of cuDNN's.
 
@@ -41,6 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction  # noqa: E402
+from custom_ops.vertical_slash.backward import band_windows, launch_vertical_slash_backward  # noqa: E402
+from custom_ops.vertical_slash.index import sort_indices  # noqa: E402
+from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
 from perf.common import machine, median_ms, write_json  # noqa: E402
 from perf.planted import planted_vertical_slash  # noqa: E402
 
@@ -63,6 +70,19 @@ def _timings(attend, inputs, grad_out, rep_ms):
     bwd = median_ms(lambda: torch.autograd.grad(out, inputs, grad_out, retain_graph=True), rep_ms=rep_ms)
     del out
     return total, fwd, bwd
+
+
+def _backward_kernels(q, k, v, grad_out, v_idx, s_idx, index, rep_ms):
+    """ms of the vertical-slash backward kernels alone, band dK/dV by atomics and key-major."""
+    scale = q.shape[-1] ** -0.5
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    out = launch_vertical_slash(q, k, v, index, 64, scale, lse=lse)
+    windows = band_windows(sort_indices(v_idx, s_idx, k.shape[2], 64, q.shape[2]), 64)
+    atomic = median_ms(lambda: launch_vertical_slash_backward(grad_out, q, k, v, out, lse, index, 64, scale),
+                       rep_ms=rep_ms)
+    key_major = median_ms(lambda: launch_vertical_slash_backward(grad_out, q, k, v, out, lse, index, 64, scale,
+                                                                 windows=windows), rep_ms=rep_ms)
+    return {"bwd_kernel_atomic_ms": atomic, "bwd_kernel_key_major_ms": key_major}
 
 
 def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=VS_BUDGETS, flex=True):
@@ -109,11 +129,13 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
                     mf.estimate_vertical_slash(q, k, nv, ns)  # its cost, not its indices
                     return mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx)
 
-            frac = computed_fraction(build_vertical_slash_index(v_idx, s_idx, seq_len, 64), 64).item()
+            index = build_vertical_slash_index(v_idx, s_idx, seq_len, 64)
+            frac = computed_fraction(index, 64).item()
             times = _timings(attend, (q, k, v), grad_out, rep_ms)
             tile_flops = 2.5 * frac * dense_flops * (seq_len / 64 + 1) / (seq_len / 64)
+            kernels = _backward_kernels(q.detach(), k.detach(), v.detach(), grad_out, v_idx, s_idx, index, rep_ms)
             add(f"vertical-slash ({nv}, {ns})", mode, times, computed_fraction=frac,
-                bwd_tile_tflops=tile_flops / times[2] / 1e9, cudnn_bwd_tflops=cudnn_bwd_tflops)
+                bwd_tile_tflops=tile_flops / times[2] / 1e9, cudnn_bwd_tflops=cudnn_bwd_tflops, **kernels)
 
     if flex:
         add("block-sparse top 100 of 64", "random",
@@ -196,7 +218,7 @@ def bench_model_step(lengths, repeats, loss_tokens, min_sparse_len):
 
 def print_table(rows):
     cols = ["S", "pattern", "mode", "ms", "x_cudnn", "goal", "fwd_ms", "bwd_ms", "computed_fraction",
-            "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd"]
+            "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd", "bwd_kernel_atomic_ms", "bwd_kernel_key_major_ms"]
     print(" | ".join(cols))
     for r in rows:
         cells = []
@@ -217,6 +239,8 @@ def main(argv=None):
     parser.add_argument("--vs-budgets", nargs="*", default=[f"{a},{b}" for a, b in VS_BUDGETS],
                         help="vertical-slash budgets as NV,NS (none: skip vertical-slash)")
     parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
+    parser.add_argument("--key-major-bands", action="store_true",
+                        help="the vertical-slash op's backward takes band dK/dV from the key-major pass")
     parser.add_argument("--model-step", action="store_true", help="time training steps of the 1B Llama shape")
     parser.add_argument("--repeats", type=int, default=3, help="with --model-step: timed steps per figure (median)")
     parser.add_argument("--loss-tokens", type=int, default=1024, help="with --model-step: positions the loss covers")
@@ -226,6 +250,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_train needs a CUDA GPU")
+    if args.key_major_bands:
+        from custom_ops.vertical_slash import op as vs_op
+
+        vs_op.KEY_MAJOR_BANDS = True
     info = machine()
     print(info)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

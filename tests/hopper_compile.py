@@ -20,7 +20,11 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from custom_ops.dense_causal.kernel import _merge_two  # noqa: E402
 from custom_ops.top_tiles.kernel import _top_tiles  # noqa: E402
-from custom_ops.vertical_slash.backward import _vertical_slash_bwd_cols, _vertical_slash_bwd_rows  # noqa: E402
+from custom_ops.vertical_slash.backward import (  # noqa: E402
+    _vertical_slash_bwd_bands,
+    _vertical_slash_bwd_cols,
+    _vertical_slash_bwd_rows,
+)
 from custom_ops.vertical_slash.kernel import _vertical_slash_fwd  # noqa: E402
 from custom_ops.vertical_slash_scores.kernel import _column_and_diagonal_sums, _row_stats  # noqa: E402
 
@@ -63,9 +67,15 @@ def main() -> None:
                 )
             backward = {"BLOCK": 64, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "DEDUP_ON_BANDS": on_bands,
                         "COL_BLOCK": 64}
-            for kernel in (_vertical_slash_bwd_rows, _vertical_slash_bwd_cols):
-                compile_for_h100(kernel, {**bf16, **fp32, **index, "Dedup": "*i8"}, backward,
-                                 floats=("qk_scale", "sm_scale"), num_warps=4, num_stages=1)
+            bands = {**bf16, **fp32, "Windows": "*i32", "WindowCount": "*i32", "Clamped": "*i32", "Bands": "*i8",
+                     "Dedup": "*i8"}
+            for kernel, pointers, constants in (
+                (_vertical_slash_bwd_rows, {**bf16, **fp32, **index, "Dedup": "*i8"}, {**backward, "BAND_ATOMICS": True}),
+                (_vertical_slash_bwd_rows, {**bf16, **fp32, **index, "Dedup": "*i8"}, {**backward, "BAND_ATOMICS": False}),
+                (_vertical_slash_bwd_cols, {**bf16, **fp32, **index, "Dedup": "*i8"}, backward),
+                (_vertical_slash_bwd_bands, bands, {k: v for k, v in backward.items() if k != "COL_BLOCK"}),
+            ):
+                compile_for_h100(kernel, pointers, constants, floats=("qk_scale", "sm_scale"), num_warps=4, num_stages=1)
     for bits, dtype in ((16, "*i16"), (32, "*i32")):
         compile_for_h100(_top_tiles, {"Bits": dtype, "Tiles": "*i32", "Count": "*i32"},
                          {"CHUNK": 512, "KEY_BITS": bits}, num_warps=2)

@@ -348,3 +348,51 @@ def test_flex_attend_with_grads_rejects_key_range_passes():
     masks = flex.block_sparse_key_split_masks(tiles, count, 256, 64, 2)
     with pytest.raises(ValueError, match="parts=1"):
         flex.flex_attend(q, k, v, masks, 0.125)
+
+
+@pytest.fixture
+def key_major_bands(monkeypatch):
+    """The op's backward takes the band keys' dK/dV from the key-major pass."""
+    from custom_ops.vertical_slash import op
+
+    monkeypatch.setattr(op, "KEY_MAJOR_BANDS", True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vertical_slash_grads_key_major_bands(case, key_major_bands, nan_empty):
+    b, h, hk, s, d, nv, ns = case
+    q, k, v = _leaves((b, h, hk, s, d))
+    v_idx, s_idx = _indices(b, h, s, nv, ns)
+    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
+    grads, grad_out = _grads(out, q, k, v)
+    assert_grads_close_to_reference(grads, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s), grad_out)
+
+
+@pytest.mark.parametrize("on_bands", [False, True])
+def test_vertical_slash_key_major_bands_on_every_band_kind(on_bands, key_major_bands):
+    test_vertical_slash_grads_on_every_band_kind(on_bands, None)
+
+
+@pytest.mark.parametrize("shape", CHUNKED, ids=CHUNKED_IDS)
+def test_vertical_slash_key_major_bands_at_the_end_of_the_keys(shape, key_major_bands):
+    test_grads_at_the_end_of_the_keys(shape, "vertical_slash", None)
+
+
+def test_band_windows_meet_the_union_of_the_bands():
+    """Window k of a head is listed iff some distance of [first + k*bs + 1, first + (k+1)*bs]
+    is in the union of its bands [s+1, s+bs] (offsets in [0, Sk))."""
+    from custom_ops.vertical_slash.backward import band_windows
+    from custom_ops.vertical_slash.index import sort_indices
+
+    bs = 64
+    for sk, sq in ((700, 700), (700, 333), (640, 64)):
+        s_idx = torch.randint(-3, sk + 3, (2, 3, 7))
+        windows = band_windows(sort_indices(torch.zeros(2, 3, 1), s_idx, sk, bs, sq), bs)
+        first, nblocks = sk - sq, -(-sq // bs)
+        for b in range(2):
+            for h in range(3):
+                union = {u for s in s_idx[b, h].tolist() if 0 <= s < sk for u in range(s + 1, s + bs + 1)}
+                expected = [k for k in range(-((first + bs - 1) // bs), nblocks)
+                            if union & set(range(max(first + k * bs + 1, 1), first + (k + 1) * bs + 1))]
+                count = windows.count[b, h].item()
+                assert windows.windows[b, h, :count].tolist() == expected

@@ -18,8 +18,17 @@ Two kernels over the forward's work list (`index.VerticalSlashIndex`):
   `kernel.gather_columns`, then scattered back to the columns' key rows with `index_add_`
   (summing the query heads of each group).
 
+The band keys' dK/dV can instead come from a key-major pass without atomics
+(`_vertical_slash_bwd_bands`, with `band_windows`): query tile m reads key tile n through its
+bands only at the distances u = e - j of one window of bs distances, W_k = [first + k*bs + 1,
+first + (k+1)*bs] with k = m - n (first = Sk - Sq), the same for every key tile. So each key
+tile visits the query tiles n + k for the windows k that meet the union of the bands (a
+per-head list), and masks keys by that union's bitmap: no atomics, but a band that straddles
+two windows is computed in both (up to 2x the tiles where the bands are scattered).
+
 Loads go through pointers only (no TMA); column keys are computed twice (dQ in the first
-kernel, dK/dV in the second). Speed is to be measured on the GPU (perf/bench_train.py).
+kernel, dK/dV in the second). Which band pass is faster is to be measured on the GPU
+(perf/bench_train.py times both).
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ from .._interpreter import check_interpreter
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from typing import NamedTuple  # noqa: E402
+
 from .index import SKIP_SHIFT as _SKIP_SHIFT  # noqa: E402
-from .index import VerticalSlashIndex, dedup_on_bands  # noqa: E402
+from .index import SortedIndices, VerticalSlashIndex, _compact, _interval_cover, _pad, dedup_on_bands  # noqa: E402
 from . import kernel as _kernel  # noqa: E402
 from .kernel import gather_columns  # noqa: E402
 
@@ -82,10 +93,10 @@ def _vertical_slash_bwd_rows(
     seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, n_dists_max, dedup_len,
     qk_scale, sm_scale, q_offset,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DEDUP_ON_BANDS: tl.constexpr,
-    COL_BLOCK: tl.constexpr,
+    COL_BLOCK: tl.constexpr, BAND_ATOMICS: tl.constexpr = True,
 ):
-    """dQ of query tile m over all its keys; dK / dV of its band keys by atomics. K, V and the
-    fp32 DK, DV are contiguous [B, Hkv, Sk, D] (stride_k*). seq_len is Sk; query row r sits
+    """dQ of query tile m over all its keys; with BAND_ATOMICS dK / dV of its band keys by
+    atomics. K, V and the fp32 DK, DV are contiguous [B, Hkv, Sk, D] (stride_k*). seq_len is Sk; query row r sits
     at position q_offset + r (q_offset = Sk - Sq), and the tile ends at e = q_offset + (m+1)*bs."""
     m = nblocks - 1 - tl.program_id(0)
     bh = tl.program_id(1)
@@ -127,7 +138,7 @@ def _vertical_slash_bwd_rows(
             key_ok = ok & (lanes < BLOCK - (piece >> SKIP_SHIFT))
             key_ok = key_ok & (tl.load(bitmap + offs_n, mask=ok, other=1) == 0)
         dq = _grad_keys(q, do, lse, delta, k_base, v_base, offs_n, stride_ks, stride_ks, ok, key_ok, offs_n,
-                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, True)
+                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, BAND_ATOMICS)
     # packed band distances
     dists = Dists + bh.to(tl.int64) * n_dists_max
     n_dists = tl.load(DistCount + tile)
@@ -139,7 +150,7 @@ def _vertical_slash_bwd_rows(
         if DEDUP_ON_BANDS:
             band_ok = key_ok & (tl.load(bitmap + offs_n, mask=key_ok, other=1) == 0)
         dq = _grad_keys(q, do, lse, delta, k_base, v_base, offs_n, stride_ks, stride_ks, key_ok, band_ok, offs_n,
-                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, True)
+                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, BAND_ATOMICS)
     # the clamped tile: keys [0, bs)
     if lower != 0:
         key_ok = lanes < seq_len
@@ -147,7 +158,7 @@ def _vertical_slash_bwd_rows(
         if DEDUP_ON_BANDS:
             band_ok = key_ok & (tl.load(bitmap + lanes, mask=key_ok, other=1) == 0)
         dq = _grad_keys(q, do, lse, delta, k_base, v_base, lanes, stride_ks, stride_ks, key_ok, band_ok, lanes,
-                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, True)
+                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, BAND_ATOMICS)
     # columns (their dK / dV come from `_vertical_slash_bwd_cols`): gathered rows c + lanes
     columns = bh.to(tl.int64) * n_cols_max
     n_cols = tl.load(ColCount + tile)
@@ -230,6 +241,111 @@ def _vertical_slash_bwd_cols(
     tl.store(DVCols + out, dv, mask=store_ok)
 
 
+@triton.jit
+def _vertical_slash_bwd_bands(
+    Q, DO, Lse, Delta, K, V, DK, DV, Bands, Windows, WindowCount, Clamped, Dedup,
+    stride_qb, stride_qh, stride_qs,
+    stride_dob, stride_doh, stride_dos,
+    stride_kb, stride_kh, stride_ks,
+    seq_len, num_heads, group, nblocks, bands_len, n_windows_max, dedup_len, qk_scale, sm_scale, q_offset,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DEDUP_ON_BANDS: tl.constexpr,
+):
+    """dK / dV (fp32, plain stores) of the band keys of key tile n of one kv head, over the
+    query heads of its group and, per head, the query tiles n + k of its windows k (see the
+    module). A key j counts for query tile m where j >= lower(m) and e - j is in the bands'
+    union (Bands: [B, H, E + 1] int8), or j < bs where tile m is clamped; with DEDUP_ON_BANDS
+    only if it is not a column (Dedup); and only for queries at positions >= j."""
+    n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    kv_heads = num_heads // group
+    b = (bhk // kv_heads).to(tl.int64)
+    hk = (bhk % kv_heads).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    keys = n * BLOCK + tl.arange(0, BLOCK)
+    key_in = keys < seq_len
+    kv = b * stride_kb + hk * stride_kh + keys[None, :] * stride_ks + offs_d[:, None]
+    kt = tl.load(K + kv, mask=key_in[None, :] & d_ok[:, None], other=0.0)
+    vt = tl.load(V + kv, mask=key_in[None, :] & d_ok[:, None], other=0.0)
+    dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    q_len = seq_len - q_offset
+    for g in range(0, group):
+        h = hk * group + g
+        bh = b * num_heads + h
+        bands = Bands + bh * bands_len
+        key_ok = key_in
+        if DEDUP_ON_BANDS:  # the bands skip column keys
+            key_ok = key_in & (tl.load(Dedup + bh * dedup_len + keys, mask=key_in, other=1) == 0)
+        windows = Windows + bh * n_windows_max
+        for i in range(0, tl.load(WindowCount + bh)):
+            m = n + tl.load(windows + i)
+            if (m >= 0) & (m < nblocks):
+                rows_q = m * BLOCK + tl.arange(0, BLOCK)
+                offs_m = q_offset + rows_q
+                row_ok = rows_q < q_len
+                tile_mask = row_ok[:, None] & d_ok[None, :]
+                q = tl.load(Q + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
+                            mask=tile_mask, other=0.0)
+                do = tl.load(DO + b * stride_dob + h * stride_doh + rows_q[:, None] * stride_dos + offs_d[None, :],
+                             mask=tile_mask, other=0.0)
+                row_stats = bh * q_len + rows_q
+                lse = tl.load(Lse + row_stats, mask=row_ok, other=float("inf"))
+                delta = tl.load(Delta + row_stats, mask=row_ok, other=0.0)
+                end = q_offset + (m + 1) * BLOCK
+                clamped = tl.load(Clamped + bh * nblocks + m)
+                lower = clamped * BLOCK
+                dist = end - keys
+                in_union = key_ok & (dist >= 1)
+                in_union = in_union & (tl.load(bands + dist, mask=in_union, other=0) != 0)
+                # keys below `lower` come whole from the clamped tile
+                band = in_union | (key_ok & (keys < lower))
+                keep = band[None, :] & (keys[None, :] <= offs_m[:, None])
+                p = tl.where(keep, tl.exp2(tl.dot(q, kt) * qk_scale - lse[:, None]), 0.0)
+                ds = p * (tl.dot(do, vt) - delta[:, None])
+                dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
+                dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)
+    out = b * stride_kb + hk * stride_kh + keys[:, None] * stride_ks + offs_d[None, :]
+    store_ok = key_in[:, None] & d_ok[None, :]
+    tl.store(DK + out, dk * sm_scale, mask=store_ok)
+    tl.store(DV + out, dv, mask=store_ok)
+
+
+class BandWindows(NamedTuple):
+    """What `_vertical_slash_bwd_bands` walks (B, H as q; E the last query tile's end).
+
+    bands: [B, H, E + 1] int8, 1 at the distances u the union of the bands [s+1, s+bs] covers.
+    windows: [B, H, W] int32, ascending, the k whose window [first + k*bs + 1,
+        first + (k+1)*bs] meets the union (k from -ceil(first / bs) to M - 1), padded.
+    count: [B, H] int32, how many of `windows` are valid.
+    """
+
+    bands: torch.Tensor
+    windows: torch.Tensor
+    count: torch.Tensor
+
+
+def band_windows(sorted_idx: SortedIndices, block_size: int) -> BandWindows:
+    """The key-major band pass's lists from the sorted indices (`index.sort_indices`)."""
+    offsets, first = sorted_idx.offsets, sorted_idx.first
+    nblocks = sorted_idx.col_count.shape[-1]
+    last_end = first + nblocks * block_size
+    big = _pad(last_end, block_size)
+    bands = _interval_cover(offsets + 1, offsets + block_size, last_end + 1, big)
+    covered = torch.nn.functional.pad(torch.cumsum(bands.int(), dim=-1), (1, 0))  # covered[u] = #bands < u
+    k = torch.arange(-((first + block_size - 1) // block_size), nblocks, device=offsets.device)
+    lo = (first + k * block_size + 1).clamp(min=1, max=last_end + 1)
+    hi = (first + (k + 1) * block_size).clamp(min=0, max=last_end)
+    hits = covered.gather(-1, (hi + 1).expand(*covered.shape[:-1], -1)) - covered.gather(-1, lo.expand(*covered.shape[:-1], -1))
+    meets = (hits > 0) & (hi >= lo)
+    windows = _compact(k.expand(*meets.shape), meets, k.shape[0], big)
+    return BandWindows(
+        bands=bands.to(torch.int8).contiguous(),
+        windows=windows.clamp(max=2**30).to(torch.int32).contiguous(),
+        count=meets.sum(-1, dtype=torch.int32).contiguous(),
+    )
+
+
 def launch_vertical_slash_backward(
     grad: torch.Tensor,
     q: torch.Tensor,
@@ -242,8 +358,10 @@ def launch_vertical_slash_backward(
     scale: float,
     num_warps: int = 4,
     num_stages: int = 1,
+    windows: BandWindows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of `kernel.launch_vertical_slash` over `index`.
+    """Gradients of `kernel.launch_vertical_slash` over `index`; the band keys' dK/dV by
+    atomics, or with `windows` (`band_windows` of the same indices) by the key-major pass.
 
     Args:
         grad, q, out: [B, H, Sq, D] (output gradient, queries, the forward's output; the
@@ -263,8 +381,10 @@ def launch_vertical_slash_backward(
     q_offset = seq_len - q_len
     delta = (grad.float() * out.float()).sum(-1).contiguous()
     dq = _kernel._empty(q.shape, dtype=q.dtype, device=q.device)  # every row is written
-    dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-    dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+    # the key-major band pass writes every row; the atomics add to zeros
+    alloc = torch.empty if windows is not None else torch.zeros
+    dk = alloc(k.shape, dtype=torch.float32, device=k.device)
+    dv = alloc(v.shape, dtype=torch.float32, device=v.device)
     nblocks = index.col_count.shape[-1]
     block_d = max(16, triton.next_power_of_2(head_dim))
     on_bands = dedup_on_bands(index, seq_len)
@@ -272,7 +392,7 @@ def launch_vertical_slash_backward(
     n_cols = index.cols.shape[-1]
     log2e_scale = scale * LOG2E
     common = dict(BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, DEDUP_ON_BANDS=on_bands,
-                  COL_BLOCK=block_size, num_warps=num_warps, num_stages=num_stages)
+                  num_warps=num_warps, num_stages=num_stages)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         _vertical_slash_bwd_rows[(nblocks, bsz * heads)](
             q, grad, lse, delta, k, v, k_cols, v_cols, dq, dk, dv,
@@ -285,8 +405,19 @@ def launch_vertical_slash_backward(
             seq_len, heads, heads // kv_heads, nblocks,
             n_cols, index.piece_lo.shape[-1], index.dists.shape[-1], index.dedup.shape[-1],
             log2e_scale, scale, q_offset,
-            **common,
+            COL_BLOCK=block_size, BAND_ATOMICS=windows is None, **common,
         )
+        if windows is not None:
+            _vertical_slash_bwd_bands[(triton.cdiv(seq_len, block_size), bsz * kv_heads)](
+                q, grad, lse, delta, k, v, dk, dv, windows.bands, windows.windows, windows.count,
+                index.clamped, index.dedup,
+                q.stride(0), q.stride(1), q.stride(2),
+                grad.stride(0), grad.stride(1), grad.stride(2),
+                k.stride(0), k.stride(1), k.stride(2),
+                seq_len, heads, heads // kv_heads, nblocks, windows.bands.shape[-1], windows.windows.shape[-1],
+                index.dedup.shape[-1], log2e_scale, scale, q_offset,
+                **common,
+            )
         if n_cols > 0:
             dk_cols = _kernel._empty((bsz, heads, n_cols, head_dim), dtype=torch.float32, device=q.device)
             dv_cols = _kernel._empty((bsz, heads, n_cols, head_dim), dtype=torch.float32, device=q.device)
@@ -295,7 +426,7 @@ def launch_vertical_slash_backward(
                 q.stride(0), q.stride(1), q.stride(2),
                 grad.stride(0), grad.stride(1), grad.stride(2),
                 seq_len, heads, nblocks, n_cols, index.dedup.shape[-1], log2e_scale, scale, q_offset,
-                **common,
+                COL_BLOCK=block_size, **common,
             )
             # back to the columns' key rows (padding entries carry zeros; they land on row S - 1)
             batch = torch.arange(bsz, device=q.device)[:, None, None]
