@@ -69,13 +69,15 @@ def main() -> None:
                         "COL_BLOCK": 64}
             bands = {**bf16, **fp32, "Windows": "*i32", "WindowCount": "*i32", "Clamped": "*i32", "Bands": "*i8",
                      "Dedup": "*i8"}
+            row_pointers = {**bf16, **fp32, **index, "Dedup": "*i8"}
             for kernel, pointers, constants in (
-                (_vertical_slash_bwd_rows, {**bf16, **fp32, **index, "Dedup": "*i8"}, {**backward, "BAND_ATOMICS": True}),
-                (_vertical_slash_bwd_rows, {**bf16, **fp32, **index, "Dedup": "*i8"}, {**backward, "BAND_ATOMICS": False}),
-                (_vertical_slash_bwd_cols, {**bf16, **fp32, **index, "Dedup": "*i8"}, backward),
+                (_vertical_slash_bwd_rows, row_pointers, {**backward, "BAND_ATOMICS": True}),
+                (_vertical_slash_bwd_rows, row_pointers, {**backward, "BAND_ATOMICS": False}),
+                (_vertical_slash_bwd_cols, row_pointers, backward),
                 (_vertical_slash_bwd_bands, bands, {k: v for k, v in backward.items() if k != "COL_BLOCK"}),
             ):
-                compile_for_h100(kernel, pointers, constants, floats=("qk_scale", "sm_scale"), num_warps=4, num_stages=1)
+                compile_for_h100(kernel, pointers, constants, floats=("qk_scale", "sm_scale"),
+                                 num_warps=4, num_stages=1)
     for bits, dtype in ((16, "*i16"), (32, "*i32")):
         compile_for_h100(_top_tiles, {"Bits": dtype, "Tiles": "*i32", "Count": "*i32"},
                          {"CHUNK": 512, "KEY_BITS": bits}, num_warps=2)

@@ -5,7 +5,7 @@ kernel with `lse=`) and the output gradient dO, with delta = rowsum(dO * O):
 P = exp2(S * log2e * scale - L), dP = dO V^T, dS = P * (dP - delta), dQ = scale * dS K,
 dK = scale * dS^T Q, dV = P^T dO, over exactly the (query, key) pairs the forward counted.
 
-Two kernels over the forward's work list (`index.VerticalSlashIndex`):
+Two kernels over the forward's work list (`index.VerticalSlashIndex`) by default:
 - `_vertical_slash_bwd_rows`, one program per (query tile m, batch * query head), like the
   forward: it walks the tile's band pieces, packed distances, clamped tile and column chunks
   with the forward's masks (band pieces always masked: the forward's unmasked pieces pass the
@@ -34,6 +34,7 @@ kernel, dK/dV in the second). Which band pass is faster is to be measured on the
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 
@@ -41,8 +42,6 @@ from .._interpreter import check_interpreter
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-
-from typing import NamedTuple  # noqa: E402
 
 from .index import SKIP_SHIFT as _SKIP_SHIFT  # noqa: E402
 from .index import SortedIndices, VerticalSlashIndex, _compact, _interval_cover, _pad, dedup_on_bands  # noqa: E402
@@ -336,7 +335,8 @@ def band_windows(sorted_idx: SortedIndices, block_size: int) -> BandWindows:
     k = torch.arange(-((first + block_size - 1) // block_size), nblocks, device=offsets.device)
     lo = (first + k * block_size + 1).clamp(min=1, max=last_end + 1)
     hi = (first + (k + 1) * block_size).clamp(min=0, max=last_end)
-    hits = covered.gather(-1, (hi + 1).expand(*covered.shape[:-1], -1)) - covered.gather(-1, lo.expand(*covered.shape[:-1], -1))
+    lead = covered.shape[:-1]
+    hits = covered.gather(-1, (hi + 1).expand(*lead, -1)) - covered.gather(-1, lo.expand(*lead, -1))
     meets = (hits > 0) & (hi >= lo)
     windows = _compact(k.expand(*meets.shape), meets, k.shape[0], big)
     return BandWindows(
@@ -382,7 +382,7 @@ def launch_vertical_slash_backward(
     delta = (grad.float() * out.float()).sum(-1).contiguous()
     dq = _kernel._empty(q.shape, dtype=q.dtype, device=q.device)  # every row is written
     # the key-major band pass writes every row; the atomics add to zeros
-    alloc = torch.empty if windows is not None else torch.zeros
+    alloc = _kernel._empty if windows is not None else torch.zeros
     dk = alloc(k.shape, dtype=torch.float32, device=k.device)
     dv = alloc(v.shape, dtype=torch.float32, device=v.device)
     nblocks = index.col_count.shape[-1]
