@@ -37,7 +37,8 @@ class Options:
         shorter prompts run dense. Default 16384: below it the sparse kernels gain little
         (at 32K on H100 a (3500, 100) head takes 0.38x and A-shape 0.35x of dense).
     min_chunk_len: query length from which a call goes sparse (chunked pre-fill: the chunk);
-        shorter chunks and every decode step run dense. Default 1024.
+        shorter chunks and every decode step run dense. Default 1024 (a min_sparse_len below
+        it lowers it too: a whole prompt of min_sparse_len tokens goes sparse).
     starting_layer: layers before it stay dense.
     dense_fallback: vertical-slash heads whose estimated index is near dense run dense
         attention (see `DENSE_FALLBACK_FRACTION`).
@@ -116,7 +117,9 @@ def _dense(
 
 
 def _goes_sparse(q_len: int, kv_len: int, options: Options) -> bool:
-    return kv_len >= options.min_sparse_len and q_len >= options.min_chunk_len
+    """kv_len >= min_sparse_len and q_len >= min_chunk_len (or >= min_sparse_len, if smaller:
+    a whole prompt that is long enough always goes sparse)."""
+    return kv_len >= options.min_sparse_len and q_len >= min(options.min_chunk_len, options.min_sparse_len)
 
 
 def _attend(
