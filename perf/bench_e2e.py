@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import json
 import os
 import sys
 import time
@@ -94,6 +95,17 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False) -> tuple[flo
     return seconds, torch.cuda.max_memory_allocated() / 2**30
 
 
+def layer_subset(path: str, layers: int) -> list:
+    """The config at `path` (MInference's format) cut to `layers` layers spread evenly over the
+    model's depth (all of them when it has no more), so that a shallow run sees the budgets of
+    early, middle and late layers alike."""
+    with open(path) as f:
+        full = json.load(f)
+    if layers >= len(full):
+        return full
+    return [full[i * len(full) // layers] for i in range(layers)]
+
+
 def use(model, mode: str, config, min_sparse_len: int) -> contextlib.AbstractContextManager:
     """Switch the model to one mode; returns the context to run it in."""
     if getattr(model, "_minference_flex_state", None) is not None:
@@ -136,6 +148,8 @@ def main(argv=None):
         if not path or not os.path.exists(path):
             parser.error(f"--config wants NAME=PATH of an existing file, got {spec!r}")
         configs[name] = path
+    config_paths = dict(configs)
+    configs = {name: layer_subset(path, args.layers) for name, path in configs.items()}
     modes = ["sdpa", "flex_attention", "dense"]
     for name in configs:
         modes += [f"minference_flex[{name}] random", f"minference_flex[{name}] structured"]
@@ -151,17 +165,18 @@ def main(argv=None):
     warm_len = max(20000, args.min_sparse_len) + (2 * args.chunk if args.chunk else 0)
     warm = torch.randint(0, vocab, (1, warm_len), generator=gen).cuda()
     run = functools.partial(prefill_once, chunk=args.chunk, offload=args.offload)
+
+    def config_of(mode: str) -> list:
+        return configs[mode.split("[")[1].split("]")[0]] if "[" in mode else configs["shipped"]
     for mode in [] if args.no_warmup else modes:  # compile, autotune and Triton builds stay out of the timed calls
-        config = configs.get(mode.split("[")[1].split("]")[0]) if "[" in mode else None
-        with use(model, mode, config, args.min_sparse_len):
+        with use(model, mode, config_of(mode), args.min_sparse_len):
             run(model, warm)
     for seq_len in args.lengths:
         ids = torch.randint(0, vocab, (1, seq_len), generator=gen).cuda()
         base = dense_base = None
         for mode in modes:
-            config = configs.get(mode.split("[")[1].split("]")[0]) if "[" in mode else None
             try:
-                with use(model, mode, config, args.min_sparse_len):
+                with use(model, mode, config_of(mode), args.min_sparse_len):
                     if mode not in ("sdpa", "dense") and not args.no_warmup:
                         # untimed: flex compiles its mask and kernel per length, minference_flex
                         # may re-specialise once for a new length, and structured mode builds its
@@ -183,7 +198,8 @@ def main(argv=None):
                 row["x_dense"] = row["seconds"] / dense_base
             rows.append(row)
             print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-            write_json(args.out, {"machine": info, "args": vars(args), "configs": configs, "rows": rows})
+            write_json(args.out, {"machine": info, "args": vars(args), "rows": rows,
+                                  "configs": {name: shipped_or_path for name, shipped_or_path in config_paths.items()}})
         del ids
     print(f"\nS | mode | seconds | x sdpa | x dense | peak GiB   (chunk {args.chunk or 'none'}, {args.shape}, "
           f"{args.layers} layers{', offloaded cache' if args.offload else ''})")

@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 E2E="python3 perf/bench_e2e.py --chunk 32768 --skip flex_attention"
 if [ "${PART:-speed}" = speed ]; then
-  timeout 240 python3 -m pytest -m gpu -q --tb=short -x ${TESTS:-tests/test_gpu_chunked.py} 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|FAILED|Error|assert" | head -30
+  timeout 250 python3 -m pytest -m gpu -q --tb=short -x ${TESTS:-tests/test_gpu_chunked.py} 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|FAILED|Error|assert" | head -30
   timeout 150 $E2E --layers 4 --lengths 131072 262144 --out "$OUT/e2e_chunked_llama_128k_256k.json" 2>&1 | grep -vE "DEBUG|W12" | tail -12
   timeout 200 $E2E --layers 2 --lengths 524288 --out "$OUT/e2e_chunked_llama_512k.json" 2>&1 | grep -vE "DEBUG|W12" | tail -7
 else
