@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
 import minference_flex.prefill as prefill  # noqa: E402
+from minference_flex.offload import release_host_cache_after_each_layer  # noqa: E402
 from minference_flex.config import shipped_config_path  # noqa: E402
 from perf.common import llama3_8b, machine, qwen25_7b_1m, write_json  # noqa: E402
 from perf.planted import planted_per_head  # noqa: E402
@@ -131,7 +132,8 @@ def main(argv=None):
     parser.add_argument("--min-sparse-len", type=int, default=mf.Options.min_sparse_len,
                         help="minference_flex option (1 measures the sparse path at short lengths)")
     parser.add_argument("--chunk", type=int, default=0, help="pre-fill in chunks of this many tokens (0: one forward)")
-    parser.add_argument("--offload", action="store_true", help="with --chunk: keep the KV cache in host memory")
+    parser.add_argument("--offload", action="store_true",
+                        help="with --chunk: keep the KV cache in host memory (pinned blocks released after each layer)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed runs (memory runs at full depth: the figure then includes compiles)")
@@ -158,6 +160,8 @@ def main(argv=None):
     info = machine()
     print(info, flush=True)
     model = build(args.layers, name_or_path=shipped_name)
+    if args.offload:
+        release_host_cache_after_each_layer(model)
     vocab = model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(0)
     rows = []
