@@ -1,5 +1,11 @@
-"""End-to-end pre-fill: a Llama-3-8B-shaped model with random weights, minference_flex against
-transformers' own `sdpa` and `flex_attention` in the same run.
+"""End-to-end pre-fill: a Llama-3-8B-shaped (or Qwen2.5-7B-1M-shaped) model with random
+weights, minference_flex against transformers' own `sdpa` and `flex_attention` in the same run.
+
+With `--chunk N` the prompt is pre-filled in chunks of N tokens over a KV cache (a loop of
+forwards over a `DynamicCache`, as `generate(..., prefill_chunk_size=N)` does; `--offload`
+keeps each layer's K/V in host memory between chunks): every mode runs the same chunks. The
+`dense` mode is minference_flex's dense path (cuDNN row chunks, no [q_len, kv_len] mask);
+`sdpa` is what transformers itself runs, which builds a [q_len, kv_len] mask for a chunk.
 
 One timed pre-fill per figure (`--repeats` for a median; batch 1, bf16, `logits_to_keep=1`, KV
 cache kept as in serving) after one untimed pre-fill at the same length for every mode but sdpa,
@@ -12,6 +18,7 @@ wall time with the GPU synchronised, and peak allocated memory. Modes of minfere
 
 Usage (GPU): python perf/bench_e2e.py --lengths 32768 131072 262144 --out perf/results/e2e.json
     [--config searched=perf/results/searched_2026-11-24_llama3_8b_32k.json] [--layers 32]
+    [--chunk 32768 [--offload]] [--shape qwen2.5-7b-1m]
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import json
 import os
 import sys
 import time
@@ -34,11 +42,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
 import minference_flex.prefill as prefill  # noqa: E402
+from minference_flex.offload import release_host_cache_after_each_layer  # noqa: E402
 from minference_flex.config import shipped_config_path  # noqa: E402
-from perf.common import llama3_8b, machine, write_json  # noqa: E402
+from perf.common import llama3_8b, machine, qwen25_7b_1m, write_json  # noqa: E402
 from perf.planted import planted_per_head  # noqa: E402
 
-SHIPPED = "gradientai/Llama-3-8B-Instruct-262k"
+SHAPES = {  # model builder and the name its shipped config is found by
+    "llama3-8b": (llama3_8b, "gradientai/Llama-3-8B-Instruct-262k"),
+    "qwen2.5-7b-1m": (qwen25_7b_1m, "Qwen/Qwen2.5-7B-Instruct-1M"),
+}
 
 
 @contextlib.contextmanager
@@ -52,7 +64,7 @@ def planted_indices():
 
     def estimate(q, k, verticals, slashes, last_q, scale):
         real(q, k, verticals, slashes, last_q, scale)
-        return planted(q.shape[0], q.shape[2], tuple(verticals), tuple(slashes), q.device)
+        return planted(q.shape[0], k.shape[2], tuple(verticals), tuple(slashes), q.device)
 
     prefill.estimate_vertical_slash = estimate
     try:
@@ -61,19 +73,38 @@ def planted_indices():
         prefill.estimate_vertical_slash = real
 
 
-def prefill_once(model, ids) -> tuple[float, float]:
-    """Seconds and peak GiB of one pre-fill (KV cache kept, last logits only)."""
+def prefill_once(model, ids, chunk: int = 0, offload: bool = False) -> tuple[float, float]:
+    """Seconds and peak GiB of one pre-fill (KV cache kept, last logits only), in one forward
+    or in chunks of `chunk` tokens over a `DynamicCache` (offloaded to the host if asked)."""
+    from transformers import DynamicCache
+
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.no_grad():
-        out = model(ids, logits_to_keep=1, use_cache=True)
+        if chunk:
+            cache = DynamicCache(config=model.config, offloading=offload)
+            for a in range(0, ids.shape[1], chunk):
+                out = model(ids[:, a:a + chunk], past_key_values=cache, logits_to_keep=1, use_cache=True)
+        else:
+            out = model(ids, logits_to_keep=1, use_cache=True)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     del out
     return seconds, torch.cuda.max_memory_allocated() / 2**30
+
+
+def layer_subset(path: str, layers: int) -> list:
+    """The config at `path` (MInference's format) cut to `layers` layers spread evenly over the
+    model's depth (all of them when it has no more), so that a shallow run sees the budgets of
+    early, middle and late layers alike."""
+    with open(path) as f:
+        full = json.load(f)
+    if layers >= len(full):
+        return full
+    return [full[i * len(full) // layers] for i in range(layers)]
 
 
 def use(model, mode: str, config, min_sparse_len: int) -> contextlib.AbstractContextManager:
@@ -82,6 +113,9 @@ def use(model, mode: str, config, min_sparse_len: int) -> contextlib.AbstractCon
         mf.restore(model)
     if mode in ("sdpa", "flex_attention"):
         model.set_attn_implementation(mode)
+        return contextlib.nullcontext()
+    if mode == "dense":  # minference_flex's dense path everywhere
+        mf.compile(model, config, min_sparse_len=2**40)
         return contextlib.nullcontext()
     mf.compile(model, config, min_sparse_len=min_sparse_len)
     return planted_indices() if mode.endswith("structured") else contextlib.nullcontext()
@@ -97,45 +131,62 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1, help="timed pre-fills per figure (median)")
     parser.add_argument("--min-sparse-len", type=int, default=mf.Options.min_sparse_len,
                         help="minference_flex option (1 measures the sparse path at short lengths)")
+    parser.add_argument("--chunk", type=int, default=0, help="pre-fill in chunks of this many tokens (0: one forward)")
+    parser.add_argument("--offload", action="store_true",
+                        help="with --chunk: keep the KV cache in host memory (pinned blocks released after each layer)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the untimed runs (memory runs at full depth: the figure then includes compiles)")
     parser.add_argument("--out", default="perf/results/e2e.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_e2e needs a CUDA GPU")
-    configs = {"shipped": shipped_config_path(SHIPPED)}
+    if args.offload and not args.chunk:
+        parser.error("--offload needs --chunk")
+    build, shipped_name = SHAPES[args.shape]
+    configs = {"shipped": shipped_config_path(shipped_name)}
     for spec in args.config:
         name, _, path = spec.partition("=")
         if not path or not os.path.exists(path):
             parser.error(f"--config wants NAME=PATH of an existing file, got {spec!r}")
         configs[name] = path
-    modes = ["sdpa", "flex_attention"]
+    config_paths = dict(configs)
+    configs = {name: layer_subset(path, args.layers) for name, path in configs.items()}
+    modes = ["sdpa", "flex_attention", "dense"]
     for name in configs:
         modes += [f"minference_flex[{name}] random", f"minference_flex[{name}] structured"]
     modes = [m for m in modes if not any(m.startswith(s) for s in args.skip)]
 
     info = machine()
     print(info, flush=True)
-    model = llama3_8b(args.layers, name_or_path=SHIPPED)
+    model = build(args.layers, name_or_path=shipped_name)
+    if args.offload:
+        release_host_cache_after_each_layer(model)
+    vocab = model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(0)
     rows = []
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    warm = torch.randint(0, 128256, (1, max(20000, args.min_sparse_len)), generator=gen).cuda()
-    for mode in modes:  # compile, autotune and Triton builds stay out of the timed calls
-        config = configs.get(mode.split("[")[1].split("]")[0]) if "[" in mode else None
-        with use(model, mode, config, args.min_sparse_len):
-            prefill_once(model, warm)
+    warm_len = max(20000, args.min_sparse_len) + (2 * args.chunk if args.chunk else 0)
+    warm = torch.randint(0, vocab, (1, warm_len), generator=gen).cuda()
+    run = functools.partial(prefill_once, chunk=args.chunk, offload=args.offload)
+
+    def config_of(mode: str) -> list:
+        return configs[mode.split("[")[1].split("]")[0]] if "[" in mode else configs["shipped"]
+    for mode in [] if args.no_warmup else modes:  # compile, autotune and Triton builds stay out of the timed calls
+        with use(model, mode, config_of(mode), args.min_sparse_len):
+            run(model, warm)
     for seq_len in args.lengths:
-        ids = torch.randint(0, 128256, (1, seq_len), generator=gen).cuda()
-        base = None
+        ids = torch.randint(0, vocab, (1, seq_len), generator=gen).cuda()
+        base = dense_base = None
         for mode in modes:
-            config = configs.get(mode.split("[")[1].split("]")[0]) if "[" in mode else None
             try:
-                with use(model, mode, config, args.min_sparse_len):
-                    if mode != "sdpa":
+                with use(model, mode, config_of(mode), args.min_sparse_len):
+                    if mode not in ("sdpa", "dense") and not args.no_warmup:
                         # untimed: flex compiles its mask and kernel per length, minference_flex
                         # may re-specialise once for a new length, and structured mode builds its
                         # planted indices per length (about 2 s at 32K on the host)
-                        prefill_once(model, ids)
-                    runs = [prefill_once(model, ids) for _ in range(args.repeats)]
+                        run(model, ids)
+                    runs = [run(model, ids) for _ in range(args.repeats)]
                 seconds = sorted(r[0] for r in runs)[len(runs) // 2]
                 peak = max(r[1] for r in runs)
                 row = {"S": seq_len, "mode": mode, "seconds": seconds, "peak_gib": peak}
@@ -143,16 +194,22 @@ def main(argv=None):
                 row = {"S": seq_len, "mode": mode, "error": f"OOM: {str(exc).splitlines()[0]}"}
             if mode == "sdpa" and "seconds" in row:
                 base = row["seconds"]
+            if mode == "dense" and "seconds" in row:
+                dense_base = row["seconds"]
             if base and "seconds" in row:
                 row["x_sdpa"] = row["seconds"] / base
+            if dense_base and "seconds" in row:
+                row["x_dense"] = row["seconds"] / dense_base
             rows.append(row)
             print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-            write_json(args.out, {"machine": info, "args": vars(args), "configs": configs, "rows": rows})
+            write_json(args.out, {"machine": info, "args": vars(args), "rows": rows,
+                                  "configs": {name: shipped_or_path for name, shipped_or_path in config_paths.items()}})
         del ids
-    print("\nS | mode | seconds | x sdpa | peak GiB")
+    print(f"\nS | mode | seconds | x sdpa | x dense | peak GiB   (chunk {args.chunk or 'none'}, {args.shape}, "
+          f"{args.layers} layers{', offloaded cache' if args.offload else ''})")
     for r in rows:
         print(f"{r['S']} | {r['mode']} | {r.get('seconds', float('nan')):.2f} | {r.get('x_sdpa', float('nan')):.3f} | "
-              f"{r.get('peak_gib', float('nan')):.1f} {r.get('error', '')}")
+              f"{r.get('x_dense', float('nan')):.3f} | {r.get('peak_gib', float('nan')):.1f} {r.get('error', '')}")
 
 
 if __name__ == "__main__":

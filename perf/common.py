@@ -66,3 +66,22 @@ def llama3_8b(num_layers: int = 32, seed: int = 0, name_or_path: str = ""):
             config, dtype=torch.bfloat16, attn_implementation="sdpa"
         )
     return model.eval()
+
+
+def qwen25_7b_1m(num_layers: int = 28, seed: int = 0, name_or_path: str = ""):
+    """Random-weight Qwen2.5-7B-Instruct-1M shape (hidden 3584, 28/4 heads, MLP 18944, vocab
+    152064, RoPE base 1e7), built on the GPU in bf16, SDPA attention, eval mode."""
+    import transformers
+
+    config = transformers.Qwen2Config(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=num_layers,
+        num_attention_heads=28, num_key_value_heads=4, rope_theta=10000000.0,
+        max_position_embeddings=1010000, tie_word_embeddings=False, use_sliding_window=False,
+    )
+    config._name_or_path = name_or_path
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    return model.eval()
