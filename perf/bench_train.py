@@ -48,6 +48,8 @@ from custom_ops.vertical_slash import build_vertical_slash_index, computed_fract
 from custom_ops.vertical_slash.backward import band_windows, launch_vertical_slash_backward  # noqa: E402
 from custom_ops.vertical_slash.index import sort_indices  # noqa: E402
 from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
+from minference_flex.config import load_pattern_config, shipped_config_path  # noqa: E402
+from perf.bench_e2e import SHAPES, planted_indices  # noqa: E402
 from perf.common import machine, median_ms, write_json  # noqa: E402
 from perf.planted import planted_vertical_slash  # noqa: E402
 
@@ -179,11 +181,9 @@ def training_step(model, ids, loss_tokens):
 def bench_model_step(lengths, repeats, loss_tokens, min_sparse_len):
     import contextlib
 
-    from minference_flex.config import load_pattern_config, shipped_config_path
-    from perf.bench_e2e import SHIPPED, planted_indices
-
     model = llama_1b()
-    patterns = load_pattern_config(shipped_config_path(SHIPPED), 32, 32)[:16]
+    # the first 16 layers of the shipped Llama-3-8B-262K config (32 layers of 32 heads)
+    patterns = load_pattern_config(shipped_config_path(SHAPES["llama3-8b"][1]), 32, 32)[:16]
     modes = {"sdpa": None, "minference_flex random": contextlib.nullcontext,
              "minference_flex structured": planted_indices}
     rows = []

@@ -66,3 +66,12 @@ def test_bench_train_parses_its_arguments(capsys):
         bench_train.main(["--help"])
     assert done.value.code == 0
     assert "--model-step" in capsys.readouterr().out
+
+
+def test_bench_train_model_step_finds_its_pattern_config():
+    """--model-step runs the first 16 layers of the shipped Llama-3-8B-262K config."""
+    from minference_flex.config import load_pattern_config, shipped_config_path
+    from perf import bench_train
+
+    path = shipped_config_path(bench_train.SHAPES["llama3-8b"][1])
+    assert path is not None and len(load_pattern_config(path, 32, 32)[:16]) == 16
