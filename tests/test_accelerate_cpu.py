@@ -84,3 +84,102 @@ def test_eval_spec_and_cli_reject_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--out", "/no/such/dir/table.json"])
     assert "--out /no/such/dir/table.json: cannot write a file there" in capsys.readouterr().err
+
+
+HEADS, LAYERS, SEQ = 4, 2, 384
+
+
+def _tiny_llama():
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=4096,
+    )
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+# vertical-slash only (Triton's interpreter on CPU, nothing for Inductor to compile); budgets
+# small enough that the sparse output differs from dense
+VS = [{str(h): ["vertical_and_slash", 30, 100, 0] for h in range(HEADS)} for _ in range(LAYERS)]
+CPU_AND_DISK = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+
+
+@pytest.mark.parametrize("how", ["dispatch_model", "from_pretrained"])
+def test_model_dispatched_by_a_device_map_runs_patched_like_the_undispatched_one(tmp_path, how):
+    import accelerate
+    import transformers
+
+    model = _tiny_llama()
+    ids = torch.randint(1, 128, (1, SEQ))
+    with torch.no_grad():
+        dense = model(ids).logits
+        mf.compile(model, VS, min_sparse_len=256, dense_fallback=False)
+        patched = model(ids).logits
+    assert (patched - dense).abs().max() > 1e-3, "the sparse path must run"
+    if how == "dispatch_model":
+        mf.restore(model)
+        dispatched = accelerate.dispatch_model(model, CPU_AND_DISK, main_device="cpu", offload_dir=str(tmp_path / "off"))
+    else:
+        model.save_pretrained(tmp_path / "model")
+        dispatched = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path / "model", device_map=CPU_AND_DISK, offload_folder=str(tmp_path / "off")).eval()
+    offloaded = dispatched.model.layers[1].self_attn.q_proj
+    assert offloaded.weight.device.type == "meta" and hasattr(offloaded, "_hf_hook"), "layer 1 waits on disk"
+    mf.compile(dispatched, VS, min_sparse_len=256, dense_fallback=False)
+    with torch.no_grad():
+        torch.testing.assert_close(dispatched(ids).logits, patched, rtol=1e-5, atol=1e-5)
+
+
+def test_device_map_splitting_one_attention_is_refused():
+    from accelerate.hooks import AlignDevicesHook
+
+    model = _tiny_llama()
+    # what dispatch_model leaves for {"...layers.1.self_attn.k_proj": 1, ...}: a hook that runs
+    # k_proj on cuda:1 while q_proj runs where its weights are
+    model.model.layers[1].self_attn.k_proj._hf_hook = AlignDevicesHook(execution_device=1)
+    with pytest.raises(ValueError, match=r"splits layer 1's attention \(q_proj on cpu, k_proj on cuda:1"):
+        mf.compile(model, VS)
+    assert model.config._attn_implementation != "minference_flex"
+
+
+def test_tensor_parallel_models_are_refused_by_name():
+    model = _tiny_llama()
+    model._tp_size = 2
+    with pytest.raises(ValueError, match=r"tensor parallel \(tp_size=2\).*load the model without tp_plan"):
+        mf.compile(model, VS)
+    model._tp_size = None
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        attention = model.model.layers[0].self_attn
+        mesh = init_device_mesh("cpu", (2,))
+        local = attention.q_proj.weight.detach()[: attention.q_proj.weight.shape[0] // 2]
+        attention.q_proj.weight = torch.nn.Parameter(DTensor.from_local(local, mesh, [Shard(0)]))
+        with pytest.raises(ValueError, match=r"tensor parallel \(DTensor weights\)"):
+            mf.compile(model, VS)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_heads_sliced_after_compile_are_refused_at_run_time():
+    model = _tiny_llama()
+    mf.compile(model, VS, min_sparse_len=256, dense_fallback=False)
+    attention = model.model.layers[0].self_attn
+    q = torch.randn(1, HEADS // 2, SEQ, 32)
+    k = v = torch.randn(1, 1, SEQ, 32)
+    with pytest.raises(ValueError, match="got 2 query heads but its pattern config has 4"):
+        mf.hf.minference_attention(attention, q, k, v, None)
+
+
+def test_data_parallel_wrapper_is_refused_with_the_fix():
+    model = _tiny_llama()
+    with pytest.raises(TypeError, match=r"DataParallel wrapping LlamaForCausalLM.*before accelerator.prepare"):
+        mf.compile(torch.nn.DataParallel(model), VS)
