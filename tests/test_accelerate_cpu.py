@@ -51,6 +51,18 @@ def test_two_process_eval_writes_the_one_process_table(tmp_path):
     assert len(set(accuracy.values())) > 1, "tasks of different accuracy make a mixed-up gather visible"
 
 
+def test_ddp_training_step_of_a_patched_model_runs_in_two_processes(tmp_path):
+    out = tmp_path / "ddp.json"
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+          "--main_process_port", str(_free_port()), "perf/accelerate_train_step.py", "--device", "cpu",
+          "--seq-len", "300", "--steps", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["processes"] == 2 and result["params_agree"] is True
+    losses = [[s["loss"] for s in p["steps"]] for p in result["per_process"]]
+    assert len(losses) == 2 and losses[0] != losses[1], "each process trains on its own batch"
+
+
 def _record(length, task, sample, hit):
     recall = {"minference_flex default": [0.5, 1.0]} if sample == 0 else None
     return {"S": length, "task": task, "sample": sample, "recall": recall,
