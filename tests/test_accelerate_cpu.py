@@ -195,3 +195,26 @@ def test_data_parallel_wrapper_is_refused_with_the_fix():
     model = _tiny_llama()
     with pytest.raises(TypeError, match=r"DataParallel wrapping LlamaForCausalLM.*before accelerator.prepare"):
         mf.compile(torch.nn.DataParallel(model), VS)
+
+
+def test_each_device_gets_its_own_flex_compile_cache(monkeypatch):
+    from minference_flex.flex import _compiled_flex, _flex_on_blocks, per_device_copy
+
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    assert _compiled_flex(cuda0) is _compiled_flex(cuda0)
+    codes = {per_device_copy(_flex_on_blocks, d).__code__ for d in (cuda0, cuda1, torch.device("cpu"))}
+    assert len(codes) == 3 and _flex_on_blocks.__code__ not in codes
+
+    def affine(x):
+        return x * 2 + 1
+
+    # dynamo's budget is per code object: with a budget of one variant, two devices' variants
+    # fit only in two copies (conftest turns hitting the limit into an error)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    first, second = (torch.compile(per_device_copy(affine, d), backend="eager") for d in (cuda0, cuda1))
+    first(torch.ones(3))
+    assert torch.equal(second(torch.ones(3, dtype=torch.float64)), torch.full((3,), 3.0, dtype=torch.float64))
+    shared = torch.compile(affine, backend="eager")
+    shared(torch.ones(3))
+    with pytest.raises(Exception, match="recompile_limit"):
+        shared(torch.ones(3, dtype=torch.float64))
