@@ -113,3 +113,30 @@ def test_device_map_that_splits_one_attention_across_gpus_is_refused():
     dispatched = accelerate.dispatch_model(model, device_map)
     with pytest.raises(ValueError, match=r"splits layer 1's attention \(q_proj on cuda:0, k_proj on cuda:1"):
         mf.compile(dispatched, MIXED)
+
+
+def _chunked_last_logits(model, ids, chunk: int = 2048) -> torch.Tensor:
+    """Last-position logits of a pre-fill in chunks over a DynamicCache offloaded to the host."""
+    cache = transformers.DynamicCache(config=model.config, offloading=True)
+    with torch.no_grad():
+        for a in range(0, ids.shape[1], chunk):
+            out = model(ids[:, a:a + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits.float().cpu()
+
+
+@pytest.mark.parametrize("layer_devices", [
+    pytest.param([0, 0, "cpu", "cpu"], id="cpu-offloaded-layers"),
+    pytest.param([0, 0, 1, 1], id="two-gpus", marks=two_gpus),
+])
+def test_chunked_prefill_with_an_offloaded_cache_on_a_dispatched_model(layer_devices):
+    import accelerate
+
+    model = _cpu_model()
+    ids = torch.randint(1, 128, (1, 6000))
+    reference = copy.deepcopy(model).to("cuda:0")
+    mf.compile(reference, MIXED, min_sparse_len=1024, min_chunk_len=1024)
+    expected = _chunked_last_logits(reference, ids.to("cuda:0"))
+    dispatched = accelerate.dispatch_model(model, _device_map(layer_devices), main_device=0)
+    mf.compile(dispatched, MIXED, min_sparse_len=1024, min_chunk_len=1024)
+    got = _chunked_last_logits(dispatched, ids.to("cuda:0"))
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
