@@ -16,7 +16,7 @@ Sparse or dense attention in the training forward (`--sparse-training`):
 
 Usage:
   accelerate launch --num_processes 2 perf/accelerate_train_step.py --shape llama-1b --seq-len 32768 \\
-      --steps 3 --out perf/results/ddp_step.json                                   # 2 GPUs
+      --loss-tokens 1024 --checkpointing --steps 3 --out perf/results/ddp_step.json   # 2 GPUs
   accelerate launch --multi_gpu --num_processes 2 perf/accelerate_train_step.py --device cpu  # 2 CPU processes
 """
 
@@ -74,6 +74,14 @@ def training_options(mode: str, seq_len: int, min_sparse_len: int, on_gpu: bool)
             "dense training forward (no Options.sparse_training here: min_sparse_len above the sequence)")
 
 
+def next_token_loss(model: torch.nn.Module, ids: torch.Tensor, loss_tokens: int) -> torch.Tensor:
+    """Mean next-token cross-entropy of ids [B, S + 1] (inputs ids[:, :-1]) over the last
+    `loss_tokens` positions, or every position when it is 0."""
+    keep = loss_tokens or ids.shape[1] - 1
+    logits = model(input_ids=ids[:, :-1], logits_to_keep=keep, use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, -keep:].flatten())
+
+
 def params_agree(model: torch.nn.Module, accelerator) -> bool:
     """True iff every process holds the same parameters (a float64 checksum per tensor)."""
     from accelerate.utils import gather_object
@@ -93,12 +101,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--min-sparse-len", type=int, default=256, help="minference_flex option")
     parser.add_argument("--sparse-training", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    parser.add_argument("--loss-tokens", type=int, default=0,
+                        help="next-token loss on the last N positions only (their logits alone are built: "
+                        "[S, vocab] logits of a 128K vocabulary at 32K tokens are 8 GiB); 0: every position")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: each process's accelerate device")
     parser.add_argument("--out", default=None, help="JSON written by the main process")
     args = parser.parse_args(argv)
     if args.seq_len < 2 or args.steps < 1 or args.batch < 1:
         parser.error(f"--seq-len must be >= 2, --steps and --batch >= 1; got {args.seq_len}, {args.steps}, {args.batch}")
+    if not 0 <= args.loss_tokens <= args.seq_len:
+        parser.error(f"--loss-tokens must be in [0, --seq-len], got {args.loss_tokens}")
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=args.device == "cpu" or not torch.cuda.is_available())
@@ -127,10 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     steps = []
     for _ in range(args.steps):
-        ids = torch.randint(0, vocab, (args.batch, args.seq_len), generator=gen).to(accelerator.device)
+        ids = torch.randint(0, vocab, (args.batch, args.seq_len + 1), generator=gen).to(accelerator.device)
         accelerator.wait_for_everyone()
         start = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss = next_token_loss(model, ids, args.loss_tokens)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()

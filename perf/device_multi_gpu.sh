@@ -55,6 +55,6 @@ PY
 fi
 if [ "$PART" = ddp ] || [ "$PART" = all ]; then
   timeout 300 accelerate launch --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
-    perf/accelerate_train_step.py --shape llama-1b --seq-len ${SEQ:-32768} --steps 3 --checkpointing \
+    perf/accelerate_train_step.py --shape llama-1b --seq-len ${SEQ:-32768} --loss-tokens 1024 --steps 3 --checkpointing \
     --out "$OUT/ddp_step_llama1b_2gpus.json" 2>&1 | quiet | tail -6
 fi
