@@ -2,7 +2,7 @@
 
   python -m minference_flex demo [--seq-len N] [--passkey-len N] [--device cpu|cuda]
   python -m minference_flex search --model DIR --out config.json [--length N] [--budget SPEC ...]
-  [accelerate launch [--cpu] --num_processes N -m] minference_flex eval --out table.json
+  [accelerate launch --num_processes N -m] minference_flex eval --out table.json
       [--lengths N ...] [--tasks T ...] [--samples N] [--methods M ...]
 """
 

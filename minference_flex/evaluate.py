@@ -16,8 +16,12 @@ process i mod N), so each process loads the model on its own device and answers 
 length, and the main process builds and writes the table. A sample's answer depends only on
 the sample, so the table equals the one-process table:
 
-  accelerate launch [--cpu] --num_processes N -m minference_flex eval --out table.json
-  python -m minference_flex eval --out table.json                      # one process
+  accelerate launch --num_processes N -m minference_flex eval --out table.json   # N GPUs
+  python -m minference_flex eval --out table.json                                # one process
+
+On CPU, `accelerate launch --cpu` starts one process (it starts several only through MPI);
+`accelerate launch --multi_gpu --num_processes N ... --device cpu` (the torchrun launcher)
+starts N, which join over gloo.
 """
 
 from __future__ import annotations
@@ -222,8 +226,9 @@ def add_arguments(parser: Any) -> None:
                         help="methods to run (default: all; searched only where the model has a searched config)")
     parser.add_argument("--no-recall", action="store_true", help="skip the per-layer attention recall")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                        help="default: each process's accelerate device (its GPU, or the CPU with `accelerate launch --cpu`)")
-    parser.add_argument("--out", default="perf/results/accuracy.json", help="where the main process writes the table (JSON)")
+                        help="default: each process's accelerate device (its GPU; the CPU where there is none)")
+    parser.add_argument("--out", default="perf/results/accuracy.json",
+                        help="where the main process writes the table (JSON)")
 
 
 def run(parser: Any, args: Any) -> dict:
@@ -268,7 +273,8 @@ def run(parser: Any, args: Any) -> dict:
     if state.is_main_process:
         print(f"wrote {args.out}\n\nS | task | method | accuracy % | mean recall")
         for r in rows:
-            print(f"{r['S']} | {r['task']} | {r['method']} | {r['accuracy']:.1f} | {r.get('mean_recall', float('nan')):.3f}")
+            recall = r.get("mean_recall", float("nan"))
+            print(f"{r['S']} | {r['task']} | {r['method']} | {r['accuracy']:.1f} | {recall:.3f}")
     return payload
 
 

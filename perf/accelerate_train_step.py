@@ -69,7 +69,8 @@ def training_options(mode: str, seq_len: int, min_sparse_len: int, on_gpu: bool)
         return ({"min_sparse_len": min_sparse_len, "sparse_training": True},
                 f"sparse training forward (calls from {min_sparse_len} keys on)")
     if has_option:
-        return {"min_sparse_len": min_sparse_len, "sparse_training": False}, "dense training forward (sparse_training=False)"
+        return ({"min_sparse_len": min_sparse_len, "sparse_training": False},
+                "dense training forward (sparse_training=False)")
     return ({"min_sparse_len": seq_len + 1},
             "dense training forward (no Options.sparse_training here: min_sparse_len above the sequence)")
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="JSON written by the main process")
     args = parser.parse_args(argv)
     if args.seq_len < 2 or args.steps < 1 or args.batch < 1:
-        parser.error(f"--seq-len must be >= 2, --steps and --batch >= 1; got {args.seq_len}, {args.steps}, {args.batch}")
+        parser.error(f"--seq-len must be >= 2, --steps and --batch >= 1; "
+                     f"got {args.seq_len}, {args.steps}, {args.batch}")
     if not 0 <= args.loss_tokens <= args.seq_len:
         parser.error(f"--loss-tokens must be in [0, --seq-len], got {args.loss_tokens}")
     from accelerate import Accelerator

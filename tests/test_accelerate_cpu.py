@@ -133,7 +133,8 @@ def test_model_dispatched_by_a_device_map_runs_patched_like_the_undispatched_one
     assert (patched - dense).abs().max() > 1e-3, "the sparse path must run"
     if how == "dispatch_model":
         mf.restore(model)
-        dispatched = accelerate.dispatch_model(model, CPU_AND_DISK, main_device="cpu", offload_dir=str(tmp_path / "off"))
+        dispatched = accelerate.dispatch_model(model, CPU_AND_DISK, main_device="cpu",
+                                               offload_dir=str(tmp_path / "off"))
     else:
         model.save_pretrained(tmp_path / "model")
         dispatched = transformers.AutoModelForCausalLM.from_pretrained(
