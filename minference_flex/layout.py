@@ -112,3 +112,15 @@ def check_attention_on_one_device(modules: list[torch.nn.Module]) -> None:
                 f"_no_split_modules), or pass no_split_module_classes=model._no_split_modules to "
                 f"infer_auto_device_map"
             )
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where `model`'s input ids belong: the device its input embeddings run on (their
+    accelerate hook's execution device, else their weights' device, else the model's hook's;
+    the first parameter's device for a model without `get_input_embeddings`)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    if embeddings is None:
+        return next(model.parameters()).device
+    device = _hook_device(embeddings) or _own_tensor_device(embeddings) or _hook_device(model)
+    return device if device is not None else next(model.parameters()).device

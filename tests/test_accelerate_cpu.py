@@ -146,6 +146,22 @@ def test_model_dispatched_by_a_device_map_runs_patched_like_the_undispatched_one
         torch.testing.assert_close(dispatched(ids).logits, patched, rtol=1e-5, atol=1e-5)
 
 
+def test_input_device_follows_offloaded_embeddings(tmp_path):
+    import accelerate
+    from accelerate.hooks import AlignDevicesHook
+
+    from minference_flex.layout import input_device
+
+    model = _tiny_llama()
+    assert input_device(model) == torch.device("cpu")
+    on_disk = dict(CPU_AND_DISK, **{"model.embed_tokens": "disk"})
+    dispatched = accelerate.dispatch_model(model, on_disk, main_device="cpu", offload_dir=str(tmp_path / "off"))
+    assert dispatched.model.embed_tokens.weight.device.type == "meta"
+    assert input_device(dispatched) == torch.device("cpu")
+    dispatched.model.embed_tokens._hf_hook = AlignDevicesHook(execution_device=1)
+    assert input_device(dispatched) == torch.device("cuda", 1)
+
+
 def test_device_map_splitting_one_attention_is_refused():
     from accelerate.hooks import AlignDevicesHook
 
