@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device call on 2 GPUs (nvidia-h100-x2 / nvidia-h200-x2): minference_flex under accelerate.
 # Each PART fits one 10-minute call; PART=all runs them in turn. JSON and logs go to $OUT.
-#   PART=tests    GPU tests of dispatched models (one GPU with CPU offload, two GPUs, split refused)
+#   PART=tests       GPU tests: dispatched models (one GPU with CPU offload, two GPUs, split refused),
+#                    2-process eval and DDP steps on two GPUs
 #   PART=prefill     pre-fill of the Llama-3-8B shape with its 32 layers on 2 GPUs, chunks of 32K, KV
 #                    cache offloaded to the host, 1M tokens, structured indices (one run, compiles included)
 #   PART=ratio       the same at 1M with 2 layers: dense, random and structured (the ratios)
@@ -18,7 +19,7 @@ quiet() { grep -vE "DEBUG|^W[0-9]{4}|Loading weights"; }
 E2E="python3 perf/bench_e2e.py --chunk 32768"
 
 if [ "$PART" = tests ] || [ "$PART" = all ]; then
-  timeout 300 python3 -m pytest -m gpu -q --tb=short tests/test_gpu_accelerate.py 2>&1 | tee "$OUT/gpu_accelerate_tests.log" | tail -15
+  timeout 540 python3 -m pytest -m gpu -q --tb=short tests/test_gpu_accelerate.py 2>&1 | tee "$OUT/gpu_accelerate_tests.log" | tail -15
 fi
 if [ "$PART" = prefill ] || [ "$PART" = all ]; then
   timeout 560 $E2E --gpus 2 --offload --layers 32 --lengths 1048576 --no-warmup \

@@ -140,3 +140,53 @@ def test_chunked_prefill_with_an_offloaded_cache_on_a_dispatched_model(layer_dev
     mf.compile(dispatched, MIXED, min_sparse_len=1024, min_chunk_len=1024)
     got = _chunked_last_logits(dispatched, ids.to("cuda:0"))
     torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+
+
+def _launch_two(args: list[str], tmp_path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(port), *args],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@two_gpus
+def test_data_parallel_eval_on_two_gpus_writes_the_one_process_table(tmp_path):
+    import json
+
+    from minference_flex.__main__ import main
+
+    args = ["--lengths", "2048", "--tasks", "passkey", "needle", "--samples", "4",
+            "--methods", "dense", "default", "a-shape"]
+    main(["eval", *args, "--out", str(tmp_path / "one.json")])
+    _launch_two(["-m", "minference_flex", "eval", *args, "--out", str(tmp_path / "two.json")], tmp_path)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["processes"] == 2
+    assert two["rows"] == one["rows"]
+    for a, b in zip(one["recall"], two["recall"]):  # recall is a float sum: one GPU against another
+        assert a["S"] == b["S"] and a["task"] == b["task"]
+        for name, values in a["per_layer"].items():
+            assert b["per_layer"][name] == pytest.approx(values, abs=1e-4)
+
+
+@two_gpus
+def test_ddp_training_step_on_two_gpus(tmp_path):
+    import json
+
+    out = tmp_path / "ddp.json"
+    _launch_two(["perf/accelerate_train_step.py", "--seq-len", "4096", "--min-sparse-len", "1024",
+                 "--steps", "2", "--out", str(out)], tmp_path)
+    result = json.loads(out.read_text())
+    assert result["processes"] == 2 and result["device"] == "cuda" and result["params_agree"] is True
