@@ -12,10 +12,6 @@ once one kv head's K and V outgrow L2 (`block_sparse_flex`, `KEY_SPLIT_BYTES`).
 Queries may be the last Sq of Sk key positions (chunked pre-fill over a KV cache): masks are
 [Sq, Sk] grids whose query blocks sit at absolute positions, and mask_mods add the position
 of the mask's first query row, held in a tensor so that each chunk reuses the compiled kernel.
-
-Per device: masks are built on q's device and cached with the device in the key, and each
-device compiles its own copy of the flex functions (`per_device_copy`), so a model spread
-over several GPUs by a device map does not share one recompile budget between them.
 """
 
 from __future__ import annotations
@@ -76,6 +72,9 @@ def _poison_rows(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.where(_nonfinite_rows(q), float("nan"), out)
 
 
+# Per device: masks are built on q's device and cached with the device in their key, and each
+# device compiles its own copy of the flex functions, so a model spread over several GPUs by a
+# device map does not share one recompile budget between them.
 def per_device_copy(fn, device: torch.device):
     """`fn` with a code object of its own for `device`. Dynamo keeps its compiled variants and
     its recompile budget (`recompile_limit`, 8 by default) per code object, whatever wraps it;

@@ -186,6 +186,8 @@ def minference_attention(
     if q_len > kv_len:
         raise ValueError(f"minference_flex attention got {q_len} queries for {kv_len} keys: the queries must be "
                          f"the last q_len of the key positions (the cache is updated before attention)")
+    if state is None or plan is None or module.layer_idx < state.options.starting_layer:
+        plan = None
     if not query.device == key.device == value.device:
         raise ValueError(
             f"minference_flex attention of layer {module.layer_idx} got query on {query.device}, key on "
@@ -199,8 +201,6 @@ def minference_attention(
             f"parallelism slices them, which is not supported); call minference_flex.compile on the model as "
             f"it runs, without tp_plan"
         )
-    if state is None or plan is None or module.layer_idx < state.options.starting_layer:
-        plan = None
     if attention_mask is None:
         if state is None:
             out = _dense(query, key, value, None, scale)
