@@ -2,6 +2,8 @@
 
   python -m minference_flex demo [--seq-len N] [--passkey-len N] [--device cpu|cuda]
   python -m minference_flex search --model DIR --out config.json [--length N] [--budget SPEC ...]
+  [accelerate launch --num_processes N -m] minference_flex eval --out table.json
+      [--lengths N ...] [--tasks T ...] [--samples N] [--methods M ...]
 """
 
 from __future__ import annotations
@@ -129,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
                       help="model part: passkey prompt tokens (default: the longest length the model was trained on, at most 2048 on CPU)")
     demo.add_argument("--device", choices=["cpu", "cuda"], default=None)
     search = _add_search(commands)
+    evaluate = commands.add_parser(
+        "eval", help="accuracy table of sparse pre-fill against dense on the retrieval model; data parallel "
+        "under `accelerate launch`",
+        description="Exact-match accuracy per task, length and method (and per-layer attention recall) on the "
+        "shipped retrieval model. Under `accelerate launch --num_processes N -m minference_flex eval` the samples "
+        "are split across the processes and the main process writes one table, equal to the one-process table.",
+    )
+    from .evaluate import add_arguments
+
+    add_arguments(evaluate)
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.seq_len is not None and args.seq_len < 1:
@@ -148,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(args.seq_len, args.device)
     elif args.command == "search":
         _run_search(search, args)
+    elif args.command == "eval":
+        from .evaluate import run
+
+        run(evaluate, args)
     return 0
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -87,9 +88,24 @@ def _poison_rows(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.where(_nonfinite_rows(q), float("nan"), out)
 
 
+# Per device: masks are built on q's device and cached with the device in their key, and each
+# device compiles its own copy of the flex functions, so a model spread over several GPUs by a
+# device map does not share one recompile budget between them.
+def per_device_copy(fn, device: torch.device):
+    """`fn` with a code object of its own for `device`. Dynamo keeps its compiled variants and
+    its recompile budget (`recompile_limit`, 8 by default) per code object, whatever wraps it;
+    a model whose layers sit on several devices would otherwise spend one budget on every
+    device's variants, and past it FlexAttention runs eagerly (S x S scores)."""
+    device = torch.device(device)
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{device.type}{device.index if device.index is not None else ''}")
+    copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return functools.update_wrapper(copy, fn)
+
+
 @functools.cache
-def _compiled_flex():
-    return torch.compile(_flex_on_blocks)
+def _compiled_flex(device: torch.device = torch.device("cuda", 0)):
+    """`_flex_on_blocks` compiled for the tensors of `device` (a compile cache per device)."""
+    return torch.compile(per_device_copy(_flex_on_blocks, device))
 
 
 def _kernel_options(q: torch.Tensor, block_mask: BlockMask) -> dict | None:
@@ -156,10 +172,10 @@ def flex_attend(
     if not q.is_cuda and not compiling:
         v = _poison_values(k, v)
     if len(masks) == 1:
-        fn = _flex_on_blocks if compiling else _compiled_flex()
+        fn = _flex_on_blocks if compiling else _compiled_flex(q.device)
         out = fn(q, k, v, masks[0], scale, enable_gqa, options)
     else:
-        fn = _flex_key_split if compiling else _compiled_flex_key_split()
+        fn = _flex_key_split if compiling else _compiled_flex_key_split(q.device)
         out = fn(q, k, v, masks, scale, enable_gqa, options)
     if not q.is_cuda and not compiling:
         out = _poison_rows(q, out)
@@ -255,8 +271,9 @@ def _flex_key_split(q, k, v, block_masks, scale, enable_gqa, kernel_options):
 
 
 @functools.cache
-def _compiled_flex_key_split():
-    return torch.compile(_flex_key_split)
+def _compiled_flex_key_split(device: torch.device = torch.device("cuda", 0)):
+    """`_flex_key_split` compiled for the tensors of `device` (a compile cache per device)."""
+    return torch.compile(per_device_copy(_flex_key_split, device))
 
 
 def _compact(blocks: torch.Tensor, keep: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ import torch
 
 from custom_ops.dense_causal import MASK_ELEMENTS, dense_causal_attention_op
 
-from . import _checks
+from . import _checks, layout
 from .config import ConfigSource, PatternConfig, load_pattern_config
 from .prefill import LayerPlan, sparse_prefill
 
@@ -210,6 +210,19 @@ def minference_attention(
         or (training and not state.options.sparse_training)
     ):
         plan = None
+    if not query.device == key.device == value.device:
+        raise ValueError(
+            f"minference_flex attention of layer {module.layer_idx} got query on {query.device}, key on "
+            f"{key.device}, value on {value.device}: keep each attention module on one device (see "
+            f"minference_flex.layout)"
+        )
+    if plan is not None and len(plan.kinds) != query.shape[1]:
+        raise ValueError(
+            f"minference_flex attention of layer {module.layer_idx} got {query.shape[1]} query heads but its "
+            f"pattern config has {len(plan.kinds)}: the model's heads changed after compile (tensor "
+            f"parallelism slices them, which is not supported); call minference_flex.compile on the model as "
+            f"it runs, without tp_plan"
+        )
     if attention_mask is None:
         if state is None:
             out = _dense(query, key, value, None, scale)
@@ -270,7 +283,13 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
 
     Returns:
         the same model, patched in place; `minference_flex.restore(model)` undoes it. Call
-        before `torch.compile(model)`.
+        before `torch.compile(model)`, and before `accelerator.prepare(model)`.
+
+    A model spread over devices by a device map (`from_pretrained(..., device_map="auto")`,
+    `accelerate.dispatch_model`, CPU or disk offload included) runs each layer's patterns on
+    the device its attention executes on. Raises ValueError for tensor parallelism and for
+    a device map that splits one layer's attention, TypeError for a DDP/FSDP wrapper (see
+    `minference_flex.layout`).
     """
     try:
         opts = Options(**options)
@@ -281,7 +300,9 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
         raise
     if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         raise ValueError("call minference_flex.compile(model) before torch.compile(model), not after")
+    layout.check_not_wrapped(model)
     num_layers, num_heads = attention_model_shape(model, "minference_flex.compile")
+    layout.check_not_tensor_parallel(model)
     config = model.config
     modules = _attention_modules(model)
     if len(modules) != num_layers:
@@ -289,6 +310,7 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
             f"found {len(modules)} attention modules with a layer_idx but the config has {num_layers} "
             f"layers: {type(model).__name__} is not a supported layout"
         )
+    layout.check_attention_on_one_device(modules)
     patterns = load_pattern_config(pattern_config, num_layers, num_heads, getattr(config, "_name_or_path", ""))
     state = getattr(model, _STATE_ATTR, None)
     if state is not None:

@@ -58,9 +58,10 @@ def searched_config_path(path: str | None = None) -> str | None:
 @torch.no_grad()
 def answer(model, sample) -> list[int]:
     """Greedy answer of `model` to a `tasks.Sample`: len(sample.answer) token ids after the prompt."""
+    from .layout import input_device
     from .tasks import TOKENIZER
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.tensor([sample.prompt], device=device)
     out = model.generate(
         ids, max_new_tokens=len(sample.answer), do_sample=False, pad_token_id=TOKENIZER.pad_id,

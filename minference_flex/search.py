@@ -39,6 +39,7 @@ from .config import (
     _parse_head,
     save_pattern_config,
 )
+from . import layout
 from .hf import attention_model_shape
 from .probe import dense_forward_with_probe
 from .recall import candidate_scores
@@ -345,7 +346,7 @@ def search(
         raise ValueError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
     if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
         raise ValueError(f"length must be an int >= 1, got {length!r}")
-    device = next(model.parameters()).device
+    device = layout.input_device(model)
     ids = _calibration_ids(model, calibration, length, seed, tokenizer, device)
     seq_len = ids.shape[1]
 

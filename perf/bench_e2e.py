@@ -18,7 +18,10 @@ wall time with the GPU synchronised, and peak allocated memory. Modes of minfere
 
 Usage (GPU): python perf/bench_e2e.py --lengths 32768 131072 262144 --out perf/results/e2e.json
     [--config searched=perf/results/searched_2026-11-24_llama3_8b_32k.json] [--layers 32]
-    [--chunk 32768 [--offload]] [--shape qwen2.5-7b-1m]
+    [--chunk 32768 [--offload]] [--shape qwen2.5-7b-1m] [--gpus 2]
+
+With `--gpus N` the layers are spread over N GPUs by an accelerate device map (pipeline: one
+GPU works at a time); peaks are then per GPU (`peak_gib_per_gpu`), `peak_gib` the largest.
 """
 
 from __future__ import annotations
@@ -73,15 +76,23 @@ def planted_indices():
         prefill.estimate_vertical_slash = real
 
 
+def _synchronize_all() -> None:
+    for device in range(torch.cuda.device_count()):
+        torch.cuda.synchronize(device)
+
+
 def prefill_once(model, ids, chunk: int = 0, offload: bool = False) -> tuple[float, float]:
     """Seconds and peak GiB of one pre-fill (KV cache kept, last logits only), in one forward
-    or in chunks of `chunk` tokens over a `DynamicCache` (offloaded to the host if asked)."""
+    or in chunks of `chunk` tokens over a `DynamicCache` (offloaded to the host if asked).
+    Every visible GPU is synchronised and its peak counted: the peak is the largest one's;
+    `peaks_per_gpu()` gives each GPU's."""
     from transformers import DynamicCache
 
     gc.collect()
     torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    torch.cuda.synchronize()
+    for device in range(torch.cuda.device_count()):
+        torch.cuda.reset_peak_memory_stats(device)
+    _synchronize_all()
     start = time.perf_counter()
     with torch.no_grad():
         if chunk:
@@ -90,10 +101,27 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False) -> tuple[flo
                 out = model(ids[:, a:a + chunk], past_key_values=cache, logits_to_keep=1, use_cache=True)
         else:
             out = model(ids, logits_to_keep=1, use_cache=True)
-    torch.cuda.synchronize()
+    _synchronize_all()
     seconds = time.perf_counter() - start
     del out
-    return seconds, torch.cuda.max_memory_allocated() / 2**30
+    return seconds, max(peaks_per_gpu())
+
+
+def peaks_per_gpu() -> list[float]:
+    """Peak allocated GiB of each visible GPU since the last `prefill_once` began."""
+    return [torch.cuda.max_memory_allocated(d) / 2**30 for d in range(torch.cuda.device_count())]
+
+
+def spread_over_gpus(model, gpus: int):
+    """`model` (on cuda:0) dispatched by accelerate with its decoder layers split evenly over
+    cuda:0 .. cuda:gpus-1 (embeddings on the first, final norm and head on the last); each
+    layer's attention and its KV cache live on its GPU."""
+    import accelerate
+
+    layers = model.config.num_hidden_layers
+    device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": gpus - 1, "lm_head": gpus - 1}
+    device_map.update({f"model.layers.{i}": i * gpus // layers for i in range(layers)})
+    return accelerate.dispatch_model(model, device_map)
 
 
 def layer_subset(path: str, layers: int) -> list:
@@ -135,6 +163,8 @@ def main(argv=None):
     parser.add_argument("--offload", action="store_true",
                         help="with --chunk: keep the KV cache in host memory (pinned blocks released after each layer)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="spread the layers over this many GPUs with an accelerate device map (pipeline)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed runs (memory runs at full depth: the figure then includes compiles)")
     parser.add_argument("--out", default="perf/results/e2e.json")
@@ -143,6 +173,8 @@ def main(argv=None):
         sys.exit("bench_e2e needs a CUDA GPU")
     if args.offload and not args.chunk:
         parser.error("--offload needs --chunk")
+    if not 1 <= args.gpus <= torch.cuda.device_count():
+        parser.error(f"--gpus must be in [1, {torch.cuda.device_count()}] (the visible GPUs), got {args.gpus}")
     build, shipped_name = SHAPES[args.shape]
     configs = {"shipped": shipped_config_path(shipped_name)}
     for spec in args.config:
@@ -160,6 +192,8 @@ def main(argv=None):
     info = machine()
     print(info, flush=True)
     model = build(args.layers, name_or_path=shipped_name)
+    if args.gpus > 1:
+        model = spread_over_gpus(model, args.gpus)
     if args.offload:
         release_host_cache_after_each_layer(model)
     vocab = model.config.vocab_size
@@ -190,6 +224,8 @@ def main(argv=None):
                 seconds = sorted(r[0] for r in runs)[len(runs) // 2]
                 peak = max(r[1] for r in runs)
                 row = {"S": seq_len, "mode": mode, "seconds": seconds, "peak_gib": peak}
+                if args.gpus > 1:
+                    row["peak_gib_per_gpu"] = peaks_per_gpu()[: args.gpus]
             except torch.OutOfMemoryError as exc:
                 row = {"S": seq_len, "mode": mode, "error": f"OOM: {str(exc).splitlines()[0]}"}
             if mode == "sdpa" and "seconds" in row:

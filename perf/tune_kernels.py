@@ -161,7 +161,7 @@ def _flex_run(q, k, v, mask, options):
     if padded != seq_len:
         q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded - seq_len)) for t in (q, k, v))
     q5, k5, v5 = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
-    return _compiled_flex()(q5, k5, v5, mask, scale, True, options)
+    return _compiled_flex(q.device)(q5, k5, v5, mask, scale, True, options)
 
 
 def sweep_block_sparse(q, k, v, rep, option_names=None, sweep_select=True):

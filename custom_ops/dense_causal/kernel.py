@@ -9,6 +9,8 @@ H100). FlexAttention's key-range passes merge inside their compiled graph instea
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .._interpreter import check_interpreter  # sets TRITON_INTERPRET without a GPU
@@ -61,10 +63,13 @@ def merge_two_into(
     if not out.is_cuda:
         check_interpreter()
     block_rows = 64
-    _merge_two[(triton.cdiv(rows, block_rows), bsz * heads)](
-        a, b, lse_a, lse_b, out, rows, heads,
-        a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse_a.stride(0), lse_a.stride(1), lse_b.stride(0), lse_b.stride(1),
-        DIM=dim, DIM_P2=triton.next_power_of_2(dim), BLOCK_ROWS=block_rows, num_warps=4,
-    )
+    # Triton launches on the current CUDA device: a layer placed on another GPU by a device
+    # map must launch on its own
+    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+        _merge_two[(triton.cdiv(rows, block_rows), bsz * heads)](
+            a, b, lse_a, lse_b, out, rows, heads,
+            a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1), b.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            lse_a.stride(0), lse_a.stride(1), lse_b.stride(0), lse_b.stride(1),
+            DIM=dim, DIM_P2=triton.next_power_of_2(dim), BLOCK_ROWS=block_rows, num_warps=4,
+        )

@@ -107,7 +107,9 @@ def _chunks_apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     q_len, seq_len = q.shape[2], k.shape[2]
     if not q.is_cuda or q_len == 1 or (q_len == seq_len <= CHUNK_ROWS):
         return False
-    return can_use_cudnn_attention(SDPAParams(q, k, v, None, 0.0, True, q.shape[1] != k.shape[1]), False)
+    # the check reads the current device's properties: make it q's (layers on other GPUs)
+    with torch.cuda.device(q.device):
+        return can_use_cudnn_attention(SDPAParams(q, k, v, None, 0.0, True, q.shape[1] != k.shape[1]), False)
 
 
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
