@@ -108,6 +108,12 @@ def _compiled_flex(device: torch.device = torch.device("cuda", 0)):
     return torch.compile(per_device_copy(_flex_on_blocks, device))
 
 
+#: Backward kernel options for head_dim > 64 on CUDA. Inductor's H100 default for head_dim
+#: 128 (3 stages) asked 233,528 B of shared memory for the block-sparse training mask, 1 KB
+#: over the H100's 232,448 B, and found no config ("No valid triton configs"); 2 stages.
+BACKWARD_OPTIONS_WIDE_HEADS = {"bwd_num_stages": 2}
+
+
 def _kernel_options(q: torch.Tensor, block_mask: BlockMask) -> dict | None:
     """Kernel tiles matching the mask's blocks, as measured best on H100 (perf/tune_kernels.py).
     64-row tiles: 4 warps, 3 stages (block-sparse top-100 at 128K: 31 ms against 49 ms), K/V
@@ -164,6 +170,8 @@ def flex_attend(
     options = _kernel_options(q, masks[0])
     if options is not None and needs_grad(q, k, v):  # tuned for the forward: Inductor's defaults for the backward
         options = {f"fwd_{name}": value for name, value in options.items()}
+        if q.shape[-1] > 64:
+            options.update(BACKWARD_OPTIONS_WIDE_HEADS)
     q = _pad_rows(q, flex_padded_length(q_len))
     k, v = (_pad_rows(t, flex_padded_length(k.shape[2])) for t in (k, v))
     if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer

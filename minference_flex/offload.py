@@ -3,9 +3,9 @@
 transformers offloads each layer's K/V with `.to("cpu", non_blocking=True)`, which takes pinned
 memory from PyTorch's caching host allocator. That allocator keeps every freed block for reuse,
 and in a chunked pre-fill each chunk's K/V are larger than the last, so the old blocks are never
-reused: host memory grows to several times the cache (a 512K-token Llama-3-8B cache is 64 GiB,
-and a 128 GiB host ran out). Releasing the cached blocks after every decoder layer keeps host
-memory near the cache itself.
+reused: a 512K-token pre-fill of the Llama-3-8B shape (a 64 GiB cache) was killed for memory
+on a 128 GB host. Releasing the cached blocks after every decoder layer kept host memory at
+66 GB there.
 """
 
 from __future__ import annotations
