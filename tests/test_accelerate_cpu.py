@@ -214,7 +214,7 @@ def test_data_parallel_wrapper_is_refused_with_the_fix():
         mf.compile(torch.nn.DataParallel(model), VS)
 
 
-def test_each_device_gets_its_own_flex_compile_cache(monkeypatch):
+def test_each_device_gets_its_own_flex_compile_cache():
     from minference_flex.flex import _compiled_flex, _flex_on_blocks, per_device_copy
 
     cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
@@ -227,11 +227,13 @@ def test_each_device_gets_its_own_flex_compile_cache(monkeypatch):
 
     # dynamo's budget is per code object: with a budget of one variant, two devices' variants
     # fit only in two copies (conftest turns hitting the limit into an error)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    first, second = (torch.compile(per_device_copy(affine, d), backend="eager") for d in (cuda0, cuda1))
-    first(torch.ones(3))
-    assert torch.equal(second(torch.ones(3, dtype=torch.float64)), torch.full((3,), 3.0, dtype=torch.float64))
-    shared = torch.compile(affine, backend="eager")
-    shared(torch.ones(3))
-    with pytest.raises(Exception, match="recompile_limit"):
-        shared(torch.ones(3, dtype=torch.float64))
+    # (torch's own config.patch: monkeypatching the config module deletes the entry on undo
+    # with pytest 9.2, since config entries are not module attributes)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        first, second = (torch.compile(per_device_copy(affine, d), backend="eager") for d in (cuda0, cuda1))
+        first(torch.ones(3))
+        assert torch.equal(second(torch.ones(3, dtype=torch.float64)), torch.full((3,), 3.0, dtype=torch.float64))
+        shared = torch.compile(affine, backend="eager")
+        shared(torch.ones(3))
+        with pytest.raises(Exception, match="recompile_limit"):
+            shared(torch.ones(3, dtype=torch.float64))
