@@ -29,9 +29,14 @@ def vertical_slash_counts(seq_len: int, vertical_size: int, slash_size: int) -> 
     The always-kept columns and diagonals are part of the budget, so a budget below them is
     raised to them; a budget above the sequence is clamped to it.
     """
-    nv = min(max(vertical_size, FORCED_VERTICAL), seq_len)
-    ns = min(max(slash_size, FORCED_SLASH), seq_len)
-    return nv, ns
+    return _at_most(max(vertical_size, FORCED_VERTICAL), seq_len), _at_most(max(slash_size, FORCED_SLASH), seq_len)
+
+
+def _at_most(budget: int, length: int) -> int:
+    """min(budget, length), kept a plain int when the budget fits: under torch.compile with a
+    dynamic length, min() would make every index width a symbolic Min(length, budget), which
+    Inductor failed to lower in a compiled training step; the comparison is a guard instead."""
+    return budget if budget <= length else length
 
 
 def _grouped_last_scores(
@@ -168,7 +173,7 @@ def estimate_vertical_slash(
     verticals = _checks.check_budgets("vertical_size", vertical_size, heads)
     slashes = _checks.check_budgets("slash_size", slash_size, heads)
     last_q = _checks.check_nonnegative_int("last_q", last_q, minimum=1)
-    last_q = min(last_q, q.shape[2])
+    last_q = _at_most(last_q, q.shape[2])
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     counts = [vertical_slash_counts(seq_len, a, b) for a, b in zip(verticals, slashes)]
     nv = max(c[0] for c in counts)
@@ -286,7 +291,7 @@ def _top_tiles_torch(scores: torch.Tensor, topk: int, shift: int = 0) -> tuple[t
     diagonal = shift + torch.arange(q_blocks, device=scores.device)[:, None]
     tiles = torch.arange(nblocks, device=scores.device)
     scores = scores.masked_fill(tiles[None, :] > diagonal, float("-inf"))
-    width = min(topk, nblocks)
+    width = _at_most(topk, nblocks)
     # Packing the kept tiles (not -inf, not the diagonal) to the front is a cumsum and a
     # scatter, much cheaper than sorting the indices.
     best = scores.topk(width, dim=-1, sorted=False)

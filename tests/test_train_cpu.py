@@ -156,6 +156,7 @@ def test_compiled_training_step_gives_the_eager_gradients_without_recompiling(na
     """torch.compile(model) (fullgraph: no graph break anywhere in the forward, attention
     included) runs forward, loss and backward with the eager gradients; a second step at the
     same length with other tokens compiles nothing new."""
+    torch._dynamo.reset()  # earlier tests' lengths would make this length dynamic
     model = _model()
     mf.compile(model, SMALL[name], min_sparse_len=256, dense_fallback=False)
     ids = torch.randint(1, 128, (1, SEQ))

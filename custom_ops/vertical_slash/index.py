@@ -157,7 +157,9 @@ def _expand_pieces(lo: torch.Tensor, hi: torch.Tensor, keep: torch.Tensor, width
 def dists_width(n_offsets: int, seq_len: int, block_size: int) -> int:
     """Width of `VerticalSlashIndex.dists`: NS bands hold at most NS * bs distances, and their
     union at most S + bs - 1 (distances 1 .. S - 1 + bs); at least 1."""
-    return max(1, min(n_offsets * block_size, seq_len + block_size - 1))
+    bands, union = n_offsets * block_size, seq_len + block_size - 1
+    # a comparison, not min(): a plain int under torch.compile with a dynamic length
+    return max(1, bands if bands <= union else union)
 
 
 def build_vertical_slash_index(
