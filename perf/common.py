@@ -59,13 +59,7 @@ def llama3_8b(num_layers: int = 32, seed: int = 0, name_or_path: str = ""):
         num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
         max_position_embeddings=262144, tie_word_embeddings=False,
     )
-    config._name_or_path = name_or_path
-    torch.manual_seed(seed)
-    with torch.device("cuda"):
-        model = transformers.AutoModelForCausalLM.from_config(
-            config, dtype=torch.bfloat16, attn_implementation="sdpa"
-        )
-    return model.eval()
+    return _random_model(config, seed, name_or_path)
 
 
 def qwen25_7b_1m(num_layers: int = 28, seed: int = 0, name_or_path: str = ""):
@@ -78,6 +72,15 @@ def qwen25_7b_1m(num_layers: int = 28, seed: int = 0, name_or_path: str = ""):
         num_attention_heads=28, num_key_value_heads=4, rope_theta=10000000.0,
         max_position_embeddings=1010000, tie_word_embeddings=False, use_sliding_window=False,
     )
+    return _random_model(config, seed, name_or_path)
+
+
+def _random_model(config, seed: int, name_or_path: str):
+    """A causal LM of `config` with random weights, built directly on the GPU in bf16 (no fp32
+    CPU copy), SDPA attention, eval mode; `name_or_path` is what `minference_flex.compile`
+    looks the shipped config up by."""
+    import transformers
+
     config._name_or_path = name_or_path
     torch.manual_seed(seed)
     with torch.device("cuda"):
