@@ -20,7 +20,7 @@ from .attention import (
 from .config import HeadPattern, PatternConfigError, load_pattern_config, save_pattern_config
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles, vertical_slash_counts
 from .hf import Options, compile, restore
-from .offload import release_host_cache_after_each_layer
+from .offload import HostOffloadedCache
 from .recall import attention_recall
 from .search import DEFAULT_CANDIDATES, SearchResult, search
 
@@ -37,7 +37,7 @@ __all__ = [
     "PatternConfigError",
     "compile",
     "load_pattern_config",
-    "release_host_cache_after_each_layer",
+    "HostOffloadedCache",
     "restore",
     "save_pattern_config",
     "block_sparse_attention",

@@ -3,7 +3,7 @@ weights, minference_flex against transformers' own `sdpa` and `flex_attention` i
 
 With `--chunk N` the prompt is pre-filled in chunks of N tokens over a KV cache (a loop of
 forwards over a `DynamicCache`, as `generate(..., prefill_chunk_size=N)` does; `--offload`
-keeps each layer's K/V in host memory between chunks): every mode runs the same chunks. The
+keeps each layer's K/V in host memory between chunks: `mf.HostOffloadedCache`): every mode runs the same chunks. The
 `dense` mode is minference_flex's dense path (cuDNN row chunks, no [q_len, kv_len] mask);
 `sdpa` is what transformers itself runs, which builds a [q_len, kv_len] mask for a chunk.
 
@@ -32,6 +32,7 @@ import functools
 import gc
 import json
 import os
+import resource
 import sys
 import time
 
@@ -45,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
 import minference_flex.prefill as prefill  # noqa: E402
-from minference_flex.offload import release_host_cache_after_each_layer  # noqa: E402
+from minference_flex.offload import HostOffloadedCache  # noqa: E402
 from minference_flex.config import shipped_config_path  # noqa: E402
 from perf.common import llama3_8b, machine, qwen25_7b_1m, write_json  # noqa: E402
 from perf.planted import planted_per_head  # noqa: E402
@@ -96,7 +97,7 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False) -> tuple[flo
     start = time.perf_counter()
     with torch.no_grad():
         if chunk:
-            cache = DynamicCache(config=model.config, offloading=offload)
+            cache = HostOffloadedCache(model.config) if offload else DynamicCache(config=model.config)
             for a in range(0, ids.shape[1], chunk):
                 out = model(ids[:, a:a + chunk], past_key_values=cache, logits_to_keep=1, use_cache=True)
         else:
@@ -105,6 +106,11 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False) -> tuple[flo
     seconds = time.perf_counter() - start
     del out
     return seconds, max(peaks_per_gpu())
+
+
+def host_peak_gib() -> float:
+    """Peak resident host memory of this process so far, GiB (pinned cache blocks included)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def peaks_per_gpu() -> list[float]:
@@ -161,7 +167,7 @@ def main(argv=None):
                         help="minference_flex option (1 measures the sparse path at short lengths)")
     parser.add_argument("--chunk", type=int, default=0, help="pre-fill in chunks of this many tokens (0: one forward)")
     parser.add_argument("--offload", action="store_true",
-                        help="with --chunk: keep the KV cache in host memory (pinned blocks released after each layer)")
+                        help="with --chunk: keep the KV cache in host memory (mf.HostOffloadedCache)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     parser.add_argument("--gpus", type=int, default=1,
                         help="spread the layers over this many GPUs with an accelerate device map (pipeline)")
@@ -194,8 +200,6 @@ def main(argv=None):
     model = build(args.layers, name_or_path=shipped_name)
     if args.gpus > 1:
         model = spread_over_gpus(model, args.gpus)
-    if args.offload:
-        release_host_cache_after_each_layer(model)
     vocab = model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(0)
     rows = []
@@ -223,7 +227,8 @@ def main(argv=None):
                     runs = [run(model, ids) for _ in range(args.repeats)]
                 seconds = sorted(r[0] for r in runs)[len(runs) // 2]
                 peak = max(r[1] for r in runs)
-                row = {"S": seq_len, "mode": mode, "seconds": seconds, "peak_gib": peak}
+                row = {"S": seq_len, "mode": mode, "seconds": seconds, "peak_gib": peak,
+                       "host_peak_gib": host_peak_gib()}
                 if args.gpus > 1:
                     row["peak_gib_per_gpu"] = peaks_per_gpu()[: args.gpus]
             except torch.OutOfMemoryError as exc:

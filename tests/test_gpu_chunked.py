@@ -97,7 +97,7 @@ def _tiny_model(layers=2):
     return transformers.AutoModelForCausalLM.from_config(config).to("cuda", torch.bfloat16).eval()
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "offloaded"])
+@pytest.mark.parametrize("cache", ["dynamic", "offloaded", "host"])
 def test_generate_with_prefill_chunks_goes_sparse_cuda(cache, monkeypatch):
     from minference_flex import hf
 
@@ -106,7 +106,8 @@ def test_generate_with_prefill_chunks_goes_sparse_cuda(cache, monkeypatch):
     monkeypatch.setattr(hf, "sparse_prefill", lambda q, k, *a, **kw: calls.append((q.shape[2], k.shape[2])) or real(q, k, *a, **kw))
     model = _tiny_model()
     ids = torch.randint(1, 128, (1, 20000), device="cuda")
-    extra = {} if cache == "dynamic" else {"cache_implementation": "offloaded"}
+    extra = {"dynamic": {}, "offloaded": {"cache_implementation": "offloaded"},
+             "host": {"past_key_values": mf.HostOffloadedCache(model.config)}}[cache]
     with torch.no_grad():
         dense = model(ids).logits[:, -1].float()
         full = [{str(h): ["vertical_and_slash", 10**6, 10**6, 0] for h in range(4)}] * 2
@@ -116,3 +117,26 @@ def test_generate_with_prefill_chunks_goes_sparse_cuda(cache, monkeypatch):
     first = out.logits[0].float()
     assert (first - dense).abs().max() < 0.05 * dense.abs().max()
     assert (8192, 16384) in calls and any(kv == 20000 and q > 1 for q, kv in calls)
+
+
+def test_host_offloaded_cache_gives_the_dynamic_cache_logits_cuda():
+    """A patched model's chunked pre-fill over `HostOffloadedCache` (pinned blocks, side-stream
+    fetches) equals the same over a `DynamicCache`, bit for bit, and frees the GPU of the
+    cache between turns."""
+    model = _tiny_model(layers=3)
+    mf.compile(model, min_sparse_len=8192)
+    ids = torch.randint(1, 128, (1, 40000), device="cuda")
+
+    def prefill(cache):
+        with torch.no_grad():
+            return torch.cat([model(ids[:, a:a + 8192], past_key_values=cache, use_cache=True).logits[:, -1:]
+                              for a in range(0, ids.shape[1], 8192)], 1)
+
+    expected = prefill(transformers.DynamicCache(config=model.config))
+    cache = mf.HostOffloadedCache(model.config)
+    got = prefill(cache)
+    torch.cuda.synchronize()
+    assert torch.equal(got, expected)
+    assert cache.get_seq_length() == 40000
+    assert [layer.resident for layer in cache.layers] == [True, False, False]  # the first, fetched ahead
+    assert all(block.is_pinned() for layer in cache.layers for blocks in layer._host for block in blocks)
