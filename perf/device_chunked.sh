@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Device call: chunked pre-fill. GPU tests of the chunked path, then bench_e2e in chunks of 32K
 # on the Llama-3-8B shape (4 layers at 128K/256K, 2 at 512K: every mode runs the same layers,
-# so the ratios hold). PART=memory runs the full-depth 512K Llama-3-8B pre-fill with an
-# offloaded cache (H100: its 64 GiB cache does not fit beside the weights); PART=memory_h200
-# the full-depth 1M Qwen2.5-7B-1M pre-fill with the cache on the GPU (an H200: 56 GiB cache).
+# so the ratios hold). PART=memory runs the full-depth 512K Llama-3-8B pre-fill with the cache
+# offloaded to the host by mf.HostOffloadedCache (H100: its 64 GiB cache does not fit beside the
+# weights); PART=memory_h200 the full-depth 1M Qwen2.5-7B-1M pre-fill with the cache on the GPU
+# (an H200: 56 GiB cache). MEM_TIMEOUT (s) bounds a memory run.
 set -o pipefail
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out}
@@ -15,9 +16,9 @@ if [ "${PART:-speed}" = speed ]; then
   timeout 150 $E2E --layers 4 --lengths 131072 262144 --out "$OUT/e2e_chunked_llama_128k_256k.json" 2>&1 | grep -vE "DEBUG|W12" | tail -12
   timeout 200 $E2E --layers 2 --lengths 524288 --out "$OUT/e2e_chunked_llama_512k.json" 2>&1 | grep -vE "DEBUG|W12" | tail -7
 elif [ "$PART" = memory ]; then
-  timeout 560 $E2E --layers 32 --lengths 524288 --offload --no-warmup --skip sdpa dense "minference_flex[shipped] random" \
+  timeout ${MEM_TIMEOUT:-560} $E2E --layers 32 --lengths 524288 --offload --no-warmup --skip sdpa dense "minference_flex[shipped] random" \
     --out "$OUT/e2e_chunked_llama_512k_full_offload.json" 2>&1 | grep -vE "DEBUG|W12" | tail -4
 else
-  timeout 560 $E2E --shape qwen2.5-7b-1m --layers 28 --lengths 1048576 --no-warmup \
+  timeout ${MEM_TIMEOUT:-560} $E2E --shape qwen2.5-7b-1m --layers 28 --lengths 1048576 --no-warmup \
     --skip sdpa dense "minference_flex[shipped] random" --out "$OUT/e2e_chunked_qwen_1m_full.json" 2>&1 | grep -vE "DEBUG|W12" | tail -4
 fi
