@@ -108,10 +108,11 @@ def _compiled_flex(device: torch.device = torch.device("cuda", 0)):
     return torch.compile(per_device_copy(_flex_on_blocks, device))
 
 
-#: Backward kernel options for head_dim > 64 on CUDA. Inductor's H100 default for head_dim
-#: 128 (3 stages) asked 233,528 B of shared memory for the block-sparse training mask, 1 KB
-#: over the H100's 232,448 B, and found no config ("No valid triton configs"); 2 stages.
-BACKWARD_OPTIONS_WIDE_HEADS = {"bwd_num_stages": 2}
+#: Kernel options of the training path (forward that saves the log-sum-exp, then backward) for
+#: head_dim > 64 on CUDA. The forward's tuned 128 x 128 tiles at 3 stages, fused with the
+#: training epilogue, asked 233,528 B of shared memory for the block-sparse training mask at
+#: head_dim 128, 1 KB over the H100's 232,448 B ("No valid triton configs"); 2 stages.
+TRAINING_OPTIONS_WIDE_HEADS = {"fwd_num_stages": 2, "bwd_num_stages": 2}
 
 
 def _kernel_options(q: torch.Tensor, block_mask: BlockMask) -> dict | None:
@@ -171,7 +172,7 @@ def flex_attend(
     if options is not None and needs_grad(q, k, v):  # tuned for the forward: Inductor's defaults for the backward
         options = {f"fwd_{name}": value for name, value in options.items()}
         if q.shape[-1] > 64:
-            options.update(BACKWARD_OPTIONS_WIDE_HEADS)
+            options.update(TRAINING_OPTIONS_WIDE_HEADS)
     q = _pad_rows(q, flex_padded_length(q_len))
     k, v = (_pad_rows(t, flex_padded_length(k.shape[2])) for t in (k, v))
     if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer

@@ -108,25 +108,30 @@ class HostBlockLayer(DynamicLayer):
         self.keys, self.values = (self._read(blocks) for blocks in self._host)
 
     def _write(self, states: torch.Tensor, blocks: list[torch.Tensor], length: int) -> None:
+        """Append states[:, :, stored:length] to the token-major blocks [T, B, Hkv, D]: every
+        copy is between contiguous memory (a strided copy to pinned memory is staged and
+        synchronous in PyTorch), from one token-major device copy of the new tokens."""
         pinned = states.device.type == "cuda"
+        new = states[:, :, self._stored : length].permute(2, 0, 1, 3).contiguous()
         position = self._stored
         while position < length:
             block, offset = divmod(position, self._block_tokens)
             if block == len(blocks):
-                bsz, heads, dim = self._block_shape
-                blocks.append(torch.empty(bsz, heads, self._block_tokens, dim, dtype=states.dtype, pin_memory=pinned))
+                blocks.append(torch.empty(self._block_tokens, *self._block_shape, dtype=states.dtype, pin_memory=pinned))
             end = min(length, (block + 1) * self._block_tokens)
-            blocks[block][:, :, offset : offset + end - position].copy_(states[:, :, position:end], non_blocking=pinned)
+            rows = new[position - self._stored : end - self._stored]
+            blocks[block][offset : offset + end - position].copy_(rows, non_blocking=pinned)
             position = end
 
     def _read(self, blocks: list[torch.Tensor]) -> torch.Tensor:
-        bsz, heads, dim = self._block_shape
-        out = torch.empty(bsz, heads, self._stored, dim, dtype=self._dtype, device=self.device)
+        """The stored tokens on the device as a [B, Hkv, S, D] view of a token-major copy (the
+        update's concatenation makes it contiguous)."""
+        flat = torch.empty(self._stored, *self._block_shape, dtype=self._dtype, device=self.device)
         for block in range(-(-self._stored // self._block_tokens)):
             start = block * self._block_tokens
             end = min(self._stored, start + self._block_tokens)
-            out[:, :, start:end].copy_(blocks[block][:, :, : end - start], non_blocking=True)
-        return out
+            flat[start:end].copy_(blocks[block][: end - start], non_blocking=True)
+        return flat.permute(1, 2, 0, 3)
 
     def get_seq_length(self) -> int:
         if not self.is_initialized:

@@ -82,7 +82,7 @@ def _synchronize_all() -> None:
         torch.cuda.synchronize(device)
 
 
-def prefill_once(model, ids, chunk: int = 0, offload: bool = False) -> tuple[float, float]:
+def prefill_once(model, ids, chunk: int = 0, offload: bool = False, progress: bool = False) -> tuple[float, float]:
     """Seconds and peak GiB of one pre-fill (KV cache kept, last logits only), in one forward
     or in chunks of `chunk` tokens over a `DynamicCache` (offloaded to the host if asked).
     Every visible GPU is synchronised and its peak counted: the peak is the largest one's;
@@ -100,6 +100,10 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False) -> tuple[flo
             cache = HostOffloadedCache(model.config) if offload else DynamicCache(config=model.config)
             for a in range(0, ids.shape[1], chunk):
                 out = model(ids[:, a:a + chunk], past_key_values=cache, logits_to_keep=1, use_cache=True)
+                if progress:  # synchronising once a chunk costs nothing measurable at these sizes
+                    _synchronize_all()
+                    print(f"  {a + chunk} tokens: {time.perf_counter() - start:.1f} s, host {host_peak_gib():.1f} GiB",
+                          flush=True)
         else:
             out = model(ids, logits_to_keep=1, use_cache=True)
     _synchronize_all()
@@ -171,6 +175,7 @@ def main(argv=None):
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     parser.add_argument("--gpus", type=int, default=1,
                         help="spread the layers over this many GPUs with an accelerate device map (pipeline)")
+    parser.add_argument("--progress", action="store_true", help="with --chunk: print the time after every chunk")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed runs (memory runs at full depth: the figure then includes compiles)")
     parser.add_argument("--out", default="perf/results/e2e.json")
@@ -197,7 +202,9 @@ def main(argv=None):
 
     info = machine()
     print(info, flush=True)
+    built = time.perf_counter()
     model = build(args.layers, name_or_path=shipped_name)
+    print(f"model built in {time.perf_counter() - built:.0f} s", flush=True)
     if args.gpus > 1:
         model = spread_over_gpus(model, args.gpus)
     vocab = model.config.vocab_size
@@ -206,7 +213,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     warm_len = max(20000, args.min_sparse_len) + (2 * args.chunk if args.chunk else 0)
     warm = torch.randint(0, vocab, (1, warm_len), generator=gen).cuda()
-    run = functools.partial(prefill_once, chunk=args.chunk, offload=args.offload)
+    run = functools.partial(prefill_once, chunk=args.chunk, offload=args.offload, progress=args.progress)
 
     def config_of(mode: str) -> list:
         return configs[mode.split("[")[1].split("]")[0]] if "[" in mode else configs["shipped"]
