@@ -266,3 +266,15 @@ def test_optimizer_shards_merge_back_and_respect_their_limit():
     assert merged["param_groups"] == state["param_groups"] and merged["state"].keys() == state["state"].keys()
     assert all(torch.equal(merged["state"][i][k], v) for i, e in state["state"].items() for k, v in e.items())
 
+
+def test_long_preset_checkpoint_fits_a_device_call(tmp_path):
+    """The long preset's checkpoint: at most 8 files of at most 16 MiB (what one device call
+    brings back), the model under 20 MB."""
+    model = build_model(PRESETS["long"])
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randint(0, 50, (1, 64)), labels=torch.randint(0, 50, (1, 64))).loss.backward()
+    opt.step()
+    paths = checkpoint.save(str(tmp_path), model, opt.state_dict(), {}, {})
+    sizes = {os.path.basename(p): os.path.getsize(p) for p in paths}
+    assert len(sizes) <= 8 and max(sizes.values()) <= 16 * 2**20, sizes
+    assert sizes["model.safetensors"] < 20e6 and {"optimizer-00.pt", "optimizer-01.pt"} <= set(sizes)
