@@ -88,16 +88,19 @@ PRESETS = {
                   tasks=("passkey", "needle"), stages=[(128, 500, 32), (512, 250, 8), (2048, 100, 2)]),
     # aimed at 64K, trained in resumed device calls (perf/device_train_retrieval.sh): 3.6M params
     # (13.6 MiB of fp32 safetensors), RoPE base 1e7 (above the ~2e6 bound that "Base of RoPE
-    # Bounds Context Length" gives for 64K). H100 estimate, bf16 SDPA at 300 TFLOP/s: attention
-    # 3 x 4 S^2 x 256 FLOPs per layer and sample (causal skipping not counted), projections and MLP
-    # 6 x params x tokens, plus ~45 ms a step of kernel launches and sample generation on the
-    # host; 30% of a stage's steps replay earlier stages. Per stage: 256: 46 ms/step, 3.1 min; 1K:
-    # 49 ms, 2.4 min; 4K: 66 ms, 2.0 min; 16K: 116 ms, 2.4 min; 32K: 182 ms, 3.7 min; 64K: 314 ms,
-    # 20.6 min; ~34 min in all, plus evals. At most 64K tokens a step: ~5 GiB of saved
-    # activations under bf16 autocast (counted on CPU at 8K), no activation checkpointing needed.
+    # Bounds Context Length" gives for 64K), all four tasks. It starts at 128 tokens with 256K
+    # samples: on CPU the cpu preset's shape needed ~54K samples at 128 tokens before its copying
+    # heads formed with four tasks (~4K with passkey and needle alone). H100 estimate, bf16 SDPA
+    # at 300 TFLOP/s: attention 3 x 4 S^2 x 256 FLOPs per layer and sample (causal skipping not
+    # counted), projections and MLP 6 x params x tokens, plus ~45 ms a step of kernel launches
+    # and sample generation on the host; 30% of a stage's steps replay earlier stages. Per stage:
+    # 128: 46 ms/step, 3.0 min; 512: 47 ms, 1.5 min; 2K: 51 ms, 1.2 min; 8K: 83 ms, 1.2 min; 16K:
+    # 116 ms, 1.6 min; 32K: 182 ms, 3.7 min; 64K: 314 ms, 20.5 min; ~33 min in all, plus evals.
+    # At most 64K tokens a step: ~5 GiB of saved activations under bf16 autocast (counted on CPU
+    # at 8K), no activation checkpointing needed.
     "long": Preset(layers=6, intermediate=512, rope_theta=1e7,
-                   stages=[(256, 4000, 64), (1024, 3000, 32), (4096, 2000, 16), (16384, 1500, 4),
-                           (32768, 1500, 2), (65536, 5000, 1)]),
+                   stages=[(128, 4000, 64), (512, 2000, 32), (2048, 1500, 16), (8192, 1000, 8),
+                           (16384, 1000, 4), (32768, 1500, 2), (65536, 5000, 1)]),
     "smoke": Preset(hidden=64, layers=2, heads=2, kv_heads=1, intermediate=128, stages=[(128, 4, 2), (192, 2, 2)]),
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls that train the 64K retrieval model (`--preset long`, ~30 min on an H100) across
+# Device calls that train the 64K retrieval model (`--preset long`, ~33 min on an H100 by estimate) across
 # calls of at most 10 minutes. Each call resumes ckpt/ (a git-ignored folder in the repo root,
 # carried in) when it holds a checkpoint, else starts fresh; trains for TRAIN_MINUTES (default
 # 8.5) and writes the checkpoint to $OUT/ckpt: 7 files of at most 16 MiB (config.json,
