@@ -4,7 +4,15 @@ A Llama-architecture model (GQA, RoPE with a long-context base) learns the tasks
 `minference_flex.tasks` (passkey, needle, multi-key needle, key-value retrieval) with the loss on
 the answer digits only, over a curriculum of growing lengths. Usage:
 
-    python -m minference_flex.train --out DIR [--preset gpu|cpu] [--max-minutes M]
+    python -m minference_flex.train --out DIR [--preset gpu|cpu|long] [--max-minutes M] [--resume CKPT]
+
+The schedule (the preset's stages, or `--stages`) is fixed; `--max-minutes` is the budget of
+this call. When the schedule is done or the budget is spent, DIR gets a checkpoint
+(`minference_flex.checkpoint`: the model as safetensors, the optimizer state in shards of at
+most 16 MiB, `train_state.json`, `train_log.json`), and `--resume DIR` continues it where it
+stopped: same weights, optimizer state, schedule position and RNG states, so a schedule run in
+several calls ends with the weights of one run. The log covers every call. `--time-shares`
+instead fits the whole schedule into one call: each stage ends at its share of the budget.
 
 With `--sparse-attention [CONFIG]` the model trains (and evaluates) through the sparse
 patterns (`minference_flex.compile`, whose ops all have a backward): every forward of at least
@@ -16,14 +24,16 @@ training from scratch, e.g. at long lengths:
     python -m minference_flex.train --init minference_flex/models/retrieval_llama --sparse-attention \
         --stages 8192:200:2 16384:100:1 --out DIR
 
-Every `--eval-every` steps it greedy-decodes held-out samples (seeds disjoint from training)
-and logs loss and exact-match accuracy per task; DIR gets the model (safetensors), its config
-and `train_log.json`.
+Every `--eval-every` steps it greedy-decodes `--eval-samples` held-out samples per task
+(seeds disjoint from training) at the current stage's length and logs exact-match accuracy;
+when the schedule is done, at every stage's length. The full accuracy table is
+`perf/bench_accuracy.py`'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -34,6 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from . import checkpoint
 from .retrieval_model import answer
 from .tasks import TASKS, TOKENIZER, Sample, exact_match, make_sample
 
@@ -59,6 +70,11 @@ class Preset:
     tasks: tuple = TASKS
     stages: list = field(default_factory=lambda: [(512, 600, 16), (2048, 300, 8)])
 
+    @classmethod
+    def from_dict(cls, fields: dict) -> Preset:
+        """The preset whose `asdict` (through JSON) is `fields`."""
+        return cls(**{**fields, "tasks": tuple(fields["tasks"]), "stages": [tuple(s) for s in fields["stages"]]})
+
 
 PRESETS = {
     # short prompts first: retrieval heads form far sooner at 128 tokens than at 512. Two tasks,
@@ -70,6 +86,21 @@ PRESETS = {
     # --eval-every 250 --eval-samples 10` (19 min on 2 CPU cores)
     "cpu": Preset(hidden=128, layers=4, heads=2, kv_heads=1, intermediate=384, lr=3e-3,
                   tasks=("passkey", "needle"), stages=[(128, 500, 32), (512, 250, 8), (2048, 100, 2)]),
+    # aimed at 64K, trained in resumed device calls (perf/device_train_retrieval.sh): 3.6M params
+    # (13.6 MiB of fp32 safetensors), RoPE base 1e7 (above the ~2e6 bound that "Base of RoPE
+    # Bounds Context Length" gives for 64K), all four tasks. It starts at 128 tokens with 256K
+    # samples: on CPU the cpu preset's shape needed ~54K samples at 128 tokens before its copying
+    # heads formed with four tasks (~4K with passkey and needle alone). H100 estimate, bf16 SDPA
+    # at 300 TFLOP/s: attention 3 x 4 S^2 x 256 FLOPs per layer and sample (causal skipping not
+    # counted), projections and MLP 6 x params x tokens, plus ~45 ms a step of kernel launches
+    # and sample generation on the host; 30% of a stage's steps replay earlier stages. Per stage:
+    # 128: 46 ms/step, 3.0 min; 512: 47 ms, 1.5 min; 2K: 51 ms, 1.2 min; 8K: 83 ms, 1.2 min; 16K:
+    # 116 ms, 1.6 min; 32K: 182 ms, 3.7 min; 64K: 314 ms, 20.5 min; ~33 min in all, plus evals.
+    # At most 64K tokens a step: ~5 GiB of saved activations under bf16 autocast (counted on CPU
+    # at 8K), no activation checkpointing needed.
+    "long": Preset(layers=6, intermediate=512, rope_theta=1e7,
+                   stages=[(128, 4000, 64), (512, 2000, 32), (2048, 1500, 16), (8192, 1000, 8),
+                           (16384, 1000, 4), (32768, 1500, 2), (65536, 5000, 1)]),
     "smoke": Preset(hidden=64, layers=2, heads=2, kv_heads=1, intermediate=128, stages=[(128, 4, 2), (192, 2, 2)]),
 }
 
@@ -133,104 +164,253 @@ def load_for_training(path: str, device: str):
     return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
 
 
-def train(preset: Preset, out_dir: str, device: str, max_minutes: float, eval_every: int, eval_samples: int,
-          seed: int = 0, init: str | None = None, sparse_attention: str | None = None,
-          min_sparse_len: int = 1024) -> dict:
-    """Train (or with `init`, fine-tune the model saved there) on the preset's curriculum;
-    with `sparse_attention` (a pattern config path, or "auto": the config searched for `init`,
-    else MInference's default) through `minference_flex.compile`'s sparse patterns for every
-    forward of at least `min_sparse_len` tokens. Saves the model and train_log.json in out_dir."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    model = build_model(preset).to(device) if init is None else load_for_training(init, device)
-    if sparse_attention is not None:
-        import minference_flex as mf
-
-        from .retrieval_model import searched_config_path
-
-        config = sparse_attention
-        if config == "auto":
-            config = searched_config_path(init) if init is not None else None
-        mf.compile(model, config, min_sparse_len=min_sparse_len)
-    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.1)
+def lr_at(preset: Preset, step: int) -> float:
+    """The learning rate of step `step` (0-based) of the preset's schedule: linear warm-up over
+    min(100, total / 10) steps, then cosine decay to 10% of `preset.lr` at the last step."""
     total = sum(steps for _, steps, _ in preset.stages)
     warmup = min(100, total // 10)
+    if step < warmup:
+        return preset.lr * (step + 1) / warmup
+    return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return preset.lr * (step + 1) / warmup
-        return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
+@dataclass(frozen=True)
+class Budget:
+    """What one call may spend: `minutes` of wall time (it stops early enough to save a
+    checkpoint), at most `steps` steps (None: no limit). With `shares`, each stage instead ends
+    at its share of the minutes (in proportion to its steps, skipping the steps left), so one
+    call reaches the last stage on a slow machine; meant for one-call runs."""
+
+    minutes: float
+    steps: int | None = None
+    shares: bool = False
+
+
+@dataclass
+class Progress:
+    """Where the schedule stands: `step` steps done in all calls (the LR schedule's position),
+    `stage` the current stage's index and `stage_step` the steps done in it."""
+
+    step: int = 0
+    stage: int = 0
+    stage_step: int = 0
+
+    def done(self, stages: list) -> bool:
+        return self.stage >= len(stages)
+
+    def advance(self, stages: list) -> None:
+        """One step done; the stage's last one moves on to the next stage."""
+        self.step += 1
+        self.stage_step += 1
+        if self.stage_step == stages[self.stage][1]:
+            self.next_stage()
+
+    def next_stage(self) -> None:
+        self.stage, self.stage_step = self.stage + 1, 0
+
+
+#: Seconds a call keeps for saving its checkpoint after its last step.
+SAVE_SECONDS = 15.0
+
+
+class _Clock:
+    """This call's wall time, from `start`."""
+
+    def __init__(self, budget: Budget, stages: list, start: float) -> None:
+        self.deadline = start + 60 * budget.minutes
+        total = sum(steps for _, steps, _ in stages)
+        cumulative = itertools.accumulate(steps for _, steps, _ in stages)
+        self.stage_ends = [start + 60 * budget.minutes * c / total for c in cumulative] if budget.shares else None
+        self.longest: dict[int, float] = {}
+
+    def lap(self, stage: int, seconds: float) -> None:
+        """One iteration of `stage` (step, logging and eval) took `seconds`."""
+        self.longest[stage] = max(seconds, self.longest.get(stage, 0.0))
+
+    def share_spent(self, stage: int) -> bool:
+        return self.stage_ends is not None and time.time() > self.stage_ends[stage]
+
+    def call_spent(self, stage: int) -> bool:
+        """Without shares: one more iteration, as long as the longest one of this stage so far
+        (of any stage before the first), would leave less than SAVE_SECONDS of the budget."""
+        if self.stage_ends is not None:
+            return False
+        iteration = self.longest.get(stage, max(self.longest.values(), default=0.0))
+        return time.time() + iteration + SAVE_SECONDS > self.deadline
+
+
+def _compile_sparse(model, sparse_attention: str, init: str | None, min_sparse_len: int) -> str | None:
+    """Route `model`'s training forwards through the sparse patterns of `sparse_attention` (a
+    pattern config path, or "auto": the config searched for `init`, else MInference's
+    default); returns the config path (None: the default)."""
+    import minference_flex as mf
+
+    from .retrieval_model import searched_config_path
+
+    config = sparse_attention
+    if config == "auto":
+        config = searched_config_path(init) if init is not None else None
+    mf.compile(model, config, min_sparse_len=min_sparse_len)
+    return config
+
+
+def _check_same_schedule(preset: Preset, saved: dict, path: str) -> None:
+    """A resumed run must continue the checkpoint's schedule: same preset, field by field."""
+    ours = json.loads(json.dumps(asdict(preset)))
+    changed = sorted(name for name in ours if ours[name] != saved.get(name))
+    if changed:
+        raise ValueError(
+            f"--resume {path}: the checkpoint was trained with other {', '.join(changed)} "
+            f"({', '.join(f'{n}={saved.get(n)!r}' for n in changed)}); resume with its own preset "
+            f"(leave out --preset, --stages, --tasks and --lr)"
+        )
+
+
+def _train_step(model, opt, rng: random.Random, preset: Preset, stage: int, device: str, autocast) -> dict:
+    """One optimizer step of `stage` (or, with probability `preset.replay` after the first
+    stage, of an earlier stage's length and batch); returns the tensors to log."""
+    length, _, batch = preset.stages[stage]
+    if stage and rng.random() < preset.replay:
+        length, _, batch = preset.stages[rng.randrange(stage)]
+    ids, targets, on_answer = batch_of(_train_samples(rng, length, batch, preset.tasks), device)
+    with autocast:
+        logits = model(ids).logits
+    loss = loss_of(logits, targets, on_answer, preset.lm_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    hits = (logits.argmax(-1) == targets) & on_answer  # no boolean indexing: no host sync
+    return {"length": length, "loss": loss.detach(), "digit_acc": hits.sum() / on_answer.sum()}
+
+
+def train(preset: Preset, out_dir: str, device: str, budget: Budget, eval_every: int, eval_samples: int,
+          seed: int = 0, init: str | None = None, sparse_attention: str | None = None,
+          min_sparse_len: int = 1024, resume: str | None = None) -> dict:
+    """Train (with `init`, fine-tune the model saved there; with `resume`, continue the
+    checkpoint saved there) on the preset's curriculum until the schedule is done or `budget`
+    is spent, then save a checkpoint (`minference_flex.checkpoint`) in out_dir. With
+    `sparse_attention` (a pattern config path, or "auto": the config searched for `init`, else
+    MInference's default) every forward of at least `min_sparse_len` tokens runs the sparse
+    patterns. Returns the log, which covers every call of the schedule."""
+    start = time.time()
+    rng = random.Random(seed)
+    if resume is None:
+        torch.manual_seed(seed)
+        model = build_model(preset).to(device) if init is None else load_for_training(init, device)
+        opt_state, progress = None, Progress()
+        log = {"preset": asdict(preset), "device": device, "steps": [], "evals": [], "init": init,
+               "sparse_attention": None, "calls": []}
+    else:
+        model, opt_state, saved, log = checkpoint.load(resume, device)
+        _check_same_schedule(preset, saved["preset"], resume)
+        progress, seed, init = Progress(**saved["progress"]), saved["seed"], log["init"]
+        checkpoint.restore_rng(rng, saved["rng"])
+    if progress.done(preset.stages):
+        print(f"the schedule of {resume} is done ({progress.step} steps): nothing to train", file=sys.stderr)
+        return log
+    sparse = None
+    if sparse_attention is not None:
+        config = _compile_sparse(model, sparse_attention, init, min_sparse_len)
+        sparse = {"config": config if isinstance(config, str) else "default", "min_sparse_len": min_sparse_len}
+        log["sparse_attention"] = log["sparse_attention"] or sparse
+    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     autocast = torch.autocast("cuda", torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-    log = {"preset": asdict(preset), "device": device, "steps": [], "evals": [], "init": init,
-           "sparse_attention": None if sparse_attention is None else
-           {"config": config if isinstance(config, str) else "default", "min_sparse_len": min_sparse_len}}
-    start, step = time.time(), 0
+    call = {"device": device, "first_step": progress.step, "sparse_attention": sparse}
+    earlier_minutes = sum(c["minutes"] for c in log["calls"])
+    clock = _Clock(budget, preset.stages, start)
+    steps_here, last_logged = 0, time.time()
     model.train()
-    steps_so_far = 0
-    for index, (length, steps, batch) in enumerate(preset.stages):
-        # each stage ends at its cumulative share of the time budget, so a slow machine still
-        # reaches the long stages (with fewer steps) and time a fast stage leaves passes on
-        steps_so_far += steps
-        stage_end = start + 60 * max_minutes * steps_so_far / total
-        for _ in range(steps):
-            if time.time() > stage_end:
-                print(f"stage {length}: time share used up at step {step}", file=sys.stderr)
-                break
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            step_length, step_batch = length, batch
-            if index and rng.random() < preset.replay:
-                step_length, _, step_batch = preset.stages[rng.randrange(index)]
-            ids, targets, on_answer = batch_of(
-                _train_samples(rng, step_length, step_batch, preset.tasks), device)
+    while not progress.done(preset.stages) and (budget.steps is None or steps_here < budget.steps):
+        stage = progress.stage
+        if clock.share_spent(stage):
+            print(f"stage {preset.stages[stage][0]}: time share used up at step {progress.step}", file=sys.stderr)
+            progress.next_stage()
+            continue
+        if clock.call_spent(stage):
+            print(f"time budget spent at step {progress.step}", file=sys.stderr)
+            break
+        tick = time.time()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(preset, progress.step)
+        stats = _train_step(model, opt, rng, preset, stage, device, autocast)
+        progress.advance(preset.stages)
+        steps_here += 1
+        if progress.step % 10 == 0:
+            entry = {"step": progress.step, "length": stats["length"], "loss": stats["loss"].item(),
+                     "digit_acc": stats["digit_acc"].item(),
+                     "minutes": earlier_minutes + (time.time() - start) / 60,
+                     "step_ms": 1000 * (time.time() - last_logged) / min(10, steps_here)}
+            last_logged = time.time()
+            log["steps"].append(entry)
+            print(json.dumps(entry), file=sys.stderr, flush=True)
+        if progress.step % eval_every == 0:
+            length = preset.stages[stage][0]
             with autocast:
-                logits = model(ids).logits
-            loss = loss_of(logits, targets, on_answer, preset.lm_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            if step % 10 == 0:
-                acc = (logits.argmax(-1)[on_answer] == targets[on_answer]).float().mean().item()
-                entry = {"step": step, "length": step_length, "loss": loss.item(), "digit_acc": acc,
-                         "minutes": (time.time() - start) / 60}
-                log["steps"].append(entry)
-                print(json.dumps(entry), file=sys.stderr, flush=True)
-            if step % eval_every == 0:
                 scores = evaluate(model, length, eval_samples, preset.tasks)
-                log["evals"].append({"step": step, "length": length, **scores})
-                print(json.dumps(log["evals"][-1]), file=sys.stderr, flush=True)
-    model.eval()
-    final = {}
-    for length in sorted({s[0] for s in preset.stages}):
-        final[length] = evaluate(model, length, eval_samples, preset.tasks)
-        print(json.dumps({"final_eval_length": length, **final[length]}), file=sys.stderr, flush=True)
-    log["final"] = final
-    log["train_minutes"] = (time.time() - start) / 60
-    log["steps_done"] = step
-    os.makedirs(out_dir, exist_ok=True)
+            log["evals"].append({"step": progress.step, "length": length, **scores})
+            print(json.dumps(log["evals"][-1]), file=sys.stderr, flush=True)
+        clock.lap(stage, time.time() - tick)
+    done = progress.done(preset.stages)
+    if done:
+        log["final"] = _final_evals(model, preset, eval_samples, autocast)
+    log["calls"].append({**call, "last_step": progress.step, "minutes": (time.time() - start) / 60})
+    log["train_minutes"] = earlier_minutes + log["calls"][-1]["minutes"]
+    log["steps_done"] = progress.step
     if sparse_attention is not None:  # save the plain model (its config names its own attention)
         import minference_flex as mf
 
         mf.restore(model)
-    model.generation_config.pad_token_id = TOKENIZER.pad_id
-    model.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, "train_log.json"), "w") as f:
-        json.dump(log, f, indent=1)
+    state = {"preset": asdict(preset), "seed": seed, "progress": asdict(progress), "done": done,
+             "rng": checkpoint.capture_rng(rng)}
+    _save(out_dir, model, None if done else opt.state_dict(), state, log)
     return log
+
+
+def _final_evals(model, preset: Preset, samples: int, autocast) -> dict[int, dict[str, float]]:
+    """Accuracy per task at every stage's length, once the schedule is done."""
+    final = {}
+    for length in sorted({s[0] for s in preset.stages}):
+        with autocast:
+            final[length] = evaluate(model, length, samples, preset.tasks)
+        print(json.dumps({"final_eval_length": length, **final[length]}), file=sys.stderr, flush=True)
+    return final
+
+
+def _save(out_dir: str, model, optimizer_state: dict | None, state: dict, log: dict) -> None:
+    """Write the checkpoint and print each file's size."""
+    model.generation_config.pad_token_id = TOKENIZER.pad_id
+    for path in checkpoint.save(out_dir, model, optimizer_state, state, log):
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.2f} MiB)", file=sys.stderr)
+
+
+def _base_preset(args, device: str) -> Preset:
+    """The preset the options start from: --preset; resuming without it, the checkpoint's;
+    else gpu on CUDA, cpu otherwise."""
+    if args.preset is None and args.resume is not None:
+        return Preset.from_dict(checkpoint.read_train_state(args.resume)["preset"])
+    return PRESETS[args.preset or ("gpu" if device.startswith("cuda") else "cpu")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minference_flex.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="directory for the model and train_log.json")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="default: gpu on CUDA, else cpu")
+    parser.add_argument("--out", required=True, help="directory for the checkpoint (model, optimizer, log)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="default: the checkpoint's with --resume, else gpu on CUDA, cpu otherwise")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--max-minutes", type=float, default=8.0, help="training time budget, shared by the stages in proportion to their steps")
+    parser.add_argument("--max-minutes", type=float, default=8.0,
+                        help="time budget of this call: it stops and saves a checkpoint when spent")
+    parser.add_argument("--max-steps", type=int, default=None, help="steps this call may run at most")
+    parser.add_argument("--time-shares", action="store_true",
+                        help="end each stage at its share of --max-minutes (in proportion to its steps), "
+                             "skipping its steps left, so one call reaches the last stage")
+    parser.add_argument("--resume", default=None, metavar="DIR", help="continue the checkpoint saved in DIR")
     parser.add_argument("--eval-every", type=int, default=200)
-    parser.add_argument("--eval-samples", type=int, default=20, help="held-out samples per task and length")
+    parser.add_argument("--eval-samples", type=int, default=20,
+                        help="held-out samples per task and length (at the stage's length during training)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="train on these tasks only")
     parser.add_argument("--stages", nargs="+", default=None, metavar="LENGTH:STEPS:BATCH",
@@ -243,8 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-sparse-len", type=int, default=1024,
                         help="with --sparse-attention, the forwards of at least this many tokens go sparse")
     args = parser.parse_args(argv)
+    if args.resume is not None and not os.path.exists(os.path.join(args.resume, checkpoint.STATE_FILE)):
+        parser.error(f"--resume {args.resume}: no training checkpoint there ({checkpoint.STATE_FILE} missing)")
+    if args.resume is not None and args.init is not None:
+        parser.error("--resume continues a checkpoint, --init starts from a saved model: pass one of them")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    preset = PRESETS[args.preset or ("gpu" if device.startswith("cuda") else "cpu")]
+    preset = _base_preset(args, device)
     if args.tasks:
         preset = replace(preset, tasks=tuple(args.tasks))
     if args.lr:
@@ -258,12 +442,15 @@ def main(argv: list[str] | None = None) -> int:
         preset = replace(preset, stages=stages)
     if args.max_minutes <= 0:
         parser.error(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.min_sparse_len < 1:
         parser.error(f"--min-sparse-len must be >= 1, got {args.min_sparse_len}")
     if args.init is not None and not os.path.exists(os.path.join(args.init, "config.json")):
         parser.error(f"--init {args.init}: no saved model there (config.json missing)")
-    train(preset, args.out, device, args.max_minutes, args.eval_every, args.eval_samples, args.seed,
-          args.init, args.sparse_attention, args.min_sparse_len)
+    budget = Budget(args.max_minutes, args.max_steps, args.time_shares)
+    train(preset, args.out, device, budget, args.eval_every, args.eval_samples, args.seed,
+          args.init, args.sparse_attention, args.min_sparse_len, args.resume)
     return 0
 
 

@@ -10,7 +10,7 @@ M=$OUT/retrieval_llama
 mkdir -p "$M"
 LOG=$OUT/log.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$LOG"
-python3 -m minference_flex.train --out "$M" --preset gpu --max-minutes ${TRAIN_MINUTES:-7} --eval-every 1000 \
+python3 -m minference_flex.train --out "$M" --preset gpu --max-minutes ${TRAIN_MINUTES:-7} --time-shares --eval-every 1000 \
     2>&1 | tee -a "$LOG" | grep -E "final|eval|used up|step\": [0-9]*000,"
 # budgets for 16K prompts: MInference's search space scaled by 16K/128K (the A-shape too), plus its
 # default (1000, 6096), dense-equivalent at 16K: without it diffuse heads got lossy patterns

@@ -1,14 +1,20 @@
-"""Training through a patched tiny Hugging Face model on CPU (fp32): parameter gradients."""
+"""Training on CPU (fp32): parameter gradients through a patched tiny Hugging Face model, and
+the training script's checkpoints (resumed runs, file sizes)."""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 
 import minference_flex as mf
+from minference_flex import checkpoint
+from minference_flex.train import PRESETS, build_model, main as train_main
 
 HEADS, KV_HEADS, LAYERS, SEQ = 4, 2, 2, 600
 CONFIG = transformers.LlamaConfig(
@@ -189,3 +195,86 @@ def test_padded_batch_trains_like_the_unpatched_model():
     patched = step()
     assert calls[0] == 2 * LAYERS, "each row of each layer runs sparse"
     assert _max_rel_diff(patched, dense) < 1e-4
+
+
+SCHEDULE = ["--preset", "smoke", "--stages", "128:6:2", "192:4:2", "--tasks", "passkey", "needle"]
+EVALS = ["--eval-every", "5", "--eval-samples", "1"]
+
+
+def _log(path) -> dict:
+    return json.loads((path / checkpoint.LOG_FILE).read_text())
+
+
+def _state(path) -> dict:
+    return json.loads((path / checkpoint.STATE_FILE).read_text())
+
+
+def test_resumed_runs_end_with_the_weights_of_one_run(tmp_path):
+    """10 steps in one call, and in three resumed calls (4 steps, 4 steps across the stage
+    boundary, the rest into the same directory): the same weights bit for bit, the same losses
+    and evals, one log over all calls."""
+    one, first, rest = tmp_path / "one", tmp_path / "first", tmp_path / "rest"
+    train_main(["--out", str(one), *SCHEDULE, *EVALS])
+    train_main(["--out", str(first), *SCHEDULE, *EVALS, "--max-steps", "4"])
+    assert _state(first)["progress"] == {"step": 4, "stage": 0, "stage_step": 4} and not _state(first)["done"]
+    assert (first / "optimizer-00.pt").exists()
+    train_main(["--out", str(rest), "--resume", str(first), *EVALS, "--max-steps", "4"])
+    assert _state(rest)["progress"] == {"step": 8, "stage": 1, "stage_step": 2}
+    train_main(["--out", str(rest), "--resume", str(rest), *EVALS])
+    assert _state(rest)["done"] and not list(rest.glob("optimizer-*.pt")), "a finished schedule keeps no optimizer"
+    whole, split = load_file(one / "model.safetensors"), load_file(rest / "model.safetensors")
+    assert all(torch.equal(whole[name], split[name]) for name in whole)
+    log, log_split = _log(one), _log(rest)
+    assert [e["loss"] for e in log_split["steps"]] == [e["loss"] for e in log["steps"]]
+    assert log_split["evals"] == log["evals"] and [e["step"] for e in log["evals"]] == [5, 10]
+    assert log_split["final"] == log["final"] and log_split["steps_done"] == 10
+    assert [(c["first_step"], c["last_step"]) for c in log_split["calls"]] == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_resume_refuses_another_schedule(tmp_path):
+    train_main(["--out", str(tmp_path), *SCHEDULE, *EVALS, "--max-steps", "2"])
+    with pytest.raises(ValueError, match=r"other stages \(stages=\[\[128, 6, 2\], \[192, 4, 2\]\]\)"):
+        train_main(["--out", str(tmp_path), "--resume", str(tmp_path), *SCHEDULE[:2], "--stages", "128:8:2",
+                    *SCHEDULE[-3:]])
+
+
+def test_spent_time_budget_saves_a_resumable_checkpoint(tmp_path, capsys):
+    """A budget of 0.26 min leaves ~1 s of training before the save reserve: the call stops
+    inside its only stage and saves the optimizer for the next call."""
+    train_main(["--out", str(tmp_path), "--preset", "smoke", "--stages", "128:100000:2", "--tasks", "passkey",
+                "--max-minutes", "0.26", *EVALS])
+    state = _state(tmp_path)
+    assert "time budget spent" in capsys.readouterr().err
+    assert not state["done"] and state["progress"]["step"] < 100000 and state["optimizer_shards"] == 1
+    assert _log(tmp_path)["calls"][0]["minutes"] < 0.26
+
+
+def test_optimizer_shards_merge_back_and_respect_their_limit():
+    model = build_model(PRESETS["smoke"])
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randint(0, 50, (1, 64)), labels=torch.randint(0, 50, (1, 64))).loss.backward()
+    opt.step()
+    state = opt.state_dict()
+    limit = 64 * 1024
+    shards = checkpoint.shard_optimizer_state(state, limit)
+    assert len(shards) > 1 and "param_groups" in shards[0]
+    for shard in shards:
+        entries = shard["state"].values()
+        nbytes = sum(t.numel() * t.element_size() for e in entries for t in e.values())
+        assert nbytes <= limit or len(shard["state"]) == 1
+    merged = checkpoint.merge_optimizer_shards(shards)
+    assert merged["param_groups"] == state["param_groups"] and merged["state"].keys() == state["state"].keys()
+    assert all(torch.equal(merged["state"][i][k], v) for i, e in state["state"].items() for k, v in e.items())
+
+
+def test_long_preset_checkpoint_fits_a_device_call(tmp_path):
+    """The long preset's checkpoint: at most 8 files of at most 16 MiB (what one device call
+    brings back), the model under 20 MB."""
+    model = build_model(PRESETS["long"])
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randint(0, 50, (1, 64)), labels=torch.randint(0, 50, (1, 64))).loss.backward()
+    opt.step()
+    paths = checkpoint.save(str(tmp_path), model, opt.state_dict(), {}, {})
+    sizes = {os.path.basename(p): os.path.getsize(p) for p in paths}
+    assert len(sizes) <= 8 and max(sizes.values()) <= 16 * 2**20, sizes
+    assert sizes["model.safetensors"] < 20e6 and {"optimizer-00.pt", "optimizer-01.pt"} <= set(sizes)
