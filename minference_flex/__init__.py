@@ -5,6 +5,8 @@ Kernel API (q [B, H, S, D], k/v [B, Hkv, S, D], causal):
 `estimate_vertical_slash`, `dynamic_vertical_slash_attention` (estimate then attend) and
 `dense_attention`. Models: `compile(model)` / `restore(model)` for Hugging Face causal LMs;
 `search(model)` finds their per-head patterns offline (`attention_recall` is its measure).
+`HostOffloadedCache(model.config)` keeps the KV cache in host memory between the chunks of a
+long pre-fill.
 """
 
 from custom_ops import _interpreter  # noqa: F401  (sets up Triton on CPU before anything imports it)
