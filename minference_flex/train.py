@@ -126,7 +126,12 @@ def batch_of(samples: list[Sample], device) -> tuple[torch.Tensor, torch.Tensor,
     ids = torch.tensor([s.prompt + s.answer for s in samples])
     on_answer = torch.zeros(ids.shape, dtype=torch.bool)
     on_answer[:, -len(samples[0].answer):] = True
-    return ids[:, :-1].to(device), ids[:, 1:].to(device), on_answer[:, 1:].to(device)
+    tensors = (ids[:, :-1], ids[:, 1:], on_answer[:, 1:])
+    if torch.device(device).type != "cuda":
+        return tuple(t.to(device) for t in tensors)
+    # from pinned memory the copies are queued, not waited for: the host builds the next batch
+    # while the GPU runs this step (from pageable memory each copy would wait for the GPU)
+    return tuple(t.contiguous().pin_memory().to(device, non_blocking=True) for t in tensors)
 
 
 def loss_of(logits: torch.Tensor, targets: torch.Tensor, on_answer: torch.Tensor, lm_weight: float) -> torch.Tensor:
@@ -134,7 +139,9 @@ def loss_of(logits: torch.Tensor, targets: torch.Tensor, on_answer: torch.Tensor
     teaches copying early: each passkey and needle number appears twice, and the noise
     sentences repeat, so induction heads pay off before the answer loss alone finds them."""
     per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-    return per_token[on_answer].mean() + lm_weight * per_token.mean()
+    # a masked mean, not per_token[on_answer]: boolean indexing waits for the GPU every step
+    answer_loss = (per_token * on_answer).sum() / on_answer.sum()
+    return answer_loss + lm_weight * per_token.mean()
 
 
 def _train_samples(rng: random.Random, length: int, batch: int, tasks: tuple = TASKS) -> list[Sample]:
