@@ -48,7 +48,7 @@ import minference_flex as mf  # noqa: E402
 import minference_flex.prefill as prefill  # noqa: E402
 from minference_flex.offload import HostOffloadedCache  # noqa: E402
 from minference_flex.config import shipped_config_path  # noqa: E402
-from perf.common import llama3_8b, machine, qwen25_7b_1m, write_json  # noqa: E402
+from perf.common import llama3_8b, machine, print_row, qwen25_7b_1m, write_json  # noqa: E402
 from perf.planted import planted_per_head  # noqa: E402
 
 SHAPES = {  # model builder and the name its shipped config is found by
@@ -249,7 +249,7 @@ def main(argv=None):
             if dense_base and "seconds" in row:
                 row["x_dense"] = row["seconds"] / dense_base
             rows.append(row)
-            print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            print_row(row)
             write_json(args.out, {"machine": info, "args": vars(args), "rows": rows,
                                   "configs": {name: shipped_or_path for name, shipped_or_path in config_paths.items()}})
         del ids

@@ -22,7 +22,7 @@ from custom_ops.vertical_slash import (  # noqa: E402
     computed_fraction,
     vertical_slash_attention,
 )
-from perf.common import machine, median_ms, sdpa_dense, write_json  # noqa: E402
+from perf.common import machine, median_ms, print_table, sdpa_dense, write_json  # noqa: E402
 from perf.planted import planted_vertical_slash  # noqa: E402
 
 VS_BUDGETS = [(3500, 100), (30, 800), (1000, 6096)]
@@ -130,16 +130,8 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
     return rows
 
 
-def print_table(rows):
-    cols = ["S", "pattern", "mode", "ms", "x_cudnn", "x_cudnn_interleaved", "sparse_only_ms", "kernel_ms", "estimate_ms",
-            "index_ms", "mask_ms", "computed_fraction", "kernel_tile_tflops", "tflops"]
-    print(" | ".join(cols))
-    for r in rows:
-        cells = []
-        for c in cols:
-            val = r.get(c, "")
-            cells.append(f"{val:.3f}" if isinstance(val, float) else str(val))
-        print(" | ".join(cells))
+KERNEL_COLUMNS = ["S", "pattern", "mode", "ms", "x_cudnn", "x_cudnn_interleaved", "sparse_only_ms", "kernel_ms", "estimate_ms",
+                  "index_ms", "mask_ms", "computed_fraction", "kernel_tile_tflops", "tflops"]
 
 
 def main(argv=None):
@@ -168,9 +160,9 @@ def main(argv=None):
         rows += bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms,
                              budgets, not args.no_flex, args.interleave_rounds)
         torch.cuda.empty_cache()
-        print_table([r for r in rows if r["S"] == seq_len], )
+        print_table([r for r in rows if r["S"] == seq_len], KERNEL_COLUMNS)
         write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})  # after each length
-    print_table(rows)
+    print_table(rows, KERNEL_COLUMNS)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from custom_ops.vertical_slash.index import sort_indices  # noqa: E402
 from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
 from minference_flex.config import load_pattern_config, shipped_config_path  # noqa: E402
 from perf.bench_e2e import SHAPES, planted_indices  # noqa: E402
-from perf.common import machine, median_ms, write_json  # noqa: E402
+from perf.common import machine, median_ms, print_row, print_table, write_json  # noqa: E402
 from perf.planted import planted_vertical_slash  # noqa: E402
 
 VS_BUDGETS = [(3500, 100), (30, 800)]
@@ -210,22 +210,13 @@ def bench_model_step(lengths, repeats, loss_tokens, min_sparse_len):
             if base is not None and "seconds" in row:
                 row["x_sdpa"] = row["seconds"] / base["seconds"]
                 row["peak_over_sdpa"] = row["peak_gib"] / base["peak_gib"]
-            print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
+            print_row(row)
             rows.append(row)
     return rows
 
 
-def print_table(rows):
-    cols = ["S", "pattern", "mode", "ms", "x_cudnn", "goal", "fwd_ms", "bwd_ms", "computed_fraction",
-            "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd", "bwd_kernel_atomic_ms", "bwd_kernel_key_major_ms"]
-    print(" | ".join(cols))
-    for r in rows:
-        cells = []
-        for c in cols:
-            val = r.get(c, "")
-            cells.append(f"{val:.3f}" if isinstance(val, float) else str(val))
-        print(" | ".join(cells))
+TRAIN_COLUMNS = ["S", "pattern", "mode", "ms", "x_cudnn", "goal", "fwd_ms", "bwd_ms", "computed_fraction",
+                 "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd", "bwd_kernel_atomic_ms", "bwd_kernel_key_major_ms"]
 
 
 def main(argv=None):
@@ -267,9 +258,9 @@ def main(argv=None):
         rows += bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms,
                              budgets, not args.no_flex)
         torch.cuda.empty_cache()
-        print_table([r for r in rows if r["S"] == seq_len])
+        print_table([r for r in rows if r["S"] == seq_len], TRAIN_COLUMNS)
         write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})  # after each length
-    print_table(rows)
+    print_table(rows, TRAIN_COLUMNS)
 
 
 if __name__ == "__main__":

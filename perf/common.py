@@ -42,6 +42,18 @@ def sdpa_dense(q, k, v, backend):
     return run
 
 
+def print_table(rows: list[dict], cols: list[str]) -> None:
+    """Rows as a `|`-separated table of `cols` (floats to 3 decimals, missing cells empty)."""
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
+
+
+def print_row(row: dict) -> None:
+    """One result row as key=value pairs, as it is measured."""
+    print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
 def write_json(path: str, payload: dict) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
