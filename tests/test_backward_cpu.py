@@ -138,8 +138,16 @@ def test_grad_path_masks_carry_q_indices_of_the_same_blocks():
 from tests.test_vertical_slash_cpu import CASES, _indices  # noqa: E402
 
 
+@pytest.fixture(params=[False, True], ids=["atomic_bands", "key_major_bands"])
+def band_pass(request, monkeypatch):
+    """The op's backward takes the band keys' dK/dV by atomics, or from the key-major pass."""
+    from custom_ops.vertical_slash import op
+
+    monkeypatch.setattr(op, "KEY_MAJOR_BANDS", request.param)
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_vertical_slash_grads(case, nan_empty):
+def test_vertical_slash_grads(case, band_pass, nan_empty):
     b, h, hk, s, d, nv, ns = case
     q, k, v = _leaves((b, h, hk, s, d))
     v_idx, s_idx = _indices(b, h, s, nv, ns)
@@ -149,7 +157,7 @@ def test_vertical_slash_grads(case, nan_empty):
 
 
 @pytest.mark.parametrize("on_bands", [False, True])
-def test_vertical_slash_grads_on_every_band_kind(on_bands, nan_empty):
+def test_vertical_slash_grads_on_every_band_kind(on_bands, band_pass, nan_empty):
     """Pieces near the diagonal, whole and reaching below a clamped tile, packed distances,
     clamped tiles, columns de-duplicated against the bands (or the bands against the columns),
     column chunks before the tile; head_dim 128, GQA, batch 2."""
@@ -350,31 +358,11 @@ def test_flex_attend_with_grads_rejects_key_range_passes():
         flex.flex_attend(q, k, v, masks, 0.125)
 
 
-@pytest.fixture
-def key_major_bands(monkeypatch):
-    """The op's backward takes the band keys' dK/dV from the key-major pass."""
+@pytest.mark.parametrize("shape", CHUNKED, ids=CHUNKED_IDS)
+def test_vertical_slash_key_major_bands_at_the_end_of_the_keys(shape, monkeypatch):
     from custom_ops.vertical_slash import op
 
     monkeypatch.setattr(op, "KEY_MAJOR_BANDS", True)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_vertical_slash_grads_key_major_bands(case, key_major_bands, nan_empty):
-    b, h, hk, s, d, nv, ns = case
-    q, k, v = _leaves((b, h, hk, s, d))
-    v_idx, s_idx = _indices(b, h, s, nv, ns)
-    out = mf.vertical_slash_sparse_attention(q, k, v, v_idx, s_idx, dense_fallback=False)
-    grads, grad_out = _grads(out, q, k, v)
-    assert_grads_close_to_reference(grads, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s), grad_out)
-
-
-@pytest.mark.parametrize("on_bands", [False, True])
-def test_vertical_slash_key_major_bands_on_every_band_kind(on_bands, key_major_bands):
-    test_vertical_slash_grads_on_every_band_kind(on_bands, None)
-
-
-@pytest.mark.parametrize("shape", CHUNKED, ids=CHUNKED_IDS)
-def test_vertical_slash_key_major_bands_at_the_end_of_the_keys(shape, key_major_bands):
     test_grads_at_the_end_of_the_keys(shape, "vertical_slash", None)
 
 
