@@ -178,6 +178,7 @@ class HostOffloadedCache(DynamicCache):
             raise ValueError(f"HostOffloadedCache needs the model's config (model.config), got {type(config).__name__}")
         super().__init__(config=config)
         self.layers = [HostBlockLayer() if type(layer) is DynamicLayer else layer for layer in self.layers]
+        self._offloaded = [i for i, layer in enumerate(self.layers) if isinstance(layer, HostBlockLayer)]
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -190,8 +191,7 @@ class HostOffloadedCache(DynamicCache):
 
     def _fetch_after(self, layer_idx: int) -> None:
         """Start copying the next offloaded layer (circling back to the first) to its device."""
-        offloaded = [i for i, layer in enumerate(self.layers) if isinstance(layer, HostBlockLayer)]
-        later = [i for i in offloaded if i > layer_idx] or offloaded
+        later = [i for i in self._offloaded if i > layer_idx] or self._offloaded
         if not later:
             return
         layer = self.layers[later[0]]
