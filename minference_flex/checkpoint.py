@@ -103,15 +103,12 @@ def read_train_state(path: str) -> dict:
         return json.load(f)
 
 
-def load(path: str, device: str) -> tuple:
-    """(fp32 model on `device`, optimizer state dict or None, train state, log) of the
-    checkpoint in `path`."""
-    from transformers import LlamaForCausalLM
-
+def load(path: str) -> tuple[dict | None, dict, dict]:
+    """(optimizer state dict or None, train state, log) of the checkpoint in `path`; its model
+    loads as any saved model (`save_pretrained`'s files)."""
     train_state = read_train_state(path)
     with open(os.path.join(path, LOG_FILE)) as f:
         log = json.load(f)
-    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     count = train_state["optimizer_shards"]
     shards = [torch.load(os.path.join(path, _SHARD.format(i)), map_location="cpu") for i in range(count)]
-    return model, merge_optimizer_shards(shards) if shards else None, train_state, log
+    return merge_optimizer_shards(shards) if shards else None, train_state, log

@@ -309,7 +309,8 @@ def train(preset: Preset, out_dir: str, device: str, budget: Budget, eval_every:
         log = {"preset": asdict(preset), "device": device, "steps": [], "evals": [], "init": init,
                "sparse_attention": None, "calls": []}
     else:
-        model, opt_state, saved, log = checkpoint.load(resume, device)
+        model = load_for_training(resume, device)
+        opt_state, saved, log = checkpoint.load(resume)
         _check_same_schedule(preset, saved["preset"], resume)
         progress, seed, init = Progress(**saved["progress"]), saved["seed"], log["init"]
         checkpoint.restore_rng(rng, saved["rng"])
