@@ -5,6 +5,6 @@ One folder per op: `index.py` (device-side work lists), `kernel.py` (Triton), `o
 in `minference_flex.reference`.
 """
 
-from . import dense_causal, top_tiles, vertical_slash, vertical_slash_scores
+from . import block_sparse, dense_causal, top_tiles, vertical_slash, vertical_slash_scores
 
-__all__ = ["dense_causal", "top_tiles", "vertical_slash", "vertical_slash_scores"]
+__all__ = ["block_sparse", "dense_causal", "top_tiles", "vertical_slash", "vertical_slash_scores"]

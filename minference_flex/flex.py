@@ -20,9 +20,9 @@ Gradients (`flex_attend` when q, k or v require grad and autograd records):
   widths crash the q-direction transpose up to torch 2.13, pytorch#153344). Inductor's
   backward template takes only masks of 128 x 128 blocks at head_dim 64-128 on H100 (its one
   default config there has 128-wide tiles, and configs a mask's blocks don't divide are
-  dropped; torch 2.11-2.13), so block-sparse tiles below 128 train through a coarser mask
-  (`block_sparse_grad_mask`), and the forward's tuned kernel options apply to the forward
-  only (`fwd_` prefix).
+  dropped; torch 2.11-2.13), so block-sparse attention, whose tiles are 64 x 64, trains
+  through its own Triton op instead (`custom_ops.block_sparse`); the forward's tuned kernel
+  options apply to the forward only (`fwd_` prefix).
 - on CPU, where FlexAttention has no backward, SDPA with the boolean [Sq, Sk] mask the
   BlockMask describes (its blocks and mask_mod): exact and differentiable, but Sq x Sk
   memory, so meant for tests and short prompts.
@@ -38,6 +38,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from custom_ops._autograd import needs_grad
+from custom_ops.block_sparse import block_sparse_attention_with_grad
 
 #: Tile of A-shape masks (query rows x keys); a multiple of every backend's kernel tile.
 A_SHAPE_BLOCK = 128
@@ -108,13 +109,6 @@ def _compiled_flex(device: torch.device = torch.device("cuda", 0)):
     return torch.compile(per_device_copy(_flex_on_blocks, device))
 
 
-#: Kernel options of the training path (forward that saves the log-sum-exp, then backward) for
-#: head_dim > 64 on CUDA. The forward's tuned 128 x 128 tiles at 3 stages, fused with the
-#: training epilogue, asked 233,528 B of shared memory for the block-sparse training mask at
-#: head_dim 128, 1 KB over the H100's 232,448 B ("No valid triton configs"); 2 stages.
-TRAINING_OPTIONS_WIDE_HEADS = {"fwd_num_stages": 2, "bwd_num_stages": 2}
-
-
 def _kernel_options(q: torch.Tensor, block_mask: BlockMask) -> dict | None:
     """Kernel tiles matching the mask's blocks, as measured best on H100 (perf/tune_kernels.py).
     64-row tiles: 4 warps, 3 stages (block-sparse top-100 at 128K: 31 ms against 49 ms), K/V
@@ -171,8 +165,6 @@ def flex_attend(
     options = _kernel_options(q, masks[0])
     if options is not None and needs_grad(q, k, v):  # tuned for the forward: Inductor's defaults for the backward
         options = {f"fwd_{name}": value for name, value in options.items()}
-        if q.shape[-1] > 64:
-            options.update(TRAINING_OPTIONS_WIDE_HEADS)
     q = _pad_rows(q, flex_padded_length(q_len))
     k, v = (_pad_rows(t, flex_padded_length(k.shape[2])) for t in (k, v))
     if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer
@@ -590,57 +582,6 @@ def block_sparse_key_split_masks(
     return masks
 
 
-def block_sparse_grad_mask(
-    tiles: torch.Tensor,
-    count: torch.Tensor,
-    seq_len: int,
-    block_size: int,
-    active_heads: torch.Tensor | None = None,
-    q_len: int | None = None,
-) -> BlockMask:
-    """The mask of `block_sparse_block_mask` with blocks of FLEX_ALIGN x FLEX_ALIGN (for
-    block_size < FLEX_ALIGN) and q-direction indices, for FlexAttention's backward on CUDA.
-
-    Which key tiles of block_size each query tile attends (its chosen tiles and the key tiles
-    of its own positions, causal inside) is a [B, H, Mq, Mk] bitmap that mask_mod reads;
-    every coarse block holding such a tile is partial. The same attention, at up to
-    (FLEX_ALIGN / block_size)^2 times the computed area where neighbouring query tiles choose
-    different tiles.
-    """
-    q_len = seq_len if q_len is None else q_len
-    first = seq_len - q_len
-    shift, unaligned = divmod(first, block_size)
-    padded, padded_q = flex_padded_length(seq_len), flex_padded_length(q_len)
-    nblocks, q_tiles = padded // block_size, padded_q // block_size
-    extra = q_tiles - tiles.shape[2]
-    tiles = torch.nn.functional.pad(tiles, (0, 0, 0, extra), value=0)
-    count = torch.nn.functional.pad(count, (0, extra), value=0)
-    bsz, heads, _, width = tiles.shape
-    device = tiles.device
-    valid = torch.arange(width, device=device) < count[..., None]
-    chosen = torch.zeros(bsz, heads, q_tiles, nblocks + 1, dtype=torch.bool, device=device)
-    chosen.scatter_(-1, torch.where(valid, tiles.long(), nblocks), True)
-    own = shift + torch.arange(q_tiles, device=device)[:, None] + torch.arange(2 if unaligned else 1, device=device)
-    chosen.scatter_(-1, own.clamp(max=nblocks).expand(bsz, heads, -1, -1), True)
-    chosen = chosen[..., :nblocks]
-    if active_heads is not None:
-        chosen = chosen & active_heads.to(device=device, dtype=torch.bool)[None, :, None, None]
-    chosen = chosen.contiguous()
-    coarse = FLEX_ALIGN // block_size
-    q_coarse, kv_coarse = padded_q // FLEX_ALIGN, padded // FLEX_ALIGN
-    live = chosen.view(bsz, heads, q_coarse, coarse, kv_coarse, coarse).any(-1).any(3)
-    blocks = torch.arange(kv_coarse, device=device).expand(bsz, heads, q_coarse, kv_coarse)
-    offset = _mask_scalar(first, device)
-
-    def chosen_tiles(b, h, q_idx, kv_idx):
-        return chosen[b, h, q_idx // block_size, kv_idx // block_size] & (q_idx + offset >= kv_idx)
-
-    return _from_kv_blocks(
-        _compact(blocks, live, kv_coarse), _compact(blocks, torch.zeros_like(live), kv_coarse), FLEX_ALIGN,
-        padded, chosen_tiles, q_len=padded_q, for_backward=True,
-    )
-
-
 def block_sparse_flex(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -654,16 +595,13 @@ def block_sparse_flex(
     """Block-sparse FlexAttention of q [B, H, Sq, D] (the last Sq of Sk positions) over k, v
     [B, Hkv, Sk, D] on the tiles of `estimate.select_block_sparse_tiles`; [B, H, Sq, D]. One
     pass, or `key_split_parts(k)` passes over key ranges merged by log-sum-exp where a kv
-    head outgrows L2. With gradients (`needs_grad`) one pass; on CUDA its mask has
-    q-direction indices and, for tiles below FLEX_ALIGN, FLEX_ALIGN-wide blocks
-    (`block_sparse_grad_mask`)."""
+    head outgrows L2. With gradients (`needs_grad`): on CUDA the Triton training op
+    (`custom_ops.block_sparse`), on CPU one FlexAttention-mask pass (`flex_attend`)."""
     seq_len, q_len = k.shape[2], q.shape[2]
     if needs_grad(q, k, v):
-        if q.is_cuda and block_size < FLEX_ALIGN:
-            mask = block_sparse_grad_mask(tiles, count, seq_len, block_size, active_heads, q_len)
-        else:
-            mask = block_sparse_block_mask(tiles, count, seq_len, block_size, active_heads, q_len,
-                                           for_backward=q.is_cuda)
+        if q.is_cuda:
+            return block_sparse_attention_with_grad(q, k, v, tiles, count, block_size, scale, active_heads)
+        mask = block_sparse_block_mask(tiles, count, seq_len, block_size, active_heads, q_len)
         return flex_attend(q, k, v, mask, scale)
     masks = block_sparse_key_split_masks(tiles, count, seq_len, block_size, key_split_parts(k), active_heads, q_len)
     return flex_attend(q, k, v, masks, scale)

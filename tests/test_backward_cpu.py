@@ -9,7 +9,7 @@ import torch
 import minference_flex as mf
 from minference_flex import reference
 from minference_flex.estimate import select_block_sparse_tiles
-from tests.helpers import assert_grads_close_to_reference, random_qkv
+from tests.helpers import assert_close_to_reference, assert_grads_close_to_reference, reference_grads, random_qkv
 
 SHAPES = [  # batch, heads, kv_heads, seq_len, head_dim
     (2, 4, 2, 333, 64),  # batch 2, GQA, odd length
@@ -280,27 +280,83 @@ def test_vertical_slash_backward_compiles_fullgraph():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
 
 
-@pytest.mark.parametrize("seq_len, block_size", [(777, 64), (1000, 32), (300, 16)])
-def test_block_sparse_grad_mask_attends_what_the_forward_mask_does(seq_len, block_size):
-    """The coarse mask that block-sparse trains through on CUDA (128-blocks, the chosen tiles
-    read by mask_mod, q-direction indices) allows exactly the reference's pairs, inactive
-    heads none; its q-direction indices describe its blocks."""
-    from minference_flex import flex
+def _block_sparse_op_grads(q, k, v, topk, active=None):
+    """Output and gradients of the Triton training op (`custom_ops.block_sparse`) directly."""
+    from custom_ops.block_sparse import block_sparse_attention_with_grad
 
-    q, k, _ = random_qkv(2, 4, 2, seq_len, 64)
-    tiles, count = select_block_sparse_tiles(q, k, 3, block_size)
-    active = torch.tensor([True, False, True, True])
-    mask = flex.block_sparse_grad_mask(tiles, count, seq_len, block_size, active)
-    assert mask.BLOCK_SIZE == (flex.FLEX_ALIGN, flex.FLEX_ALIGN) and mask.q_indices is not None
-    allowed = flex.block_mask_to_bool(mask, seq_len, seq_len)
-    expected = reference.block_sparse_mask(q, k, 3, block_size) & active[None, :, None, None]
-    assert torch.equal(allowed, expected)
-    partial, full = _q_direction_dense(mask)
-    nkv = mask.kv_indices.shape[-1]
-    from torch.nn.attention.flex_attention import _ordered_to_dense
+    tiles, count = select_block_sparse_tiles(q.detach(), k.detach(), topk, 64)
+    out = block_sparse_attention_with_grad(q, k, v, tiles, count, 64, q.shape[-1] ** -0.5, active)
+    grads, grad_out = _grads(out, q, k, v)
+    return out, grads, grad_out
 
-    assert torch.equal(partial, _ordered_to_dense(mask.kv_num_blocks, mask.kv_indices, nkv).bool())
-    assert not full.any()
+
+@pytest.mark.parametrize("shape", SHAPES + [(2, 4, 2, 193, 64), (1, 2, 1, 64, 32)])
+@pytest.mark.parametrize("topk", [1, 4])
+def test_block_sparse_training_op_grads(shape, topk):
+    """The Triton forward and backward that block-sparse trains through on CUDA, interpreted:
+    output and q, k, v gradients against float64 autograd of the documented mask."""
+    q, k, v = _leaves(shape)
+    out, grads, grad_out = _block_sparse_op_grads(q, k, v, topk)
+    mask = reference.block_sparse_mask(q.detach(), k.detach(), topk)
+    assert_close_to_reference(out, q.detach(), k.detach(), v.detach(), mask)
+    assert_grads_close_to_reference(grads, q, k, v, mask, grad_out)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 2, 193, 449, 64), (1, 4, 1, 101, 300, 128), (2, 2, 2, 1, 333, 64)],
+                         ids=["aligned", "unaligned", "decode"])
+def test_block_sparse_training_op_at_the_end_of_the_keys(shape):
+    """Queries at the end of the keys: own tiles n0 and, off a tile boundary, n0 + 1."""
+    b, h, hk, sq, sk, d = shape
+    q, k, v = _chunk_leaves(*shape)
+    out, grads, grad_out = _block_sparse_op_grads(q, k, v, 3)
+    mask = reference.block_sparse_mask(q.detach(), k.detach(), 3)
+    assert_close_to_reference(out, q.detach(), k.detach(), v.detach(), mask)
+    assert_grads_close_to_reference(grads, q, k, v, mask, grad_out)
+
+
+def test_block_sparse_training_op_leaves_inactive_heads_out():
+    """Heads flagged inactive (another pattern's) attend nothing: zero rows, zero gradients;
+    the active heads match the reference."""
+    q, k, v = _leaves((1, 4, 2, 300, 64))
+    active = torch.tensor([True, False, True, False])
+    out, grads, grad_out = _block_sparse_op_grads(q, k, v, 2, active)
+    assert (out[:, ~active] == 0).all() and (grads[0][:, ~active] == 0).all()
+    # heads 0 and 2 read kv heads 0 and 1: alone, they are a model without GQA
+    qa = q.detach()[:, active].requires_grad_()
+    mask = reference.block_sparse_mask(qa.detach(), k.detach(), 2)
+    expected = reference_grads(qa, k, v, mask, grad_out[:, active])
+    for got, want in zip((grads[0][:, active], grads[1], grads[2]), expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_invert_tiles_lists_the_query_tiles_that_chose_each_key_tile():
+    from custom_ops.block_sparse import invert_tiles
+
+    q, k = torch.randn(2, 3, 700, 64), torch.randn(2, 3, 900, 64)
+    tiles, count = select_block_sparse_tiles(q, k, 4, 64)
+    key_tiles = -(-900 // 64)
+    inv = invert_tiles(tiles, count, key_tiles)
+    for b in range(2):
+        for h in range(3):
+            for n in range(key_tiles):
+                lo, hi = inv.starts[b, h, n].item(), inv.starts[b, h, n + 1].item()
+                expected = [m for m in range(tiles.shape[2]) if n in tiles[b, h, m, : count[b, h, m]].tolist()]
+                assert inv.choosers[b, h, lo:hi].tolist() == expected
+
+
+def test_block_sparse_training_op_compiles_fullgraph():
+    """Estimate, attend and differentiate in one graph: the ops trace with their fakes."""
+    from custom_ops.block_sparse import block_sparse_attention_with_grad
+
+    def loss(q, k, v):
+        tiles, count = select_block_sparse_tiles(q.detach(), k.detach(), 2, 64)
+        return block_sparse_attention_with_grad(q, k, v, tiles, count, 64, 0.125).square().sum()
+
+    q, k, v = _leaves((1, 2, 1, 200, 64))
+    eager = torch.autograd.grad(loss(q, k, v), (q, k, v))
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(q, k, v), (q, k, v))
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 # queries at the end of the keys (chunked pre-fill): q [B, H, Sq, D], k, v [B, Hkv, Sk, D]
@@ -335,17 +391,6 @@ def test_grads_at_the_end_of_the_keys(shape, op, nan_empty):
         mask = reference.vertical_slash_mask(v_idx, s_idx, sk, 64, q_len=sq)
     grads, grad_out = _grads(out, q, k, v)
     assert_grads_close_to_reference(grads, q, k, v, mask, grad_out)
-
-
-@pytest.mark.parametrize("seq_len, q_len", [(449, 193), (300, 101)])
-def test_block_sparse_grad_mask_at_the_end_of_the_keys(seq_len, q_len):
-    """The coarse training mask for queries at the end of the keys, aligned or not."""
-    from minference_flex import flex
-
-    q, k = torch.randn(2, 4, q_len, 64), torch.randn(2, 2, seq_len, 64)
-    tiles, count = select_block_sparse_tiles(q, k, 2, 64)
-    mask = flex.block_sparse_grad_mask(tiles, count, seq_len, 64, q_len=q_len)
-    assert torch.equal(flex.block_mask_to_bool(mask, q_len, seq_len), reference.block_sparse_mask(q, k, 2))
 
 
 def test_flex_attend_with_grads_rejects_key_range_passes():
