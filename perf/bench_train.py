@@ -8,7 +8,7 @@ and index/mask building (the backward of vertical-slash rebuilds its index). Col
   region, as cuDNN's best);
 - fwd_ms, bwd_ms: the forward alone (grad-enabled: it saves what the backward needs) and the
   backward alone (the same graph, retained);
-- bwd_tile_tflops: backward FLOPs of the tiles the vertical-slash kernels compute (2.5x the
+- bwd_tile_tflops: backward FLOPs of the tiles the vertical-slash and block-sparse kernels compute (2.5x the
   forward's per tile, as for dense attention) over the backward time, beside cuDNN's
   backward TFLOP/s on the dense causal tiles (`cudnn_bwd_tflops`);
 - bwd_kernel_atomic_ms / bwd_kernel_key_major_ms: the vertical-slash backward kernels alone
@@ -49,6 +49,7 @@ from custom_ops.vertical_slash.backward import band_windows, launch_vertical_sla
 from custom_ops.vertical_slash.index import sort_indices  # noqa: E402
 from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
 from minference_flex.config import load_pattern_config, shipped_config_path  # noqa: E402
+from minference_flex.estimate import select_block_sparse_tiles  # noqa: E402
 from perf.bench_e2e import SHAPES, planted_indices  # noqa: E402
 from perf.common import machine, median_ms, print_row, print_table, write_json  # noqa: E402
 from perf.planted import planted_vertical_slash  # noqa: E402
@@ -140,8 +141,13 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
                 bwd_tile_tflops=tile_flops / times[2] / 1e9, cudnn_bwd_tflops=cudnn_bwd_tflops, **kernels)
 
     if flex:
-        add("block-sparse top 100 of 64", "random",
-            _timings(lambda q, k, v: mf.block_sparse_attention(q, k, v, 100), (q, k, v), grad_out, rep_ms))
+        tiles_per_head = seq_len // 64 * (seq_len // 64 + 1) / 2
+        count = select_block_sparse_tiles(q.detach(), k.detach(), 100, 64)[1]
+        frac = (count.sum().item() / heads + seq_len // 64) / tiles_per_head  # chosen + own tiles
+        times = _timings(lambda q, k, v: mf.block_sparse_attention(q, k, v, 100), (q, k, v), grad_out, rep_ms)
+        tile_flops = 2.5 * frac * dense_flops * (seq_len / 64 + 1) / (seq_len / 64)
+        add("block-sparse top 100 of 64", "random", times, computed_fraction=frac,
+            bwd_tile_tflops=tile_flops / times[2] / 1e9, cudnn_bwd_tflops=cudnn_bwd_tflops)
         add("A-shape (128, 4096)", "random",
             _timings(lambda q, k, v: mf.streaming_forward(q, k, v, 128, 4096), (q, k, v), grad_out, rep_ms))
     return rows
