@@ -11,6 +11,8 @@ and index/mask building (the backward of vertical-slash rebuilds its index). Col
 - bwd_tile_tflops: backward FLOPs of the tiles the vertical-slash and block-sparse kernels compute (2.5x the
   forward's per tile, as for dense attention) over the backward time, beside cuDNN's
   backward TFLOP/s on the dense causal tiles (`cudnn_bwd_tflops`);
+- fwd_kernel_ms, bwd_kernel_w4_ms / bwd_kernel_w8_ms: the block-sparse training kernels alone (forward;
+  backward at 4 and 8 warps);
 - bwd_kernel_atomic_ms / bwd_kernel_key_major_ms: the vertical-slash backward kernels alone
   (prepared index and log-sum-exp), with the band keys' dK/dV by atomics (the op's default,
   `custom_ops.vertical_slash.op.KEY_MAJOR_BANDS`) and by the key-major pass; `--key-major-bands`
@@ -44,6 +46,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
+from custom_ops.block_sparse import launch_block_sparse_backward, launch_block_sparse_forward  # noqa: E402
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction  # noqa: E402
 from custom_ops.vertical_slash.backward import band_windows, launch_vertical_slash_backward  # noqa: E402
 from custom_ops.vertical_slash.index import sort_indices  # noqa: E402
@@ -86,6 +89,19 @@ def _backward_kernels(q, k, v, grad_out, v_idx, s_idx, index, rep_ms):
     key_major = median_ms(lambda: launch_vertical_slash_backward(grad_out, q, k, v, out, lse, index, 64, scale,
                                                                  windows=windows), rep_ms=rep_ms)
     return {"bwd_kernel_atomic_ms": atomic, "bwd_kernel_key_major_ms": key_major}
+
+
+def _block_sparse_kernels(q, k, v, grad_out, tiles, count, rep_ms):
+    """ms of the block-sparse training kernels alone: forward, and backward at 4 and 8 warps."""
+    scale = q.shape[-1] ** -0.5
+    forward = median_ms(lambda: launch_block_sparse_forward(q, k, v, tiles, count, 64, scale), rep_ms=rep_ms)
+    out, lse = launch_block_sparse_forward(q, k, v, tiles, count, 64, scale)
+    backward = {
+        f"bwd_kernel_w{warps}_ms": median_ms(lambda warps=warps: launch_block_sparse_backward(
+            grad_out, q, k, v, out, lse, tiles, count, 64, scale, num_warps=warps), rep_ms=rep_ms)
+        for warps in (4, 8)
+    }
+    return {"fwd_kernel_ms": forward, **backward}
 
 
 def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=VS_BUDGETS, flex=True):
@@ -142,12 +158,13 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
 
     if flex:
         tiles_per_head = seq_len // 64 * (seq_len // 64 + 1) / 2
-        count = select_block_sparse_tiles(q.detach(), k.detach(), 100, 64)[1]
+        tiles, count = select_block_sparse_tiles(q.detach(), k.detach(), 100, 64)
+        kernels = _block_sparse_kernels(q.detach(), k.detach(), v.detach(), grad_out, tiles, count, rep_ms)
         frac = (count.sum().item() / heads + seq_len // 64) / tiles_per_head  # chosen + own tiles
         times = _timings(lambda q, k, v: mf.block_sparse_attention(q, k, v, 100), (q, k, v), grad_out, rep_ms)
         tile_flops = 2.5 * frac * dense_flops * (seq_len / 64 + 1) / (seq_len / 64)
         add("block-sparse top 100 of 64", "random", times, computed_fraction=frac,
-            bwd_tile_tflops=tile_flops / times[2] / 1e9, cudnn_bwd_tflops=cudnn_bwd_tflops)
+            bwd_tile_tflops=tile_flops / times[2] / 1e9, cudnn_bwd_tflops=cudnn_bwd_tflops, **kernels)
         add("A-shape (128, 4096)", "random",
             _timings(lambda q, k, v: mf.streaming_forward(q, k, v, 128, 4096), (q, k, v), grad_out, rep_ms))
     return rows
@@ -222,7 +239,8 @@ def bench_model_step(lengths, repeats, loss_tokens, min_sparse_len):
 
 
 TRAIN_COLUMNS = ["S", "pattern", "mode", "ms", "x_cudnn", "goal", "fwd_ms", "bwd_ms", "computed_fraction",
-                 "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd", "bwd_kernel_atomic_ms", "bwd_kernel_key_major_ms"]
+                 "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd", "bwd_kernel_atomic_ms", "bwd_kernel_key_major_ms",
+                 "fwd_kernel_ms", "bwd_kernel_w4_ms", "bwd_kernel_w8_ms"]
 
 
 def main(argv=None):
