@@ -42,6 +42,12 @@ from .flex import a_shape_attend, block_sparse_flex
 DENSE_FALLBACK_FRACTION = 0.65
 
 
+def fallback_threshold(dense_fallback: bool) -> float:
+    """The fraction of dense causal tiles above which the vertical-slash op runs dense:
+    `DENSE_FALLBACK_FRACTION`, or 2.0 (never) without the fallback."""
+    return DENSE_FALLBACK_FRACTION if dense_fallback else 2.0
+
+
 def _scale(q: torch.Tensor, scale: float | None) -> float:
     return q.shape[-1] ** -0.5 if scale is None else float(scale)
 
@@ -147,8 +153,7 @@ def vertical_slash_sparse_attention(
     _checks.check_index("v_idx", v_idx, q)
     _checks.check_index("s_idx", s_idx, q)
     block_size = _checks.check_block_size(block_size)
-    dense_above = DENSE_FALLBACK_FRACTION if dense_fallback else 2.0
-    args = (q, k, v, v_idx, s_idx, block_size, _scale(q, scale), dense_above)
+    args = (q, k, v, v_idx, s_idx, block_size, _scale(q, scale), fallback_threshold(dense_fallback))
     if needs_grad(q, k, v):  # the forward that also saves the log-sum-exp for the backward
         return vertical_slash_sparse_attention_with_lse_op(*args)[0]
     return vertical_slash_sparse_attention_op(*args)

@@ -462,15 +462,29 @@ def a_shape_attend(
     """A-shape FlexAttention of q [B, H, Sq, D] (the last Sq of Sk positions) over k, v
     [B, Hkv, Sk, D]; [B, H, Sq, D]. Budgets as in `a_shape_block_mask`. The queries go on a
     block boundary behind `a_shape_front_rows` zero rows, whose outputs are dropped."""
-    q_len, seq_len = q.shape[2], k.shape[2]
-    front = a_shape_front_rows(q_len, seq_len)
+    mask, front = a_shape_mask_for(q, k, init_num, local_window_num, q.is_cuda and needs_grad(q, k, v))
     if front:
         q = torch.nn.functional.pad(q, (0, 0, front, 0))
+    return flex_attend(q, k, v, mask, scale)[:, :, front:]
+
+
+def a_shape_mask_for(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    init_num: int | tuple[int, ...],
+    local_window_num: int | tuple[int, ...],
+    for_backward: bool = False,
+) -> tuple[BlockMask, int]:
+    """(mask, front): the BlockMask `a_shape_attend` runs for q [B, H, Sq, D] (the last Sq
+    of Sk positions) over k [B, Hkv, Sk, D], and the `a_shape_front_rows` zero rows it puts
+    before q; mask row r is the absolute position Sk - Sq - front + r."""
+    q_len, seq_len = q.shape[2], k.shape[2]
+    front = a_shape_front_rows(q_len, seq_len)
     mask = a_shape_block_mask(
         q.shape[0], q.shape[1], flex_padded_length(seq_len), init_num, local_window_num, q.device,
-        q_len=flex_padded_length(q.shape[2]), for_backward=q.is_cuda and needs_grad(q, k, v),
+        q_len=flex_padded_length(q_len + front), for_backward=for_backward,
     )
-    return flex_attend(q, k, v, mask, scale)[:, :, front:]
+    return mask, front
 
 
 def _causal(b, h, q_idx, kv_idx):

@@ -8,7 +8,8 @@ goes sparse, in one call or in chunks over a KV cache (`generate(..., prefill_ch
 a manual loop over a `DynamicCache`, a second prompt on a cached context): the chunk's
 queries are the last q_len of the kv_len cached positions. Everything else (short prompts,
 short chunks, decode steps) runs dense: `minference_flex::dense_causal_attention` for a
-no-grad call (cuDNN row chunks past 32K tokens), else SDPA.
+no-grad call (cuDNN row chunks past 32K tokens), else SDPA. Inside
+`tile_count.count_tiles` every call records the tiles it computed.
 
 Training: a forward in training mode with autograd recording runs the same sparse patterns
 (every op has a backward; see `minference_flex.attention`), unless `Options.sparse_training`
@@ -31,6 +32,7 @@ from custom_ops.dense_causal import MASK_ELEMENTS, dense_causal_attention_op
 from . import _checks, layout
 from .config import ConfigSource, PatternConfig, load_pattern_config
 from .prefill import LayerPlan, sparse_prefill
+from .tile_count import active, record_dense
 
 ATTENTION_NAME = "minference_flex"
 _PLAN_ATTR = "_minference_flex_plan"
@@ -110,6 +112,9 @@ def _dense(
     """Dense causal attention for any q_len <= kv_len (queries are the last q_len positions):
     the dense op for a no-grad call without padding, else SDPA."""
     q_len, kv_len = query.shape[2], key.shape[2]
+    tiles = active()
+    if tiles is not None:
+        record_dense(tiles, query.shape[0], query.shape[1], q_len, kv_len)
     gqa = query.shape[1] != key.shape[1]
     if padding is None and q_len > 1 and not torch.is_grad_enabled():
         # the op runs long prompts and chunks in row chunks of cuDNN calls (faster), with no

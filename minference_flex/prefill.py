@@ -3,7 +3,8 @@
 Heads are grouped by pattern. Vertical-slash heads share one estimate and one kernel launch
 (per-head budgets); A-shape heads share one FlexAttention call whose mask gives the other
 heads no blocks, and so do block-sparse heads. In a layer of one pattern that call is the
-whole layer; mixed layers pick each head's output from its group.
+whole layer; mixed layers pick each head's output from its group. Inside
+`tile_count.count_tiles` each group also records the tiles it computed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .attention import vertical_slash_sparse_attention
 from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
 from .flex import a_shape_attend, block_sparse_flex
+from .tile_count import active, record_a_shape, record_block_sparse, record_vertical_slash
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ def sparse_prefill(
     Returns [B, H, Sq, D]. Budgets larger than the prompt are clamped to it by the estimators.
     """
     heads = q.shape[1]
+    tiles = active()
     outputs: dict[str, torch.Tensor] = {}
     vs_heads = plan.heads_of(VERTICAL_SLASH)
     if vs_heads:
@@ -80,13 +83,20 @@ def sparse_prefill(
         outputs[VERTICAL_SLASH] = vertical_slash_sparse_attention(
             q, k, v, v_idx, s_idx, block_size, scale, dense_fallback
         )
-    if plan.heads_of(A_SHAPE):
+        if tiles is not None:
+            record_vertical_slash(tiles, q, k, v_idx, s_idx, vs_heads, block_size, dense_fallback)
+    a_shape_heads = plan.heads_of(A_SHAPE)
+    if a_shape_heads:
         outputs[A_SHAPE] = a_shape_attend(q, k, v, plan.only(A_SHAPE), plan.only_b(A_SHAPE), scale)
+        if tiles is not None:
+            record_a_shape(tiles, q, k, a_shape_heads, plan.only(A_SHAPE), plan.only_b(A_SHAPE))
     bs_heads = plan.heads_of(BLOCK_SPARSE)
     if bs_heads:
-        tiles, count = select_block_sparse_tiles(q, k, BLOCK_SPARSE_TOPK, block_size)
-        active = _head_mask(bs_heads, heads, q.device) if len(bs_heads) < heads else None
-        outputs[BLOCK_SPARSE] = block_sparse_flex(q, k, v, tiles, count, block_size, scale, active)
+        chosen, count = select_block_sparse_tiles(q, k, BLOCK_SPARSE_TOPK, block_size)
+        on = _head_mask(bs_heads, heads, q.device) if len(bs_heads) < heads else None
+        outputs[BLOCK_SPARSE] = block_sparse_flex(q, k, v, chosen, count, block_size, scale, on)
+        if tiles is not None:
+            record_block_sparse(tiles, count, bs_heads, q.shape[2], k.shape[2], block_size)
     if len(outputs) == 1:
         return next(iter(outputs.values()))
     out = None

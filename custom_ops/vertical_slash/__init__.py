@@ -7,8 +7,10 @@ from .index import (
     dedup_on_bands,
     fraction_bound,
     head_fractions,
+    head_tiles,
 )
 from .op import (
+    sparse_index,
     vertical_slash_attention,
     vertical_slash_attention_backward_op,
     vertical_slash_attention_op,
@@ -24,6 +26,8 @@ __all__ = [
     "dedup_on_bands",
     "fraction_bound",
     "head_fractions",
+    "head_tiles",
+    "sparse_index",
     "vertical_slash_attention",
     "vertical_slash_attention_backward_op",
     "vertical_slash_attention_op",

@@ -355,14 +355,19 @@ def dedup_on_bands(index: VerticalSlashIndex, seq_len: int) -> bool:
     return index.dedup.shape[-1] <= seq_len
 
 
-def head_fractions(index: VerticalSlashIndex, block_size: int, first: int = 0) -> torch.Tensor:
-    """[B, H] float: key tiles the kernel computes for each head over those of dense causal
-    attention (band pieces + distance chunks + column chunks + clamped tiles, summed over
-    query tiles; `dense_tiles` for queries after `first` = Sk - Sq cached positions)."""
-    nblocks = index.col_count.shape[-1]
+def head_tiles(index: VerticalSlashIndex, block_size: int) -> torch.Tensor:
+    """[B, H] int64: key tiles the kernel computes for each head (band pieces + distance
+    chunks + column chunks + clamped tiles, summed over query tiles)."""
     chunks = (index.dist_count + block_size - 1) // block_size + (index.col_count + block_size - 1) // block_size
     tiles = index.piece_ranges[..., 1] + chunks + index.clamped
-    return tiles.float().sum(-1) / dense_tiles(nblocks, first, block_size)
+    return tiles.long().sum(-1)
+
+
+def head_fractions(index: VerticalSlashIndex, block_size: int, first: int = 0) -> torch.Tensor:
+    """[B, H] float: `head_tiles` over the key tiles of dense causal attention (`dense_tiles`
+    for queries after `first` = Sk - Sq cached positions)."""
+    nblocks = index.col_count.shape[-1]
+    return head_tiles(index, block_size).float() / dense_tiles(nblocks, first, block_size)
 
 
 def _sum_of_min(cap: int, offset: int, nblocks: int) -> int:

@@ -62,17 +62,18 @@ def vertical_slash_sparse_attention_op(
     query tile of what the kernel would compute), dense attention runs instead: a superset
     of the mask. Pass a value > 1 to never fall back.
     """
-    index = _sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
+    index = sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
     if index is None:
         return dense_causal_attention(q, k, v, scale)
     return launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale)
 
 
-def _sparse_index(
+def sparse_index(
     q: torch.Tensor, k: torch.Tensor, v_idx: torch.Tensor, s_idx: torch.Tensor, block_size: int,
     dense_above: float,
 ) -> VerticalSlashIndex | None:
-    """The kernel's index, or None when the pattern goes dense (see the op's docstring)."""
+    """The kernel's index, or None when the pattern goes dense (see the op's docstring); what
+    the op runs, so callers that count its work (`minference_flex.tile_count`) see its choice."""
     q_len, seq_len = q.shape[2], k.shape[2]
     nblocks = math.ceil(q_len / block_size)
     sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size, q_len)
@@ -104,7 +105,7 @@ def vertical_slash_sparse_attention_with_lse_op(
     """`vertical_slash_sparse_attention_op` that also returns lse [B, H, S] fp32: each row's
     log-sum-exp of its scaled scores in log2 units (+inf for a row without keys), not
     differentiable; zeros where the pattern ran dense (its backward does not read it)."""
-    index = _sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
+    index = sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
     lse = torch.zeros(q.shape[:3], dtype=torch.float32, device=q.device)
     if index is None:
         return dense_causal_attention(q, k, v, scale), lse
@@ -148,7 +149,7 @@ def vertical_slash_sparse_attention_backward_op(
     """(dq, dk, dv) of `vertical_slash_sparse_attention_op` for the output gradient grad
     [B, H, S, D], given its output and lse (from the `_with_lse` op; an empty tensor to
     recompute it). The index and the dense-fallback decision are rebuilt from v_idx, s_idx."""
-    index = _sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
+    index = sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
     if index is None:
         return dense_causal_attention_backward(grad, q, k, v, scale)
     windows = None

@@ -1,0 +1,165 @@
+"""tile_count: the 64 x 64 tiles each pattern computes, against counts taken from the
+reference masks (CPU; Triton interpreted, FlexAttention by Inductor's CPU template)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+import transformers
+
+import minference_flex as mf
+from custom_ops.vertical_slash import fraction_bound
+from custom_ops.vertical_slash.index import dense_tiles
+from minference_flex import prefill, reference, tile_count
+from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
+from minference_flex.prefill import LayerPlan, sparse_prefill
+from minference_flex.tile_count import TILE, causal_tiles, count_tiles
+
+from .helpers import random_qkv
+
+
+def _tiles_touched(mask: torch.Tensor) -> torch.Tensor:
+    """[..., Mq, Mk] bool: the 64 x 64 tiles (query rows from row 0, absolute keys) of a
+    [..., Sq, Sk] mask holding an allowed pair."""
+    q_len, kv_len = mask.shape[-2:]
+    padded = torch.nn.functional.pad(mask, (0, -kv_len % TILE, 0, -q_len % TILE))
+    return padded.unflatten(-1, (-1, TILE)).unflatten(-3, (-1, TILE)).any(-1).any(-2)
+
+
+def _a_shape_expected(q_len: int, kv_len: int, init: int, local: int, block: int = 128) -> int:
+    """Causal 64-tiles of one A-shape head inside a 128 x 128 block of absolute positions (rows
+    from the multiple of 128 at or before the first query) where the reference mask allows
+    some pair, padding rows and keys included, as FlexAttention's grid has them."""
+    first = kv_len - q_len
+    start, end = first - first % block, math.ceil(kv_len / block) * block
+    allowed = reference.a_shape_mask(end, init, local, q_len=end - start)
+    live = allowed.unflatten(-1, (-1, block)).unflatten(0, (-1, block)).any(-1).any(1)
+    total = 0
+    for m in range(math.ceil(q_len / TILE)):
+        rows = (first + m * TILE, min(first + (m + 1) * TILE, kv_len) - 1)
+        row_blocks = {(p - start) // block for p in rows}
+        total += sum(any(live[r, n * TILE // block] for r in row_blocks) for n in range(rows[1] // TILE + 1))
+    return total
+
+
+def test_causal_tiles_count_the_tiles_of_the_causal_mask():
+    for _ in range(20):
+        kv_len = random.randrange(1, 700)
+        q_len = random.choice([kv_len, random.randrange(1, kv_len + 1)])
+        want = _tiles_touched(reference.causal_mask(kv_len, q_len=q_len)).sum().item()
+        assert causal_tiles(q_len, kv_len) == want, (q_len, kv_len)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_block_sparse_and_a_shape_heads_record_the_tiles_of_their_masks(monkeypatch, chunked):
+    topk = random.randrange(1, 4)
+    monkeypatch.setattr(prefill, "BLOCK_SPARSE_TOPK", topk)  # sparse at these lengths
+    kv_len = random.randrange(400, 700)
+    q_len = random.randrange(200, kv_len) if chunked else kv_len
+    q, k, v = random_qkv(1, 4, 2, kv_len, 16)
+    q = q[:, :, kv_len - q_len:]
+    budgets = [(random.randrange(0, 80), random.randrange(1, 200)) for _ in range(2)]
+    plan = LayerPlan.from_patterns([HeadPattern(BLOCK_SPARSE, 0, 0), HeadPattern(A_SHAPE, *budgets[0]),
+                                    HeadPattern(BLOCK_SPARSE, 0, 0), HeadPattern(A_SHAPE, *budgets[1])])
+    with count_tiles() as tiles:
+        sparse_prefill(q, k, v, plan, 0.25)
+    causal = causal_tiles(q_len, kv_len)
+    block_sparse = _tiles_touched(reference.block_sparse_mask(q, k, topk)[:, [0, 2]]).sum().item()
+    assert tiles.by_kind[BLOCK_SPARSE] == [block_sparse, 2 * causal]
+    a_shape = sum(_a_shape_expected(q_len, kv_len, *b) for b in budgets)
+    assert tiles.by_kind[A_SHAPE] == [a_shape, 2 * causal]
+    assert block_sparse < 2 * causal and a_shape < 2 * causal, "sparse cases"
+    assert tiles.fraction == (block_sparse + a_shape) / (4 * causal)
+
+
+def test_vertical_slash_records_its_index_or_all_tiles_where_it_falls_back():
+    kv_len = random.randrange(700, 1000)
+    q_len = random.choice([kv_len, random.randrange(500, kv_len)])
+    q, k, v = random_qkv(1, 4, 2, kv_len, 16)
+    q = q[:, :, kv_len - q_len:]
+    causal = causal_tiles(q_len, kv_len)
+    full = LayerPlan.from_patterns([HeadPattern(VERTICAL_SLASH, 10**6, 10**6)] * 4)
+    with count_tiles() as tiles:
+        sparse_prefill(q, k, v, full, 0.25)
+    assert tiles.by_kind == {VERTICAL_SLASH: [4 * causal, 4 * causal]}, "full budgets run dense"
+
+    # (30, 100) keeps exactly keys 0..29 and offsets 0..99 (the estimator's forced sets)
+    plan = LayerPlan.from_patterns([HeadPattern(VERTICAL_SLASH, 30, 100)] * 2 + [HeadPattern(A_SHAPE, 4, 64)] * 2)
+    with count_tiles() as tiles:
+        sparse_prefill(q, k, v, plan, 0.25, dense_fallback=False)
+    computed, total = tiles.by_kind[VERTICAL_SLASH]
+    assert total == 2 * causal
+    keys = reference.vertical_slash_mask(torch.arange(30).expand(1, 2, 30), torch.arange(100).expand(1, 2, 100),
+                                         kv_len, q_len=q_len)
+    # the kernel reads every key a query tile's rows attend, at most 64 per tile it computes
+    per_tile = torch.nn.functional.pad(keys, (0, 0, 0, -q_len % TILE)).unflatten(2, (-1, TILE)).any(3).sum(-1)
+    at_least = ((per_tile + TILE - 1) // TILE).sum().item()
+    nblocks = math.ceil(q_len / TILE)
+    at_most = 2 * fraction_bound(30, 100, nblocks, TILE, kv_len - q_len) * dense_tiles(nblocks, kv_len - q_len, TILE)
+    assert at_least <= computed <= at_most + 1e-6 and computed < total
+
+
+def test_nothing_is_recorded_outside_the_context_or_while_compiling(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("recorded outside count_tiles")
+
+    for name in ("record_vertical_slash", "record_a_shape", "record_block_sparse"):
+        monkeypatch.setattr(prefill, name, fail)
+    q, k, v = random_qkv(1, 2, 1, 256, 16)
+    plan = LayerPlan.from_patterns([HeadPattern(VERTICAL_SLASH, 30, 100), HeadPattern(BLOCK_SPARSE, 0, 0)])
+    sparse_prefill(q, k, v, plan, 0.25)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with count_tiles() as tiles:
+        assert tile_count.active() is None
+    assert tiles.by_kind == {} and tiles.fraction is None
+    assert tile_count.active() is None
+
+
+def test_a_patched_model_records_every_layer_of_its_prefill():
+    """Layer 0: vertical-slash with full budgets (the op falls back to dense); layer 1:
+    block-sparse (top 100 >= the 8 tiles of 512 tokens: all of them); layer 2: two A-shape
+    and two block-sparse heads."""
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    init, local = random.randrange(0, 100), random.randrange(1, 200)
+    patterns = [
+        [HeadPattern(VERTICAL_SLASH, 10**6, 10**6)] * 4,
+        [HeadPattern(BLOCK_SPARSE, 0, 0)] * 4,
+        [HeadPattern(A_SHAPE, init, local)] * 2 + [HeadPattern(BLOCK_SPARSE, 0, 0)] * 2,
+    ]
+    mf.compile(model, patterns, min_sparse_len=256)
+    length = 512
+    with torch.no_grad(), count_tiles() as tiles:
+        model(torch.randint(0, 64, (1, length)), logits_to_keep=1)
+    causal = causal_tiles(length, length)
+    a_shape = 2 * _a_shape_expected(length, length, init, local)
+    assert tiles.by_kind == {VERTICAL_SLASH: [4 * causal] * 2, BLOCK_SPARSE: [6 * causal] * 2,
+                             A_SHAPE: [a_shape, 2 * causal]}
+    assert tiles.fraction == (10 * causal + a_shape) / (12 * causal)
+    # decode steps run dense: every causal tile of their one-row rectangles
+    with torch.no_grad(), count_tiles() as tiles:
+        model.generate(torch.randint(0, 64, (1, 300)), min_new_tokens=3, max_new_tokens=3, do_sample=False)
+    assert tiles.by_kind[tile_count.DENSE] == [12 * causal_tiles(1, 301) + 12 * causal_tiles(1, 302)] * 2
+    mf.restore(model)
+
+
+def test_a_compiled_model_records_nothing_and_does_not_recompile(monkeypatch):
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    mf.compile(model, [[HeadPattern(VERTICAL_SLASH, 30, 100)] * 4] * 2, min_sparse_len=256)
+    compiled = torch.compile(model, fullgraph=True)
+    ids = torch.randint(0, 64, (1, random.randrange(300, 400)))
+    with torch.no_grad():
+        with count_tiles() as first:
+            want = compiled(ids, use_cache=False).logits
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        with count_tiles() as second:
+            got = compiled(ids, use_cache=False).logits
+        torch.testing.assert_close(compiled(ids, use_cache=False).logits, got)
+    torch.testing.assert_close(got, want)
+    assert first.by_kind == second.by_kind == {}
