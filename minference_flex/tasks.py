@@ -8,7 +8,8 @@ Tasks (each sample: a prompt of exactly `length` tokens and a digit answer):
 
 The haystack is RULER's noise: sentences drawn at random from a few fixed ones. Numbers are
 written one digit per token. Scoring is exact match on the answer's digits. Every sample is a
-function of (task, length, seed) alone.
+function of (task, length, seed) alone, and of the asked needle's depth where one is given
+(needle-in-a-haystack sweeps).
 """
 
 from __future__ import annotations
@@ -104,11 +105,29 @@ def _haystack(rng: random.Random, tokens: int) -> list[list[int]]:
     return out
 
 
+def _nearest_slot(
+    sentences: list[list[int]], others: list[tuple[int, int]], needles: list[list[int]], start: int, target: float
+) -> int:
+    """The sentence slot (0..len(sentences)) where needle 0 starts nearest `target`, placed
+    before the `others` (slot, needle) sharing its slot; `start`: where slot 0 begins."""
+    best, best_gap = 0, float("inf")
+    position = start
+    for slot in range(len(sentences) + 1):
+        here = position + sum(len(needles[n]) for s, n in others if s < slot)
+        if abs(here - target) < best_gap:
+            best, best_gap = slot, abs(here - target)
+        if slot < len(sentences):
+            position += len(sentences[slot])
+    return best
+
+
 def _with_needles(
-    rng: random.Random, prefix: list[int], needles: list[list[int]], question: list[int], length: int
+    rng: random.Random, prefix: list[int], needles: list[list[int]], question: list[int], length: int,
+    depth: float | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Fill the haystack to exactly `length` tokens around needles at random sentence depths;
-    returns (prompt, start position of each needle)."""
+    """Fill the haystack to exactly `length` tokens around needles at random sentence depths
+    (needle 0 at the slot nearest `depth` x length, when given); returns (prompt, start
+    position of each needle)."""
     room = length - 1 - len(prefix) - len(question) - sum(map(len, needles))
     if room < 0:
         raise ValueError(f"length {length} is too short for this task; use at least {length - room}")
@@ -121,6 +140,10 @@ def _with_needles(
     rng.shuffle(order)
     body, starts = [], [0] * len(needles)
     pending = list(zip(slots, order))
+    if depth is not None:  # the other needles keep their random slots
+        others = [(slot, n) for slot, n in pending if n != 0]
+        asked = _nearest_slot(sentences, others, needles, 1 + len(prefix), depth * length)
+        pending = sorted(others + [(asked, 0)], key=lambda item: (item[0], item[1] != 0))
     for i, sentence in enumerate(sentences + [[]]):
         while pending and pending[0][0] == i:
             _, n = pending.pop(0)
@@ -138,12 +161,23 @@ _INTRO = (
 )
 
 
-def make_sample(task: str, length: int, seed: int) -> Sample:
-    """One sample of `task` (see TASKS) with a prompt of exactly `length` tokens."""
+def make_sample(task: str, length: int, seed: int, depth: float | None = None) -> Sample:
+    """One sample of `task` (see TASKS) with a prompt of exactly `length` tokens.
+
+    depth: where the asked needle goes, as a fraction (0..1) of the prompt: it starts at the
+    sentence boundary nearest depth x length (Sample.depth says where it landed; the prompt's
+    intro and question bound it). The other needles and the haystack are the same random
+    draws as without it; None places it at random (the samples of before this option). Not
+    for kv, whose records fill the context.
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if not isinstance(length, int) or length < 64:
         raise ValueError(f"length must be an int >= 64 tokens, got {length!r}")
+    if depth is not None and not (isinstance(depth, (int, float)) and 0.0 <= depth <= 1.0):
+        raise ValueError(f"depth must be a fraction in [0, 1] of the prompt (or None: random), got {depth!r}")
+    if depth is not None and task == "kv":
+        raise ValueError("depth does not apply to kv (its records fill the context); use passkey, needle or multikey")
     rng = random.Random(f"{task}:{length}:{seed}")
     enc = TOKENIZER.encode
     if task == "passkey":
@@ -172,7 +206,7 @@ def make_sample(task: str, length: int, seed: int) -> Sample:
         asked_k, asked_v = pairs[0]
         question = enc(f"what is the value of key {' '.join(asked_k)} ? the value of key {' '.join(asked_k)} is")
         answer = enc(" ".join(asked_v))
-    prompt, starts = _with_needles(rng, prefix, needles, question, length)
+    prompt, starts = _with_needles(rng, prefix, needles, question, length, depth)
     return Sample(task, length, prompt, answer, depth=starts[0] / length)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -44,6 +45,50 @@ def test_samples_are_exact_length_seeded_and_answerable(task):
     assert abs(sample.depth * length - min(hits)) < 30
 
 
+def test_held_out_samples_are_those_of_before_the_depth_option():
+    """Fingerprint of the held-out samples (seeds 10**9 + i) as drawn before `depth` existed:
+    the accuracy tables of the shipped model are measured on them."""
+    digest = hashlib.sha256()
+    for task in TASKS:
+        for length in (256, 1000, 4096):
+            for i in range(5):
+                s = make_sample(task, length, 10**9 + i)
+                assert make_sample(task, length, 10**9 + i, depth=None) == s
+                digest.update(repr((s.prompt, s.answer, s.depth)).encode())
+    assert digest.hexdigest() == "30d521e5eaed0c0654c7ee2dc71dae097f9dc334842d5cfe6a27802187f84caf"
+
+
+# the asked needle's tokens (its key and number have fixed widths)
+NEEDLE_TOKENS = {
+    "passkey": len(TOKENIZER.encode("the pass key is 1 2 3 4 5 . remember it . 1 2 3 4 5 is the pass key .")),
+    "needle": len(TOKENIZER.encode("one of the special magic numbers for apple is : 1 2 3 4 5 6 7 .")),
+}
+NEEDLE_TOKENS["multikey"] = NEEDLE_TOKENS["needle"]
+
+
+@pytest.mark.parametrize("task", ["passkey", "needle", "multikey"])
+def test_depth_moves_only_the_asked_needle(task):
+    length = random.randrange(500, 3000)
+    seed = random.randrange(10**6)
+    free = make_sample(task, length, seed)
+    depths = [0.0, *sorted(random.uniform(0.1, 0.9) for _ in range(3)), 1.0]
+    starts = []
+    for depth in depths:
+        placed = make_sample(task, length, seed, depth=depth)
+        assert placed.answer == free.answer and len(placed.prompt) == length
+        start = round(placed.depth * length)
+        starts.append(start)
+        if 0 < depth < 1:  # within a sentence or a needle of the asked depth
+            assert abs(start - depth * length) <= 20, (depth, placed.depth)
+        # the rest of the prompt is the one drawn without `depth`
+        free_start = round(free.depth * length)
+        span = NEEDLE_TOKENS[task]
+        assert placed.prompt[start:start + span] == free.prompt[free_start:free_start + span]
+        assert (placed.prompt[:start] + placed.prompt[start + span:]
+                == free.prompt[:free_start] + free.prompt[free_start + span:])
+    assert starts == sorted(starts) and starts[0] < 40 and starts[-1] > length - 60, "0 and 1: the ends"
+
+
 def test_tokenizer_round_trip_and_errors():
     text = "the pass key is 40213. remember it. what is the special magic number for tiger?"
     assert TOKENIZER.decode(TOKENIZER.encode(text)) == text
@@ -59,6 +104,10 @@ def test_bad_task_arguments():
         make_sample("passkey", 10, 0)
     with pytest.raises(ValueError, match="too short for this task; use at least"):
         make_sample("multikey", 100, 0)
+    with pytest.raises(ValueError, match=r"depth must be a fraction in \[0, 1\]"):
+        make_sample("needle", 1000, 0, depth=1.5)
+    with pytest.raises(ValueError, match="depth does not apply to kv"):
+        make_sample("kv", 1000, 0, depth=0.5)
 
 
 def test_exact_match():
