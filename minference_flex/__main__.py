@@ -3,7 +3,8 @@
   python -m minference_flex demo [--seq-len N] [--passkey-len N] [--device cpu|cuda]
   python -m minference_flex search --model DIR --out config.json [--length N] [--budget SPEC ...]
   [accelerate launch --num_processes N -m] minference_flex eval --out table.json
-      [--lengths N ...] [--tasks T ...] [--samples N] [--methods M ...]
+      [--lengths N ...] [--tasks T ...] [--samples N] [--methods M ...] [--chunk N]
+      [--niah-depths PERCENT ...] [--niah-samples N]
 """
 
 from __future__ import annotations
@@ -134,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser(
         "eval", help="accuracy table of sparse pre-fill against dense on the retrieval model; data parallel "
         "under `accelerate launch`",
-        description="Exact-match accuracy per task, length and method (and per-layer attention recall) on the "
-        "shipped retrieval model. Under `accelerate launch --num_processes N -m minference_flex eval` the samples "
-        "are split across the processes and the main process writes one table, equal to the one-process table.",
+        description="Exact-match accuracy per task, length and method, the fraction of dense causal 64 x 64 tiles "
+        "the kernels computed, and per-layer attention recall, on the shipped retrieval model; with --niah-depths "
+        "also a needle-in-a-haystack sweep (the JSON's niah list, drawn by `python perf/plot.py --only niah`). "
+        "Under `accelerate launch --num_processes N -m minference_flex eval` the samples are split across the "
+        "processes and the main process writes one table, equal to the one-process table.",
     )
     from .evaluate import add_arguments
 

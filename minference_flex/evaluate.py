@@ -1,14 +1,26 @@
 """Accuracy of sparse pre-fill against dense on the retrieval model, on one process or many.
 
 The table: per length, task (`minference_flex.tasks`) and method, the exact-match accuracy over
-held-out samples (seeds 10**9 + i), and per sparse method the mean attention recall of each
-layer on the first sample of each task and length (`minference_flex.attention_recall`). Methods
-(`METHODS`):
+held-out samples (seeds 10**9 + i); the tile fraction: of the dense causal 64 x 64 tiles, the
+share the attention kernels computed while answering those samples (`tile_count`: computed
+tiles summed over layers, heads, samples, pre-fill and decode calls, over the causal tiles
+summed alike; 1.0 for dense); and per sparse method the mean attention recall of each layer
+on the first sample of each task and length (`minference_flex.attention_recall`). Methods
+(`METHODS`, command-line key -> name in the table, in table order):
 - dense: the model's own SDPA attention;
-- default: `compile(model)` with no config (DEFAULT_PATTERN on every head);
 - searched: the config searched for the model (shipped next to it, or `searched`);
-- a-shape: every head `stream_llm` with 4 sink tokens and a local window of length / 8.
-Sparse pre-fill is forced on (min_sparse_len below the prompt); decoding stays dense.
+- searched-chunked: the same config, the prompt pre-filled in chunks of `EvalSpec.chunk`
+  (8192) tokens over the KV cache (generate's prefill_chunk_size);
+- default: DEFAULT_PATTERN, vertical-slash (1000, 6096), on every head;
+- vs-30-800: vertical-slash (30, 800) on every head;
+- bs-100: block-sparse, the top BLOCK_SPARSE_TOPK (100) tiles, on every head;
+- a-shape: A-shape with 128 sink tokens and a local window of 4096 on every head.
+Sparse pre-fill is forced on (min_sparse_len below the prompt and the chunk, min_chunk_len at
+most the chunk); decoding stays dense.
+
+Needle in a haystack (`EvalSpec.niah_depths`): per length, depth (percent of the prompt) and
+method, the accuracy (and tile fraction) over `niah_samples` needle samples whose needle sits
+at that depth (`make_sample(..., depth=)`); perf/plot.py draws them as heat maps ("niah").
 
 Data parallel: every sample is one work item, and items are dealt out by rank (item i to
 process i mod N), so each process loads the model on its own device and answers its share;
@@ -31,40 +43,75 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from .config import A_SHAPE, HeadPattern, load_pattern_config
+from .config import (
+    A_SHAPE,
+    BLOCK_SPARSE,
+    BLOCK_SPARSE_TOPK,
+    DEFAULT_PATTERN,
+    VERTICAL_SLASH,
+    HeadPattern,
+    PatternConfig,
+    load_pattern_config,
+)
 from .hf import compile as compile_model, restore
 from .probe import dense_forward_with_probe
 from .recall import attention_recall
 from .retrieval_model import answer, load_retrieval_model, searched_config_path
 from .tasks import TASKS, exact_match, make_sample
+from .tile_count import count_tiles
 
-#: Method key (command line) -> its name in the table.
+#: Methods that run one pattern on every head (block-sparse budgets are unused: it keeps
+#: the top BLOCK_SPARSE_TOPK tiles).
+EVERY_HEAD = {
+    "default": HeadPattern(*DEFAULT_PATTERN),
+    "vs-30-800": HeadPattern(VERTICAL_SLASH, 30, 800),
+    "bs-100": HeadPattern(BLOCK_SPARSE, 0, 0),
+    "a-shape": HeadPattern(A_SHAPE, 128, 4096),
+}
+
+
+def pattern_name(pattern: HeadPattern) -> str:
+    """A pattern's name in the table: "VS (a, b)", "BS (top 100)" or "A-shape (a, b)"."""
+    if pattern.kind == BLOCK_SPARSE:
+        return f"BS (top {BLOCK_SPARSE_TOPK})"
+    return f"{'VS' if pattern.kind == VERTICAL_SLASH else 'A-shape'} ({pattern.a}, {pattern.b})"
+
+
+#: Method key (command line) -> its name in the table, in table order.
 METHODS = {
     "dense": "dense",
-    "default": "minference_flex default",
     "searched": "minference_flex searched",
-    "a-shape": "A-shape (4, L/8)",
+    "searched-chunked": "minference_flex searched, chunked",
+    **{key: pattern_name(pattern) for key, pattern in EVERY_HEAD.items()},
 }
 
 #: First seed of the held-out samples (training draws seeds below it).
 HELD_OUT_SEED = 10**9
+#: The task of the needle-in-a-haystack sweep.
+NIAH_TASK = "needle"
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
     """What the table covers. lengths: prompt tokens; tasks: of `tasks.TASKS`; samples: per
-    task and length; methods: keys of `METHODS` (searched is dropped when the model has no
-    searched config); recall: measure the per-layer recall of the sparse methods."""
+    task and length; methods: keys of `METHODS` (searched and searched-chunked are dropped
+    when the model has no searched config); recall: measure the per-layer recall of the
+    sparse methods; chunk: pre-fill chunk of searched-chunked, in tokens; niah_depths:
+    needle depths in percent of the prompt (0..100) of the needle-in-a-haystack sweep (none:
+    no sweep); niah_samples: needle samples per depth, length and method."""
 
     lengths: tuple[int, ...] = (4096, 8192, 16384)
     tasks: tuple[str, ...] = TASKS
     samples: int = 50
     methods: tuple[str, ...] = tuple(METHODS)
     recall: bool = True
+    chunk: int = 8192
+    niah_depths: tuple[int, ...] = ()
+    niah_samples: int = 10
 
     def __post_init__(self) -> None:
         if not self.lengths or not all(isinstance(n, int) and n >= 64 for n in self.lengths):
@@ -77,26 +124,38 @@ class EvalSpec:
         unknown = [m for m in self.methods if m not in METHODS]
         if not self.methods or unknown:
             raise ValueError(f"methods must be some of {', '.join(METHODS)}, got {self.methods!r}")
+        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 64:
+            raise ValueError(f"chunk must be an int >= 64 tokens, got {self.chunk!r}")
+        depths = self.niah_depths
+        if not all(isinstance(d, int) and 0 <= d <= 100 for d in depths) or len(set(depths)) != len(depths):
+            raise ValueError(f"niah_depths must be distinct ints in 0..100 (percent), got {depths!r}")
+        if not isinstance(self.niah_samples, int) or self.niah_samples < 1:
+            raise ValueError(f"niah_samples must be an int >= 1, got {self.niah_samples!r}")
 
 
-def method_configs(
-    model: Any, length: int, searched: str | None, methods: Sequence[str] = tuple(METHODS)
-) -> dict[str, list | None]:
-    """Per method name (`METHODS` values, in `methods` order): the per-layer HeadPattern
-    lists, None for dense. searched is left out when `searched` is None."""
+class Method(NamedTuple):
+    """How a method answers: config, per layer and query head (None: the model's own dense
+    attention); chunk: pre-fill chunk in tokens (None: the whole prompt in one call)."""
+
+    config: PatternConfig | None
+    chunk: int | None = None
+
+
+def method_runs(
+    model: Any, searched: str | None, methods: Sequence[str] = tuple(METHODS), chunk: int = 8192
+) -> dict[str, Method]:
+    """Per method name (`METHODS` values, in `methods` order): how it answers. searched and
+    searched-chunked are left out when `searched` is None."""
     layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    out: dict[str, list | None] = {}
+    out: dict[str, Method] = {}
     for key in methods:
         if key == "dense":
-            out[METHODS[key]] = None
-        elif key == "default":
-            with warnings.catch_warnings():  # the "no shipped config" warning: expected here
-                warnings.simplefilter("ignore")
-                out[METHODS[key]] = load_pattern_config(None, layers, heads, model.config._name_or_path)
-        elif key == "searched" and searched:
-            out[METHODS[key]] = load_pattern_config(searched, layers, heads)
-        elif key == "a-shape":
-            out[METHODS[key]] = [[HeadPattern(A_SHAPE, 4, max(1, length // 8))] * heads for _ in range(layers)]
+            out[METHODS[key]] = Method(None)
+        elif key in ("searched", "searched-chunked") and searched:
+            config = load_pattern_config(searched, layers, heads)
+            out[METHODS[key]] = Method(config, chunk if key == "searched-chunked" else None)
+        elif key in EVERY_HEAD:
+            out[METHODS[key]] = Method([[EVERY_HEAD[key]] * heads for _ in range(layers)])
     return out
 
 
@@ -113,50 +172,96 @@ def layer_recall(model: Any, ids: torch.Tensor, configs: dict[str, list]) -> dic
     return recall
 
 
-def work_items(spec: EvalSpec, length: int) -> list[tuple[str, int]]:
-    """The (task, sample index) items of one length, in table order."""
-    return [(task, i) for task in spec.tasks for i in range(spec.samples)]
+class Item(NamedTuple):
+    """One work item: a held-out sample of `task` (seed HELD_OUT_SEED + sample), with its
+    needle at `depth` percent of the prompt for the needle-in-a-haystack sweep (None: as
+    drawn, for the table)."""
+
+    task: str
+    sample: int
+    depth: int | None = None
+
+
+def work_items(spec: EvalSpec, length: int) -> list[Item]:
+    """The items of one length: the table's (task by task), then the sweep's (depth by depth)."""
+    table = [Item(task, i) for task in spec.tasks for i in range(spec.samples)]
+    return table + [Item(NIAH_TASK, i, d) for d in spec.niah_depths for i in range(spec.niah_samples)]
+
+
+def _compile_options(length: int, methods: dict[str, Method]) -> dict[str, int]:
+    """compile options that send every prompt and every full chunk sparse."""
+    chunk = min((m.chunk for m in methods.values() if m.chunk is not None), default=length)
+    return {"min_sparse_len": min(1024, length, chunk), "min_chunk_len": min(1024, chunk)}
 
 
 def run_items(
-    model: Any, length: int, items: Sequence[tuple[str, int]], configs: dict[str, list | None], recall: bool
+    model: Any, length: int, items: Sequence[Sequence], methods: dict[str, Method], recall: bool
 ) -> list[dict]:
-    """Answer each (task, sample index) item of `length` with every method of `configs`.
+    """Answer each item (`Item`, or a (task, sample[, depth]) tuple) of `length` with every
+    method of `methods`.
 
-    Returns one record per item: {"S", "task", "sample", "hits": {method: bool}, "recall":
-    per-layer recall of each sparse method (sample 0 with `recall` only) or None}. Each
-    record depends only on its item, not on which other items this process runs.
+    Returns one record per item: {"S", "task", "sample", "depth" (percent or None), "hits":
+    {method: bool}, "tiles": {sparse method: [computed, causal] 64-tiles of its answer
+    (`tile_count`)}, "recall": per-layer recall of each unchunked sparse method (table
+    sample 0 with `recall` only) or None}. Each record depends only on its item, not on which
+    other items this process runs.
     """
-    samples = [make_sample(task, length, HELD_OUT_SEED + i) for task, i in items]
-    records = [{"S": length, "task": task, "sample": i, "hits": {}, "recall": None} for task, i in items]
+    items = [Item(*item) for item in items]
+    samples = [
+        make_sample(it.task, length, HELD_OUT_SEED + it.sample, None if it.depth is None else it.depth / 100)
+        for it in items
+    ]
+    records = [{"S": length, "task": it.task, "sample": it.sample, "depth": it.depth, "hits": {}, "tiles": {},
+                "recall": None} for it in items]
     device = next(model.parameters()).device
-    sparse = {name: config for name, config in configs.items() if config is not None}
-    for record, sample in zip(records, samples):
-        if recall and record["sample"] == 0 and sparse:
+    # recall is a property of the config on the whole prompt: the chunked run shares it
+    sparse = {name: m.config for name, m in methods.items() if m.config is not None and m.chunk is None}
+    for item, record, sample in zip(items, records, samples):
+        if recall and item.sample == 0 and item.depth is None and sparse:
             ids = torch.tensor([sample.prompt], device=device)
             record["recall"] = layer_recall(model, ids, sparse)
-    for name, config in configs.items():
-        if config is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                compile_model(model, config, min_sparse_len=min(1024, length))
+    options = _compile_options(length, methods)
+    for name, method in methods.items():
+        if method.config is None:
+            for record, sample in zip(records, samples):
+                record["hits"][name] = exact_match(answer(model, sample, method.chunk), sample.answer)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile_model(model, method.config, **options)
         try:
             for record, sample in zip(records, samples):
-                record["hits"][name] = exact_match(answer(model, sample), sample.answer)
+                with count_tiles() as tiles:
+                    got = answer(model, sample, method.chunk)
+                record["hits"][name] = exact_match(got, sample.answer)
+                record["tiles"][name] = [tiles.computed, tiles.causal]
         finally:
-            if config is not None:
-                restore(model)
+            restore(model)
     return records
+
+
+def _accuracy_and_tiles(group: Sequence[dict], name: str) -> dict:
+    """{"accuracy" (%), "samples", "tile_fraction"} of method `name` over the records of one
+    cell: tile fraction = summed computed over summed causal tiles, 1.0 for dense, None where
+    the records hold no tile counts."""
+    hits = [r["hits"][name] for r in group]
+    counts = [r["tiles"][name] for r in group if name in r.get("tiles", {})]
+    if counts:
+        fraction = sum(c for c, _ in counts) / max(sum(d for _, d in counts), 1)
+    else:
+        fraction = 1.0 if name == METHODS["dense"] else None
+    return {"accuracy": 100.0 * sum(hits) / len(hits), "samples": len(hits), "tile_fraction": fraction}
 
 
 def build_table(records: Sequence[dict], spec: EvalSpec, methods: Sequence[str]) -> tuple[list[dict], list[dict]]:
     """(rows, recall) of the table from the per-item records of every process, in table order
-    (length, task, method) whatever order the records come in.
+    (length, task, method) whatever order the records come in; sweep records are left out.
 
-    rows: {"S", "task", "method", "accuracy" (%), "samples", "mean_recall" (sparse methods,
-    when measured)}; recall: {"S", "task", "per_layer": {method: [per-layer recall]}}.
+    rows: {"S", "task", "method", "accuracy" (%), "samples", "tile_fraction", "mean_recall"
+    (sparse methods, when measured)}; recall: {"S", "task", "per_layer": {method: [per-layer
+    recall]}}.
     """
-    by_key = {(r["S"], r["task"], r["sample"]): r for r in records}
+    by_key = {(r["S"], r["task"], r["sample"]): r for r in records if r.get("depth") is None}
     rows, recalls = [], []
     for length in spec.lengths:
         for task in spec.tasks:
@@ -167,51 +272,73 @@ def build_table(records: Sequence[dict], spec: EvalSpec, methods: Sequence[str])
             if recall is not None:
                 recalls.append({"S": length, "task": task, "per_layer": recall})
             for name in methods:
-                hits = [r["hits"][name] for r in group]
-                row = {"S": length, "task": task, "method": name, "accuracy": 100.0 * sum(hits) / len(hits),
-                       "samples": len(hits)}
+                row = {"S": length, "task": task, "method": name, **_accuracy_and_tiles(group, name)}
                 if recall is not None and name in recall:
                     row["mean_recall"] = sum(recall[name]) / len(recall[name])
                 rows.append(row)
     return rows, recalls
 
 
+def build_niah(records: Sequence[dict], spec: EvalSpec, methods: Sequence[str]) -> list[dict]:
+    """The needle-in-a-haystack cells from the per-item records of every process, in order
+    (length, depth, method): {"S", "depth" (percent), "method", "accuracy" (%), "samples",
+    "tile_fraction"}."""
+    by_key = {(r["S"], r["sample"], r["depth"]): r for r in records if r.get("depth") is not None}
+    cells = []
+    for length in spec.lengths:
+        for depth in spec.niah_depths:
+            group = [by_key[(length, i, depth)] for i in range(spec.niah_samples) if (length, i, depth) in by_key]
+            if group:
+                cells += [{"S": length, "depth": depth, "method": name, **_accuracy_and_tiles(group, name)}
+                          for name in methods]
+    return cells
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def format_row(row: dict) -> str:
-    """One table row as printed: `S task method accuracy [recall]`."""
-    text = f"S={row['S']} {row['task']:9s} {row['method']:26s} acc {row['accuracy']:5.1f}%"
+    """One table row as printed: `S task method accuracy tiles [recall]`."""
+    text = (f"S={row['S']} {row['task']:9s} {row['method']:34s} acc {row['accuracy']:5.1f}%"
+            f"  tiles {_fraction(row.get('tile_fraction'))}")
     return text + (f"  recall {row['mean_recall']:.3f}" if "mean_recall" in row else "")
+
+
+def format_niah(cell: dict) -> str:
+    """One needle-in-a-haystack cell as printed."""
+    return (f"NIAH S={cell['S']} depth {cell['depth']:3d}% {cell['method']:34s} acc {cell['accuracy']:5.1f}%"
+            f"  tiles {_fraction(cell.get('tile_fraction'))}")
 
 
 def evaluate(
     model: Any,
     spec: EvalSpec,
     searched: str | None = None,
-    on_table: Callable[[list[dict], list[dict]], None] | None = None,
-) -> tuple[list[dict], list[dict]]:
+    on_table: Callable[[list[dict], list[dict], list[dict]], None] | None = None,
+) -> tuple[list[dict], list[dict], list[dict]]:
     """The accuracy table of `model` (a retrieval model, see `retrieval_model`), split across
     the processes of the running accelerate launch (one process without one).
 
     Each process runs the items of each length with index = its rank mod the process count;
     the records are gathered on every process after each length, and `on_table(rows,
-    recall)` is called on the main process with the table so far. Returns (rows, recall)
-    on every process (see `build_table`).
+    recall, niah)` is called on the main process with the table so far. Returns (rows,
+    recall, niah) on every process (see `build_table`, `build_niah`).
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     state = PartialState()
     records: list[dict] = []
-    methods: list[str] = []
+    runs = method_runs(model, searched, spec.methods, spec.chunk)
+    methods = list(runs)
     for length in spec.lengths:
-        configs = method_configs(model, length, searched, spec.methods)
-        methods = list(configs)
         items = work_items(spec, length)[state.process_index :: state.num_processes]
-        mine = run_items(model, length, items, configs, spec.recall)
+        mine = run_items(model, length, items, runs, spec.recall)
         records += gather_object(mine) if state.num_processes > 1 else mine
-        rows, recalls = build_table(records, spec, methods)
         if state.is_main_process and on_table is not None:
-            on_table(rows, recalls)
-    return build_table(records, spec, methods)
+            on_table(*build_table(records, spec, methods), build_niah(records, spec, methods))
+    return (*build_table(records, spec, methods), build_niah(records, spec, methods))
 
 
 def add_arguments(parser: Any) -> None:
@@ -223,7 +350,14 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--samples", type=int, default=50, help="held-out samples per task and length")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help="methods to run (default: all; searched only where the model has a searched config)")
+                        help="methods to run (default: all; searched and searched-chunked only where the model "
+                        "has a searched config): " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()))
+    parser.add_argument("--chunk", type=int, default=8192,
+                        help="pre-fill chunk of searched-chunked, in tokens (default 8192)")
+    parser.add_argument("--niah-depths", type=int, nargs="+", default=None, metavar="PERCENT",
+                        help="needle-in-a-haystack sweep: needle depths in percent of the prompt, e.g. "
+                        "0 10 20 ... 100 (task needle, every method and length; default: no sweep)")
+    parser.add_argument("--niah-samples", type=int, default=10, help="needle samples per depth, length and method")
     parser.add_argument("--no-recall", action="store_true", help="skip the per-layer attention recall")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: each process's accelerate device (its GPU; the CPU where there is none)")
@@ -240,6 +374,13 @@ def run(parser: Any, args: Any) -> dict:
         parser.error(f"--samples must be >= 1, got {args.samples}")
     if any(n < 64 for n in args.lengths):
         parser.error(f"--lengths must be >= 64 tokens, got {args.lengths}")
+    if args.chunk < 64:
+        parser.error(f"--chunk must be >= 64 tokens, got {args.chunk}")
+    depths = args.niah_depths or []
+    if any(not 0 <= d <= 100 for d in depths) or len(set(depths)) != len(depths):
+        parser.error(f"--niah-depths must be distinct percents in 0..100, got {depths}")
+    if args.niah_samples < 1:
+        parser.error(f"--niah-samples must be >= 1, got {args.niah_samples}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available; use --device cpu")
     if args.searched is not None and not os.path.isfile(args.searched):
@@ -250,31 +391,40 @@ def run(parser: Any, args: Any) -> dict:
     # without a GPU the processes of a torchrun-style launch (`accelerate launch --multi_gpu`,
     # torchrun) join over gloo only when accelerate is told to use the CPU
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
-    spec = EvalSpec(tuple(args.lengths), tuple(args.tasks), args.samples, tuple(args.methods), not args.no_recall)
+    spec = EvalSpec(tuple(args.lengths), tuple(args.tasks), args.samples, tuple(args.methods), not args.no_recall,
+                    args.chunk, tuple(depths), args.niah_samples)
     model = load_retrieval_model(args.model, state.device)
     searched = args.searched or searched_config_path(args.model)
     info = _machine()
     payload: dict = {"machine": info, "args": vars(args), "processes": state.num_processes, "searched": searched}
     if state.is_main_process:
         print(info, f"processes: {state.num_processes}", "searched config:", searched, flush=True)
-    printed = 0
+    printed_rows = printed_cells = 0
 
-    def write(rows: list[dict], recalls: list[dict]) -> None:
-        nonlocal printed
-        for row in rows[printed:]:
+    def write(rows: list[dict], recalls: list[dict], niah: list[dict]) -> None:
+        nonlocal printed_rows, printed_cells
+        for row in rows[printed_rows:]:
             print(format_row(row), flush=True)
-        printed = len(rows)
-        payload.update(rows=rows, recall=recalls)
+        for cell in niah[printed_cells:]:
+            print(format_niah(cell), flush=True)
+        printed_rows, printed_cells = len(rows), len(niah)
+        payload.update(rows=rows, recall=recalls, niah=niah)
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=1)
 
-    rows, recalls = evaluate(model, spec, searched, write)
-    payload.update(rows=rows, recall=recalls)
+    rows, recalls, niah = evaluate(model, spec, searched, write)
+    payload.update(rows=rows, recall=recalls, niah=niah)
     if state.is_main_process:
-        print(f"wrote {args.out}\n\nS | task | method | accuracy % | mean recall")
+        print(f"wrote {args.out}\n\nS | task | method | accuracy % | tile fraction | mean recall")
         for r in rows:
             recall = r.get("mean_recall", float("nan"))
-            print(f"{r['S']} | {r['task']} | {r['method']} | {r['accuracy']:.1f} | {recall:.3f}")
+            print(f"{r['S']} | {r['task']} | {r['method']} | {r['accuracy']:.1f} | {_fraction(r['tile_fraction'])} "
+                  f"| {recall:.3f}")
+        if niah:
+            print("\nNIAH: S | depth % | method | accuracy % | tile fraction")
+            for c in niah:
+                fraction = _fraction(c["tile_fraction"])
+                print(f"{c['S']} | {c['depth']} | {c['method']} | {c['accuracy']:.1f} | {fraction}")
     return payload
 
 

@@ -56,15 +56,21 @@ def searched_config_path(path: str | None = None) -> str | None:
 
 
 @torch.no_grad()
-def answer(model, sample) -> list[int]:
-    """Greedy answer of `model` to a `tasks.Sample`: len(sample.answer) token ids after the prompt."""
+def answer(model, sample, chunk: int | None = None) -> list[int]:
+    """Greedy answer of `model` to a `tasks.Sample`: len(sample.answer) token ids after the prompt.
+
+    chunk: pre-fill the prompt in chunks of this many tokens over the KV cache (generate's
+    `prefill_chunk_size`; a prompt of at most `chunk` tokens is one call); None: one call."""
     from .layout import input_device
     from .tasks import TOKENIZER
 
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be a positive int of tokens (or None: no chunking), got {chunk!r}")
     device = input_device(model)
     ids = torch.tensor([sample.prompt], device=device)
+    chunking = {} if chunk is None else {"prefill_chunk_size": chunk}
     out = model.generate(
         ids, max_new_tokens=len(sample.answer), do_sample=False, pad_token_id=TOKENIZER.pad_id,
-        attention_mask=torch.ones_like(ids),
+        attention_mask=torch.ones_like(ids), **chunking,
     )
     return out[0, ids.shape[1]:].tolist()

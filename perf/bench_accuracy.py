@@ -1,14 +1,18 @@
 """Accuracy of sparse pre-fill on the retrieval model trained here, against dense.
 
 The table of `minference_flex.evaluate` (the same code as `python -m minference_flex eval`):
-per task (minference_flex.tasks), length and method (dense, minference_flex default, searched,
-A-shape), exact-match accuracy over held-out samples, and the per-layer attention recall of
-each sparse method on the first sample of each task and length. Data parallel under
-`accelerate launch --num_processes N perf/bench_accuracy.py ...`, with one table written by
-the main process.
+per task (minference_flex.tasks), length and method (dense, searched, searched-chunked,
+VS (1000, 6096), VS (30, 800), block-sparse top 100, A-shape (128, 4096)), the exact-match
+accuracy over held-out samples, the fraction of dense causal 64 x 64 tiles the kernels
+computed for them, and the per-layer attention recall of each sparse method on the first
+sample of each task and length. With --niah-depths, also a needle-in-a-haystack sweep (the
+JSON's "niah" list; `python perf/plot.py --only niah` draws its heat maps). Data parallel
+under `accelerate launch --num_processes N perf/bench_accuracy.py ...`, with one table
+written by the main process.
 
 Usage: python perf/bench_accuracy.py [--lengths 4096 8192 16384] [--samples 50]
-    [--methods dense default searched a-shape] [--out FILE]
+    [--methods dense searched searched-chunked default vs-30-800 bs-100 a-shape] [--chunk 8192]
+    [--niah-depths 0 10 ... 100] [--niah-samples 10] [--out FILE]
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def test_build_table_is_independent_of_record_order():
 
 
 def test_eval_spec_and_cli_reject_bad_arguments(capsys):
-    with pytest.raises(ValueError, match="methods must be some of dense, default"):
+    with pytest.raises(ValueError, match="methods must be some of dense, searched, searched-chunked, default"):
         EvalSpec(methods=("sparse",))
     with pytest.raises(ValueError, match="samples must be an int >= 1"):
         EvalSpec(samples=0)
