@@ -1,7 +1,7 @@
 """Draw the figures of perf/RESULTS.md from the JSON committed in perf/results/ (CPU only).
 
     pip install -e ".[perf]"                       # matplotlib
-    python perf/plot.py [--results perf/results] [--out perf/figures] [--only kernel_time e2e_prefill]
+    python perf/plot.py [--results perf/results] [--out perf/figures] [--only kernel_time e2e_prefill niah]
 
 One function per figure, registered in `FIGURES` under the PNG's name: a new figure is one more
 `@figure("name")` function. Each reads only the files that exist, prints which ones it read,
@@ -57,6 +57,10 @@ E2E_SERIES = [
     ("minference_flex[shipped] random", "minference_flex, shipped config, random input", "tab:red", "-", (8, -3)),
     ("minference_flex[shipped] structured", "minference_flex, shipped config, structured input", "tab:blue", "--", (8, -13)),
 ]
+
+# Accuracy tables (minference_flex eval) whose "niah" sweep the heat maps draw: every file
+# matching this, in name order; a later file replaces an earlier one's (method, length, depth).
+NIAH_RUNS = "accuracy_*.json"
 
 FigureFn = Callable[[Path, Path], "Path | None"]
 FIGURES: dict[str, FigureFn] = {}
@@ -213,6 +217,65 @@ def e2e_prefill(results: Path, out: Path) -> Path | None:
     ax.legend(loc="upper left", fontsize=9, frameon=False)
     fig.subplots_adjust(left=0.08, right=0.97, top=0.88, bottom=0.15)
     return _save(fig, out, "e2e_prefill", sources)
+
+
+def _length_label(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
+
+
+@figure("niah")
+def niah(results: Path, out: Path) -> Path | None:
+    """Needle in a haystack: accuracy (colour, 0-100%) by needle depth (y) and prompt length (x),
+    one heat map per method, from the "niah" cells of the accuracy tables."""
+    import math
+
+    import numpy as np
+
+    cells: dict[str, dict[tuple[int, int], float]] = {}
+    samples: set[int] = set()
+    sources = []
+    meta: dict = {}
+    for path in sorted(results.glob(NIAH_RUNS)):
+        data = _read(results, path.name)
+        if not data.get("niah"):
+            continue
+        sources.append(path.name)
+        meta = data.get("machine", {})
+        for cell in data["niah"]:
+            cells.setdefault(cell["method"], {})[(cell["S"], cell["depth"])] = cell["accuracy"]
+            samples.add(cell["samples"])
+    if not cells:
+        return None
+
+    plt = _pyplot()
+    lengths = sorted({s for grid in cells.values() for s, _ in grid})
+    depths = sorted({d for grid in cells.values() for _, d in grid})
+    cols = min(len(cells), 4)
+    rows = math.ceil(len(cells) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + 3.4 * cols, 1.6 + 3.6 * rows), squeeze=False)
+    cmap = plt.get_cmap("RdYlGn").copy()
+    cmap.set_bad("lightgrey")  # a cell the runs did not measure
+    for ax, (method, grid) in zip(axes.flat, cells.items()):
+        values = np.array([[grid.get((s, d), np.nan) for s in lengths] for d in depths])
+        image = ax.imshow(values, cmap=cmap, vmin=0, vmax=100, aspect="auto")
+        for (i, j), value in np.ndenumerate(values):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(lengths)), [_length_label(s) for s in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_title(method, fontsize=10)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("needle depth (% of the prompt)")
+    for ax in list(axes.flat)[len(cells):]:
+        ax.axis("off")
+    fig.subplots_adjust(left=0.1, right=0.87, bottom=0.16, top=0.84, wspace=0.3, hspace=0.45)
+    fig.colorbar(image, cax=fig.add_axes([0.9, 0.16, 0.015, 0.68]), label="accuracy (%)")
+    per_cell = "/".join(str(n) for n in sorted(samples))
+    fig.suptitle(f"Needle in a haystack (task needle), {per_cell} held-out samples per cell\n"
+                 f"{meta.get('gpu', '?')}, torch {meta.get('torch', '?')}, transformers "
+                 f"{meta.get('transformers', '?')}", fontsize=10)
+    return _save(fig, out, "niah", sources)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

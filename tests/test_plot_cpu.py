@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import random
+import shutil
+
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -9,13 +13,28 @@ pytest.importorskip("matplotlib")
 from perf import plot  # noqa: E402
 
 
+def _niah_table(path, methods, lengths, depths, accuracy, samples=5):
+    """An accuracy table holding only a needle sweep, accuracy(method, S, depth) in %."""
+    niah = [{"S": s, "depth": d, "method": m, "accuracy": accuracy(m, s, d), "samples": samples, "tile_fraction": 1.0}
+            for s in lengths for d in depths for m in methods]
+    machine = {"gpu": "synthetic", "torch": "-", "transformers": "-"}
+    path.write_text(json.dumps({"machine": machine, "rows": [], "recall": [], "niah": niah}))
+
+
 def test_every_figure_is_drawn_from_the_committed_json(tmp_path):
+    """The committed JSON, plus a synthetic needle sweep where none is committed yet."""
     from matplotlib.image import imread
 
-    written = plot.main(["--out", str(tmp_path)])
+    results = tmp_path / "results"
+    shutil.copytree(plot.RESULTS, results)
+    if not any("niah" in json.loads(p.read_text()) for p in results.glob(plot.NIAH_RUNS)):
+        _niah_table(results / "accuracy_synthetic_niah.json", ["dense", "sparse"], [4096, 8192], [0, 50, 100],
+                    lambda m, s, d: random.choice([0.0, 50.0, 100.0]))
+    out = tmp_path / "figures"
+    written = plot.main(["--results", str(results), "--out", str(out)])
     assert sorted(p.name for p in written) == sorted(f"{name}.png" for name in plot.FIGURES)
     for path in written:
-        assert path.parent == tmp_path
+        assert path.parent == out
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = imread(path)
         assert image.shape[0] >= 400 and image.shape[1] >= 600, (path.name, image.shape)
@@ -28,3 +47,25 @@ def test_a_figure_without_data_is_skipped(tmp_path, capsys):
     assert written == []
     assert not (tmp_path / "figures").exists()
     assert "missing, skipped" in capsys.readouterr().out
+
+
+def test_niah_heat_maps_colour_each_cell_by_accuracy(tmp_path):
+    """One panel per method; a later file replaces an earlier one's cells. The sparse method
+    misses every needle at depth 50% (red), dense finds them all (green)."""
+    from matplotlib.image import imread
+
+    lengths = sorted(random.sample([1024, 2048, 4096, 8192, 16384], 3))
+    depths = list(range(0, 101, random.choice([10, 25])))
+    _niah_table(tmp_path / "accuracy_a.json", ["dense", "sparse"], lengths, depths, lambda m, s, d: 0.0)
+    _niah_table(tmp_path / "accuracy_b.json", ["dense", "sparse"], lengths, depths,
+                lambda m, s, d: 0.0 if m == "sparse" and d == 50 else 100.0)
+    (tmp_path / "accuracy_c.json").write_text(json.dumps({"rows": [], "recall": []}))  # a table without a sweep
+    path = plot.niah(tmp_path, tmp_path / "figures")
+    assert path == tmp_path / "figures" / "niah.png"
+    image = imread(path)[..., :3]
+    red = (image[..., 0] > 0.55) & (image[..., 1] < 0.2) & (image[..., 2] < 0.25)
+    green = (image[..., 1] > 0.35) & (image[..., 0] < 0.2) & (image[..., 2] < 0.3)
+    assert green.sum() > 3 * red.sum() > 0, "one red row of cells in one panel; the rest green"
+    # the red cells are in the right-hand (sparse) panel
+    columns = red.any(0).nonzero()[0]
+    assert columns.min() > image.shape[1] // 2
