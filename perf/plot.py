@@ -60,7 +60,7 @@ E2E_SERIES = [
 
 # Accuracy tables (minference_flex eval) whose "niah" sweep the heat maps draw: every file
 # matching this, in name order; a later file replaces an earlier one's (method, length, depth).
-NIAH_RUNS = "accuracy_*.json"
+NIAH_RUNS = "accuracy*.json"
 
 FigureFn = Callable[[Path, Path], "Path | None"]
 FIGURES: dict[str, FigureFn] = {}
