@@ -10,9 +10,11 @@ NaN or inf in q, k or v reaches every output row that attends it, as in SDPA.
 Every op is differentiable in q, k and v (the indices are not): when autograd records and an
 input requires grad, the ops run their training path (`custom_ops._autograd.needs_grad`):
 - `dense_attention`: SDPA's backward, recomputing the forward;
-- `streaming_forward`, `block_sparse_attention`: FlexAttention's backward through the same
-  attention on CUDA (masks with q-direction indices; see `flex`); on CPU (FlexAttention has
-  no backward there) SDPA with the mask's dense boolean form
+- `streaming_forward`: FlexAttention's backward through the same attention on CUDA (masks
+  with q-direction indices; see `flex`);
+- `block_sparse_attention`: on CUDA a Triton forward and backward over the chosen tiles
+  (`custom_ops.block_sparse`);
+- both on CPU (FlexAttention has no backward there): SDPA with the mask's dense boolean form
   (`flex.masked_attention_from_block_mask`: Sq x Sk memory, for tests and short prompts);
 - `vertical_slash_sparse_attention`: a Triton backward over the forward's work list, from
   the log-sum-exp the forward saves (or dense attention's backward where it ran dense).

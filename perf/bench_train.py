@@ -104,7 +104,8 @@ def _block_sparse_kernels(q, k, v, grad_out, tiles, count, rep_ms):
     return {"fwd_kernel_ms": forward, **backward}
 
 
-def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=VS_BUDGETS, flex=True):
+def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=VS_BUDGETS, flex=True, on_row=None):
+    """Rows of one length; on_row(row) is called as each row is measured."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     rows = []
@@ -130,6 +131,8 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
         total, fwd, bwd = times
         rows.append({"S": seq_len, "pattern": name, "mode": mode, "ms": total, "x_cudnn": total / t_cudnn,
                      "fwd_ms": fwd, "bwd_ms": bwd, "goal": GOALS.get(name, ""), **extra})
+        if on_row is not None:
+            on_row(rows[-1])
 
     add("dense SDPA cuDNN", "-", (t_cudnn, f_cudnn, b_cudnn), tflops_bwd=cudnn_bwd_tflops)
     add("dense_attention (op, recomputing backward)", "-", _timings(mf.dense_attention, (q, k, v), grad_out, rep_ms))
@@ -278,12 +281,16 @@ def main(argv=None):
         return
     budgets = [tuple(int(x) for x in b.split(",")) for b in args.vs_budgets]
     rows = []
+
+    def on_row(row):  # printed and written as measured: a run cut short keeps its rows
+        rows.append(row)
+        print_row(row)
+        write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})
+
     for seq_len in args.lengths:
-        rows += bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms,
-                             budgets, not args.no_flex)
+        bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms,
+                     budgets, not args.no_flex, on_row)
         torch.cuda.empty_cache()
-        print_table([r for r in rows if r["S"] == seq_len], TRAIN_COLUMNS)
-        write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})  # after each length
     print_table(rows, TRAIN_COLUMNS)
 
 

@@ -280,12 +280,12 @@ def test_vertical_slash_backward_compiles_fullgraph():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
 
 
-def _block_sparse_op_grads(q, k, v, topk, active=None):
+def _block_sparse_op_grads(q, k, v, topk, active=None, block_size=64):
     """Output and gradients of the Triton training op (`custom_ops.block_sparse`) directly."""
     from custom_ops.block_sparse import block_sparse_attention_with_grad
 
-    tiles, count = select_block_sparse_tiles(q.detach(), k.detach(), topk, 64)
-    out = block_sparse_attention_with_grad(q, k, v, tiles, count, 64, q.shape[-1] ** -0.5, active)
+    tiles, count = select_block_sparse_tiles(q.detach(), k.detach(), topk, block_size)
+    out = block_sparse_attention_with_grad(q, k, v, tiles, count, block_size, q.shape[-1] ** -0.5, active)
     grads, grad_out = _grads(out, q, k, v)
     return out, grads, grad_out
 
@@ -298,6 +298,16 @@ def test_block_sparse_training_op_grads(shape, topk):
     q, k, v = _leaves(shape)
     out, grads, grad_out = _block_sparse_op_grads(q, k, v, topk)
     mask = reference.block_sparse_mask(q.detach(), k.detach(), topk)
+    assert_close_to_reference(out, q.detach(), k.detach(), v.detach(), mask)
+    assert_grads_close_to_reference(grads, q, k, v, mask, grad_out)
+
+
+@pytest.mark.parametrize("block_size, shape", [(16, (1, 4, 2, 70, 150, 64)), (32, (1, 2, 1, 200, 200, 64)),
+                                               (128, (1, 4, 2, 300, 450, 64))])
+def test_block_sparse_training_op_at_every_block_size(block_size, shape):
+    q, k, v = _chunk_leaves(*shape)
+    out, grads, grad_out = _block_sparse_op_grads(q, k, v, 3, block_size=block_size)
+    mask = reference.block_sparse_mask(q.detach(), k.detach(), 3, block_size)
     assert_close_to_reference(out, q.detach(), k.detach(), v.detach(), mask)
     assert_grads_close_to_reference(grads, q, k, v, mask, grad_out)
 
