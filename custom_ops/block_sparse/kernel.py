@@ -32,7 +32,7 @@ from .._interpreter import check_interpreter
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from ..vertical_slash.backward import _grad_keys  # noqa: E402
+from ..vertical_slash.backward import _grad_keys, _query_rows  # noqa: E402
 from ..vertical_slash.kernel import _attend_keys  # noqa: E402
 
 LOG2E = 1.4426950408889634
@@ -65,6 +65,18 @@ def invert_tiles(tiles: torch.Tensor, count: torch.Tensor, key_tiles: int) -> Ti
 
 
 @triton.jit
+def _query_tile(seq_len, q_len, num_heads, group, nblocks, BLOCK: tl.constexpr):
+    """This program's query tile (program ids: tile from the last, batch * query head): (m, bh,
+    b, h, kv head, rows_q, their positions offs_m, row_ok)."""
+    m = nblocks - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    rows_q = m * BLOCK + tl.arange(0, BLOCK)
+    return m, bh, b, h, h // group, rows_q, seq_len - q_len + rows_q, rows_q < q_len
+
+
+@triton.jit
 def _block_sparse_fwd(
     Q, K, V, Out, Lse, Tiles, Count, Active,
     stride_qb, stride_qh, stride_qs,
@@ -75,17 +87,10 @@ def _block_sparse_fwd(
 ):
     """Output and log-sum-exp (log2 units, +inf for a row without keys) of query tile m.
     K and V share strides (both contiguous)."""
-    m = nblocks - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // num_heads).to(tl.int64)
-    h = (bh % num_heads).to(tl.int64)
-    hk = h // group
+    m, bh, b, h, hk, rows_q, offs_m, row_ok = _query_tile(seq_len, q_len, num_heads, group, nblocks, BLOCK)
     q_offset = seq_len - q_len
-    rows_q = m * BLOCK + tl.arange(0, BLOCK)
-    offs_m = q_offset + rows_q
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    row_ok = rows_q < q_len
     q = tl.load(Q + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     kv = b * stride_kb + hk * stride_kh
@@ -124,25 +129,12 @@ def _block_sparse_bwd_rows(
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, OWN_TILES: tl.constexpr,
 ):
     """dQ of query tile m over the forward's keys; DQ has q's strides."""
-    m = nblocks - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // num_heads).to(tl.int64)
-    h = (bh % num_heads).to(tl.int64)
-    hk = h // group
+    m, bh, b, h, hk, rows_q, offs_m, row_ok = _query_tile(seq_len, q_len, num_heads, group, nblocks, BLOCK)
     q_offset = seq_len - q_len
-    rows_q = m * BLOCK + tl.arange(0, BLOCK)
-    offs_m = q_offset + rows_q
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    row_ok = rows_q < q_len
-    tile_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
-                mask=tile_mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows_q[:, None] * stride_dos + offs_d[None, :],
-                 mask=tile_mask, other=0.0)
-    row_stats = bh.to(tl.int64) * q_len + rows_q
-    lse = tl.load(Lse + row_stats, mask=row_ok, other=float("inf"))
-    delta = tl.load(Delta + row_stats, mask=row_ok, other=0.0)
+    q, do, lse, delta = _query_rows(Q, DO, Lse, Delta, b * stride_qb + h * stride_qh, b * stride_dob + h * stride_doh,
+                                    bh.to(tl.int64) * q_len, rows_q, row_ok, stride_qs, stride_dos, offs_d, d_ok)
     kv = b * stride_kb + hk * stride_kh
     lanes = tl.arange(0, BLOCK)
     every = lanes >= 0
@@ -161,7 +153,7 @@ def _block_sparse_bwd_rows(
         dq = _grad_keys(q, do, lse, delta, K + kv, V + kv, keys, stride_ks, stride_ks, ok, ok, keys,
                         offs_m, offs_d, d_ok, dq, qk_scale, K, V, sm_scale, False)
     tl.store(DQ + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_mask)
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
@@ -172,13 +164,8 @@ def _key_tile_grads(
     """(dk, dv) [bs, D] of one key tile (kt, vt: [D, bs]) plus query tile m's share; with MASKED
     only keys where key_ok and at or before the query count (an own tile)."""
     rows_q = m * BLOCK + tl.arange(0, BLOCK)
-    row_ok = rows_q < q_len
-    tile_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + q_base + rows_q[:, None] * stride_qs + offs_d[None, :], mask=tile_mask, other=0.0)
-    do = tl.load(DO + do_base + rows_q[:, None] * stride_dos + offs_d[None, :], mask=tile_mask, other=0.0)
-    # padded rows: lse +inf gives them weight 0
-    lse = tl.load(Lse + stats_base + rows_q, mask=row_ok, other=float("inf"))
-    delta = tl.load(Delta + stats_base + rows_q, mask=row_ok, other=0.0)
+    q, do, lse, delta = _query_rows(Q, DO, Lse, Delta, q_base, do_base, stats_base, rows_q, rows_q < q_len,
+                                    stride_qs, stride_dos, offs_d, d_ok)
     p = tl.exp2(tl.dot(q, kt) * qk_scale - lse[:, None])
     if MASKED:
         p = tl.where(key_ok[None, :] & (keys[None, :] <= (q_offset + rows_q)[:, None]), p, 0.0)
@@ -240,13 +227,17 @@ def _block_sparse_bwd_keys(
     tl.store(DV + out, dv, mask=store_ok)
 
 
+def active_flags(q: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """[H] int32 flags on q's device from [H] bool/int flags (None: every head attends)."""
+    if active is None:
+        return torch.ones(q.shape[1], dtype=torch.int32, device=q.device)
+    return active.to(device=q.device, dtype=torch.int32).contiguous()
+
+
 def _prepare(q, count, active):
     if not q.is_cuda:
         check_interpreter()
-    heads = q.shape[1]
-    if active is None:
-        active = torch.ones(heads, dtype=torch.int32, device=q.device)
-    return active.to(device=q.device, dtype=torch.int32).contiguous(), count.contiguous()
+    return active_flags(q, active), count.contiguous()
 
 
 def _own_tiles(q_len: int, seq_len: int, block_size: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernel import launch_block_sparse_backward, launch_block_sparse_forward
+from .kernel import active_flags, launch_block_sparse_backward, launch_block_sparse_forward
 
 
 @torch.library.custom_op("minference_flex::block_sparse_attention", mutates_args=())
@@ -89,6 +89,4 @@ def block_sparse_attention_with_grad(
     active: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The op's output [B, H, Sq, D]; active: [H] bool or int flags (None: every head)."""
-    if active is None:
-        active = torch.ones(q.shape[1], dtype=torch.int32, device=q.device)
-    return block_sparse_attention_op(q, k, v, tiles, count, active.to(torch.int32), block_size, scale)[0]
+    return block_sparse_attention_op(q, k, v, tiles, count, active_flags(q, active), block_size, scale)[0]

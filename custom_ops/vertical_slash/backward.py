@@ -55,6 +55,19 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _query_rows(Q, DO, Lse, Delta, q_base, do_base, stats_base, rows_q, row_ok, stride_qs, stride_dos, offs_d, d_ok):
+    """(q, dO) [rows, D] of query rows rows_q of one head (zeros past row_ok) and their lse
+    (+inf past row_ok, so their weights are 0) and delta; q_base / do_base / stats_base are the
+    head's offsets in Q / DO and in the [B*H, Sq] Lse / Delta."""
+    tile_mask = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + q_base + rows_q[:, None] * stride_qs + offs_d[None, :], mask=tile_mask, other=0.0)
+    do = tl.load(DO + do_base + rows_q[:, None] * stride_dos + offs_d[None, :], mask=tile_mask, other=0.0)
+    lse = tl.load(Lse + stats_base + rows_q, mask=row_ok, other=float("inf"))
+    delta = tl.load(Delta + stats_base + rows_q, mask=row_ok, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _grad_keys(
     q, do, lse, delta, k_base, v_base, rows, stride_k, stride_v, load_ok, key_ok, pos, offs_m, offs_d, d_ok,
     dq, qk_scale, dk_base, dv_base, sm_scale, ATOMIC_KV: tl.constexpr,
@@ -108,13 +121,9 @@ def _vertical_slash_bwd_rows(
     d_ok = offs_d < HEAD_DIM
     row_ok = rows_q < seq_len - q_offset
     tile_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
-                mask=tile_mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows_q[:, None] * stride_dos + offs_d[None, :],
-                 mask=tile_mask, other=0.0)
-    row_stats = bh.to(tl.int64) * (seq_len - q_offset) + rows_q
-    lse = tl.load(Lse + row_stats, mask=row_ok, other=float("inf"))
-    delta = tl.load(Delta + row_stats, mask=row_ok, other=0.0)
+    q, do, lse, delta = _query_rows(Q, DO, Lse, Delta, b * stride_qb + h * stride_qh, b * stride_dob + h * stride_doh,
+                                    bh.to(tl.int64) * (seq_len - q_offset), rows_q, row_ok, stride_qs, stride_dos,
+                                    offs_d, d_ok)
     kv = b * stride_kb + hk * stride_kh
     k_base, v_base, dk_base, dv_base = K + kv, V + kv, DK + kv, DV + kv
 
@@ -214,14 +223,9 @@ def _vertical_slash_bwd_cols(
         rows_q = m * BLOCK + tl.arange(0, BLOCK)
         offs_m = q_offset + rows_q
         row_ok = rows_q < q_len
-        tile_mask = row_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
-                    mask=tile_mask, other=0.0)
-        do = tl.load(DO + b * stride_dob + h * stride_doh + rows_q[:, None] * stride_dos + offs_d[None, :],
-                     mask=tile_mask, other=0.0)
-        row_stats = bh.to(tl.int64) * q_len + rows_q
-        lse = tl.load(Lse + row_stats, mask=row_ok, other=float("inf"))
-        delta = tl.load(Delta + row_stats, mask=row_ok, other=0.0)
+        q, do, lse, delta = _query_rows(Q, DO, Lse, Delta, b * stride_qb + h * stride_qh,
+                                        b * stride_dob + h * stride_doh, bh.to(tl.int64) * q_len, rows_q, row_ok,
+                                        stride_qs, stride_dos, offs_d, d_ok)
         col_ok = valid
         if not DEDUP_ON_BANDS:  # as the forward: skip columns a band of this tile covers
             end = q_offset + (m + 1) * BLOCK
@@ -283,14 +287,9 @@ def _vertical_slash_bwd_bands(
                 rows_q = m * BLOCK + tl.arange(0, BLOCK)
                 offs_m = q_offset + rows_q
                 row_ok = rows_q < q_len
-                tile_mask = row_ok[:, None] & d_ok[None, :]
-                q = tl.load(Q + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
-                            mask=tile_mask, other=0.0)
-                do = tl.load(DO + b * stride_dob + h * stride_doh + rows_q[:, None] * stride_dos + offs_d[None, :],
-                             mask=tile_mask, other=0.0)
-                row_stats = bh * q_len + rows_q
-                lse = tl.load(Lse + row_stats, mask=row_ok, other=float("inf"))
-                delta = tl.load(Delta + row_stats, mask=row_ok, other=0.0)
+                q, do, lse, delta = _query_rows(Q, DO, Lse, Delta, b * stride_qb + h * stride_qh,
+                                                b * stride_dob + h * stride_doh, bh * q_len, rows_q, row_ok,
+                                                stride_qs, stride_dos, offs_d, d_ok)
                 end = q_offset + (m + 1) * BLOCK
                 clamped = tl.load(Clamped + bh * nblocks + m)
                 lower = clamped * BLOCK
