@@ -22,6 +22,10 @@ Usage (GPU): python perf/bench_e2e.py --lengths 32768 131072 262144 --out perf/r
 
 With `--gpus N` the layers are spread over N GPUs by an accelerate device map (pipeline: one
 GPU works at a time); peaks are then per GPU (`peak_gib_per_gpu`), `peak_gib` the largest.
+
+With `--profile N` every mode but sdpa runs one more pre-fill under the PyTorch profiler
+(untimed) and its N GPU kernels of most total time are printed and written to the row
+(`profile`: name, total ms, calls): where the pre-fill's time goes.
 """
 
 from __future__ import annotations
@@ -62,13 +66,18 @@ def planted_indices():
     """Structured mode: run the real estimator (its cost counts), hand the kernel planted indices."""
     real = prefill.estimate_vertical_slash
 
+    # kept in pinned host memory and copied in per call: a chunked pre-fill sees a new key length
+    # every chunk, and holding every length's indices on the GPU would add to the peak measured
     @functools.lru_cache(maxsize=None)
-    def planted(batch, seq_len, verticals, slashes, device):
-        return planted_per_head(batch, seq_len, list(verticals), list(slashes), device)
+    def planted(batch, seq_len, verticals, slashes):
+        v_idx, s_idx = planted_per_head(batch, seq_len, list(verticals), list(slashes), "cpu")
+        pinned = torch.cuda.is_available()
+        return (v_idx.pin_memory(), s_idx.pin_memory()) if pinned else (v_idx, s_idx)
 
     def estimate(q, k, verticals, slashes, last_q, scale):
         real(q, k, verticals, slashes, last_q, scale)
-        return planted(q.shape[0], k.shape[2], tuple(verticals), tuple(slashes), q.device)
+        v_idx, s_idx = planted(q.shape[0], k.shape[2], tuple(verticals), tuple(slashes))
+        return v_idx.to(q.device, non_blocking=True), s_idx.to(q.device, non_blocking=True)
 
     prefill.estimate_vertical_slash = estimate
     try:
@@ -110,6 +119,17 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False, progress: bo
     seconds = time.perf_counter() - start
     del out
     return seconds, max(peaks_per_gpu())
+
+
+def kernel_profile(fn, top: int) -> list[dict]:
+    """The `top` GPU kernels of most total device time over one call of fn(): name, ms, calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    return [{"kernel": e.key[:120], "ms": e.device_time_total / 1e3, "calls": e.count} for e in events[:top]]
 
 
 def host_peak_gib() -> float:
@@ -165,7 +185,8 @@ def main(argv=None):
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--config", action="append", default=[], metavar="NAME=PATH",
                         help="extra pattern configs to run (random and structured modes)")
-    parser.add_argument("--skip", nargs="*", default=[], help="modes to leave out, e.g. flex_attention")
+    parser.add_argument("--skip", nargs="*", action="extend", default=[],
+                        help="modes to leave out, e.g. flex_attention (repeated --skip lists add up)")
     parser.add_argument("--repeats", type=int, default=1, help="timed pre-fills per figure (median)")
     parser.add_argument("--min-sparse-len", type=int, default=mf.Options.min_sparse_len,
                         help="minference_flex option (1 measures the sparse path at short lengths)")
@@ -178,6 +199,8 @@ def main(argv=None):
     parser.add_argument("--progress", action="store_true", help="with --chunk: print the time after every chunk")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed runs (memory runs at full depth: the figure then includes compiles)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N GPU kernels of most time of one more (untimed) pre-fill per mode but sdpa")
     parser.add_argument("--out", default="perf/results/e2e.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -232,12 +255,18 @@ def main(argv=None):
                         # planted indices per length (about 2 s at 32K on the host)
                         run(model, ids)
                     runs = [run(model, ids) for _ in range(args.repeats)]
+                    if args.profile and mode != "sdpa":
+                        profiled = kernel_profile(lambda: run(model, ids), args.profile)
                 seconds = sorted(r[0] for r in runs)[len(runs) // 2]
                 peak = max(r[1] for r in runs)
                 row = {"S": seq_len, "mode": mode, "seconds": seconds, "peak_gib": peak,
                        "host_peak_gib": host_peak_gib()}
                 if args.gpus > 1:
                     row["peak_gib_per_gpu"] = peaks_per_gpu()[: args.gpus]
+                if args.profile and mode != "sdpa":
+                    row["profile"] = profiled
+                    for entry in profiled:
+                        print(f"    {entry['ms']:9.1f} ms {entry['calls']:6d} x  {entry['kernel']}")
             except torch.OutOfMemoryError as exc:
                 row = {"S": seq_len, "mode": mode, "error": f"OOM: {str(exc).splitlines()[0]}"}
             if mode == "sdpa" and "seconds" in row:
@@ -249,7 +278,7 @@ def main(argv=None):
             if dense_base and "seconds" in row:
                 row["x_dense"] = row["seconds"] / dense_base
             rows.append(row)
-            print_row(row)
+            print_row({k: v for k, v in row.items() if k != "profile"})
             write_json(args.out, {"machine": info, "args": vars(args), "rows": rows,
                                   "configs": {name: shipped_or_path for name, shipped_or_path in config_paths.items()}})
         del ids
