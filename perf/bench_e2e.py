@@ -179,7 +179,16 @@ def use(model, mode: str, config, min_sparse_len: int) -> contextlib.AbstractCon
     return planted_indices() if mode.endswith("structured") else contextlib.nullcontext()
 
 
-def main(argv=None):
+def modes_to_run(config_names, skip: list[str]) -> list[str]:
+    """The modes in run order: sdpa, flex_attention, dense, then random and structured per
+    config, less those that start with an entry of `skip`."""
+    modes = ["sdpa", "flex_attention", "dense"]
+    for name in config_names:
+        modes += [f"minference_flex[{name}] random", f"minference_flex[{name}] structured"]
+    return [m for m in modes if not any(m.startswith(s) for s in skip)]
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072, 262144])
     parser.add_argument("--layers", type=int, default=32)
@@ -202,6 +211,11 @@ def main(argv=None):
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the N GPU kernels of most time of one more (untimed) pre-fill per mode but sdpa")
     parser.add_argument("--out", default="perf/results/e2e.json")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_e2e needs a CUDA GPU")
@@ -218,10 +232,7 @@ def main(argv=None):
         configs[name] = path
     config_paths = dict(configs)
     configs = {name: layer_subset(path, args.layers) for name, path in configs.items()}
-    modes = ["sdpa", "flex_attention", "dense"]
-    for name in configs:
-        modes += [f"minference_flex[{name}] random", f"minference_flex[{name}] structured"]
-    modes = [m for m in modes if not any(m.startswith(s) for s in args.skip)]
+    modes = modes_to_run(configs, args.skip)
 
     info = machine()
     print(info, flush=True)

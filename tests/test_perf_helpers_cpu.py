@@ -75,3 +75,16 @@ def test_bench_train_model_step_finds_its_pattern_config():
 
     path = shipped_config_path(bench_train.SHAPES["llama3-8b"][1])
     assert path is not None and len(load_pattern_config(path, 32, 32)[:16]) == 16
+
+
+def test_repeated_skip_lists_add_up():
+    # perf/device_chunked.sh passes --skip twice; when the second list replaced the first, the
+    # memory runs ran transformers' flex_attention mode instead of minference_flex's
+    from perf import bench_e2e
+
+    args = bench_e2e.build_parser().parse_args(
+        ["--skip", "flex_attention", "--skip", "sdpa", "dense", "minference_flex[shipped] random"])
+    assert args.skip == ["flex_attention", "sdpa", "dense", "minference_flex[shipped] random"]
+    assert bench_e2e.modes_to_run(["shipped"], args.skip) == ["minference_flex[shipped] structured"]
+    assert bench_e2e.modes_to_run(["shipped", "searched"], ["minference_flex[shipped]"]) == [
+        "sdpa", "flex_attention", "dense", "minference_flex[searched] random", "minference_flex[searched] structured"]
