@@ -425,6 +425,10 @@ def run(parser: Any, args: Any) -> dict:
             for c in niah:
                 fraction = _fraction(c["tile_fraction"])
                 print(f"{c['S']} | {c['depth']} | {c['method']} | {c['accuracy']:.1f} | {fraction}")
+    # the work is done: leave the launch's process group before the interpreter exits, where a
+    # gloo group's threads can abort a finished process ("terminate called without an active
+    # exception"); not after a failure, where the other processes may wait in a collective
+    state.destroy_process_group()
     return payload
 
 

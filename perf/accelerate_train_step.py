@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"wrote {args.out}")
     if not agree:
         raise RuntimeError("the processes' parameters differ after the DDP steps")
+    accelerator.end_training()  # leaves the process group (see evaluate.run)
     return result
 
 
