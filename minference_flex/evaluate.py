@@ -370,17 +370,12 @@ def run(parser: Any, args: Any) -> dict:
     process; returns the written payload (on every process)."""
     from accelerate import PartialState
 
-    if args.samples < 1:
-        parser.error(f"--samples must be >= 1, got {args.samples}")
-    if any(n < 64 for n in args.lengths):
-        parser.error(f"--lengths must be >= 64 tokens, got {args.lengths}")
-    if args.chunk < 64:
-        parser.error(f"--chunk must be >= 64 tokens, got {args.chunk}")
-    depths = args.niah_depths or []
-    if any(not 0 <= d <= 100 for d in depths) or len(set(depths)) != len(depths):
-        parser.error(f"--niah-depths must be distinct percents in 0..100, got {depths}")
-    if args.niah_samples < 1:
-        parser.error(f"--niah-samples must be >= 1, got {args.niah_samples}")
+    try:  # EvalSpec checks the table's arguments; its messages start with the field's name
+        spec = EvalSpec(tuple(args.lengths), tuple(args.tasks), args.samples, tuple(args.methods), not args.no_recall,
+                        args.chunk, tuple(args.niah_depths or ()), args.niah_samples)
+    except ValueError as exc:
+        field, _, rest = str(exc).partition(" ")
+        parser.error(f"--{field.replace('_', '-')} {rest}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available; use --device cpu")
     if args.searched is not None and not os.path.isfile(args.searched):
@@ -391,8 +386,6 @@ def run(parser: Any, args: Any) -> dict:
     # without a GPU the processes of a torchrun-style launch (`accelerate launch --multi_gpu`,
     # torchrun) join over gloo only when accelerate is told to use the CPU
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
-    spec = EvalSpec(tuple(args.lengths), tuple(args.tasks), args.samples, tuple(args.methods), not args.no_recall,
-                    args.chunk, tuple(depths), args.niah_samples)
     model = load_retrieval_model(args.model, state.device)
     searched = args.searched or searched_config_path(args.model)
     info = _machine()

@@ -92,7 +92,7 @@ def test_eval_spec_and_cli_reject_bad_arguments(capsys):
 
     with pytest.raises(SystemExit):
         main(["eval", "--samples", "0", "--out", "/tmp/never.json"])
-    assert "--samples must be >= 1, got 0" in capsys.readouterr().err
+    assert "--samples must be an int >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--out", "/no/such/dir/table.json"])
     assert "--out /no/such/dir/table.json: cannot write a file there" in capsys.readouterr().err
