@@ -272,6 +272,11 @@ def main(argv=None):
         from custom_ops.vertical_slash import op as vs_op
 
         vs_op.KEY_MAJOR_BANDS = True
+    # the backward-alone figure replays one retained graph; compiled backwards that donate
+    # their saved buffers (FlexAttention's, under A-shape) refuse retain_graph=True
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     info = machine()
     print(info)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
