@@ -278,3 +278,51 @@ def test_long_preset_checkpoint_fits_a_device_call(tmp_path):
     sizes = {os.path.basename(p): os.path.getsize(p) for p in paths}
     assert len(sizes) <= 8 and max(sizes.values()) <= 16 * 2**20, sizes
     assert sizes["model.safetensors"] < 20e6 and {"optimizer-00.pt", "optimizer-01.pt"} <= set(sizes)
+
+
+def test_first_stage_tasks_train_alone_then_the_rest_join(tmp_path, monkeypatch):
+    """With --first-stage-tasks, the first stage's batches and evals use those tasks only; from
+    the second stage on every batch (replays of the first stage's length too) and eval draws
+    from all the tasks."""
+    import minference_flex.train as train_module
+
+    drawn, evaluated = [], []
+    real_samples, real_evaluate = train_module._train_samples, train_module.evaluate
+
+    def samples(rng, length, batch, tasks):
+        drawn.append((length, tuple(tasks)))
+        return real_samples(rng, length, batch, tasks)
+
+    def evaluate(model, length, per_task, tasks):
+        evaluated.append((length, tuple(tasks)))
+        return real_evaluate(model, length, per_task, tasks)
+
+    monkeypatch.setattr(train_module, "_train_samples", samples)
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    train_main(["--out", str(tmp_path), "--preset", "smoke", "--stages", "128:4:2", "192:12:2",
+                "--tasks", "passkey", "needle", "--first-stage-tasks", "passkey", "--eval-every", "4",
+                "--eval-samples", "1"])
+    both = ("passkey", "needle")
+    assert drawn[:4] == [(128, ("passkey",))] * 4
+    assert {tasks for _, tasks in drawn[4:]} == {both}
+    assert (128, both) in drawn[4:], "seed 0 replays the first stage's length in the second stage"
+    assert evaluated[0] == (128, ("passkey",)) and evaluated[1] == (192, both)
+    assert _state(tmp_path)["preset"]["first_stage_tasks"] == ["passkey"]
+
+
+def test_first_stage_tasks_must_be_among_the_tasks(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--out", "unused", "--preset", "smoke", "--tasks", "passkey", "--first-stage-tasks", "needle"])
+    assert "--first-stage-tasks: first-stage tasks ['needle'] are not among the preset's tasks ['passkey']" in (
+        capsys.readouterr().err)
+
+
+def test_checkpoints_from_before_first_stage_tasks_resume(tmp_path):
+    """A checkpoint whose saved preset has no first_stage_tasks (written before the field
+    existed) resumes: the missing field takes its default."""
+    train_main(["--out", str(tmp_path), *SCHEDULE, *EVALS, "--max-steps", "2"])
+    state = _state(tmp_path)
+    del state["preset"]["first_stage_tasks"]
+    (tmp_path / checkpoint.STATE_FILE).write_text(json.dumps(state))
+    train_main(["--out", str(tmp_path), "--resume", str(tmp_path), *EVALS, "--max-steps", "2"])
+    assert _state(tmp_path)["progress"]["step"] == 4
