@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Device calls that train the 64K retrieval model (`--preset long`, ~33 min on an H100 by
-# estimate) across calls of at most 10 minutes. Each call resumes ckpt/ (a git-ignored folder in
-# the repo root, carried in) when it holds a checkpoint, else starts fresh; trains for
-# TRAIN_MINUTES (default 8.5) and writes the checkpoint to $OUT/ckpt: 7 files of at most 16 MiB
-# (config.json, generation_config.json, model.safetensors, optimizer-00.pt, optimizer-01.pt,
-# train_state.json, train_log.json), 5 once the schedule is done. The loop, from the repo root:
+# Device calls that train the 64K retrieval model (`--preset long`: ~10 min on an H100 by
+# estimate, from step times measured on an earlier 6-layer model) across calls of at most 10
+# minutes. Each call resumes ckpt/ (a git-ignored folder in the repo root, carried in) when it
+# holds a checkpoint, else starts fresh; trains for TRAIN_MINUTES (default 8.5) and writes the
+# checkpoint to $OUT/ckpt: config.json, generation_config.json, model.safetensors,
+# optimizer-*.pt (shards of at most 16 MiB), train_state.json, train_log.json; no optimizer
+# once the schedule is done. The loop, from the repo root:
 #   1. run `bash perf/device_train_retrieval.sh`, with carry ["ckpt"] once ckpt/ exists;
 #   2. replace ckpt/ with the returned $OUT/ckpt files (rm -rf ckpt && cp -r <files_at>/ckpt ckpt);
 #   3. repeat until the last line says "schedule done";
@@ -12,7 +13,7 @@
 #      minference_flex/models/retrieval_llama/, search its pattern_config.json anew (as
 #      perf/device_models.sh does), then the accuracy table (>= 50 samples a cell):
 #      python3 perf/bench_accuracy.py --lengths 4096 16384 32768 65536 --samples 50 \
-#          --tasks passkey needle multikey kv --methods dense --no-recall
+#          --tasks passkey needle multikey --methods dense --no-recall
 # Printed: steps every 500 (loss, ms a step), the evals (a few held-out samples per task at the
 # stage's length), the files written and where the schedule stands.
 set -o pipefail

@@ -277,7 +277,7 @@ def test_long_preset_checkpoint_fits_a_device_call(tmp_path):
     paths = checkpoint.save(str(tmp_path), model, opt.state_dict(), {}, {})
     sizes = {os.path.basename(p): os.path.getsize(p) for p in paths}
     assert len(sizes) <= 8 and max(sizes.values()) <= 16 * 2**20, sizes
-    assert sizes["model.safetensors"] < 20e6 and {"optimizer-00.pt", "optimizer-01.pt"} <= set(sizes)
+    assert sizes["model.safetensors"] < 20e6 and "optimizer-00.pt" in sizes
 
 
 def test_first_stage_tasks_train_alone_then_the_rest_join(tmp_path, monkeypatch):
@@ -326,3 +326,18 @@ def test_checkpoints_from_before_first_stage_tasks_resume(tmp_path):
     (tmp_path / checkpoint.STATE_FILE).write_text(json.dumps(state))
     train_main(["--out", str(tmp_path), "--resume", str(tmp_path), *EVALS, "--max-steps", "2"])
     assert _state(tmp_path)["progress"]["step"] == 4
+
+
+def test_shape_options_set_the_model(tmp_path, capsys):
+    train_main(["--out", str(tmp_path), *SCHEDULE, *EVALS, "--max-steps", "1", "--hidden", "96", "--layers", "3",
+                "--heads", "3", "--kv-heads", "1", "--intermediate", "160", "--rope-theta", "5e6"])
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["hidden_size"], saved["num_hidden_layers"], saved["num_attention_heads"],
+            saved["num_key_value_heads"], saved["intermediate_size"]) == (96, 3, 3, 1, 160)
+    assert saved.get("rope_theta", saved.get("rope_parameters", {}).get("rope_theta")) == 5e6
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path), *SCHEDULE, "--hidden", "100", "--heads", "3"])
+    assert "--hidden (100) must be a multiple of --heads (3)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path), "--resume", str(tmp_path), "--layers", "2"])
+    assert "keep the saved model's shape" in capsys.readouterr().err
