@@ -91,9 +91,12 @@ def _synchronize_all() -> None:
         torch.cuda.synchronize(device)
 
 
-def prefill_once(model, ids, chunk: int = 0, offload: bool = False, progress: bool = False) -> tuple[float, float]:
+def prefill_once(model, ids, chunk: int = 0, offload: bool = False, progress: bool = False,
+                 generate: bool = False) -> tuple[float, float]:
     """Seconds and peak GiB of one pre-fill (KV cache kept, last logits only), in one forward
-    or in chunks of `chunk` tokens over a `DynamicCache` (offloaded to the host if asked).
+    or in chunks of `chunk` tokens over a `DynamicCache` (offloaded to the host if asked): a
+    loop of forwards, or with `generate` `model.generate(ids, prefill_chunk_size=chunk,
+    max_new_tokens=1)` itself (its one new token included).
     Every visible GPU is synchronised and its peak counted: the peak is the largest one's;
     `peaks_per_gpu()` gives each GPU's."""
     from transformers import DynamicCache
@@ -107,7 +110,10 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False, progress: bo
     with torch.no_grad():
         if chunk:
             cache = HostOffloadedCache(model.config) if offload else DynamicCache(config=model.config)
-            for a in range(0, ids.shape[1], chunk):
+            if generate:
+                out = model.generate(ids, max_new_tokens=1, do_sample=False, prefill_chunk_size=chunk,
+                                     past_key_values=cache, attention_mask=torch.ones_like(ids))
+            for a in range(0, ids.shape[1] if not generate else 0, chunk):
                 out = model(ids[:, a:a + chunk], past_key_values=cache, logits_to_keep=1, use_cache=True)
                 if progress:  # synchronising once a chunk costs nothing measurable at these sizes
                     _synchronize_all()
@@ -206,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus", type=int, default=1,
                         help="spread the layers over this many GPUs with an accelerate device map (pipeline)")
     parser.add_argument("--progress", action="store_true", help="with --chunk: print the time after every chunk")
+    parser.add_argument("--generate", action="store_true",
+                        help="with --chunk: pre-fill through model.generate(prefill_chunk_size=N, max_new_tokens=1)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed runs (memory runs at full depth: the figure then includes compiles)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -221,6 +229,10 @@ def main(argv=None):
         sys.exit("bench_e2e needs a CUDA GPU")
     if args.offload and not args.chunk:
         parser.error("--offload needs --chunk")
+    if args.generate and not args.chunk:
+        parser.error("--generate needs --chunk")
+    if args.generate and args.progress:
+        parser.error("--progress times a loop of forwards; generate runs its own: pass one of them")
     if not 1 <= args.gpus <= torch.cuda.device_count():
         parser.error(f"--gpus must be in [1, {torch.cuda.device_count()}] (the visible GPUs), got {args.gpus}")
     build, shipped_name = SHAPES[args.shape]
@@ -247,7 +259,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     warm_len = max(20000, args.min_sparse_len) + (2 * args.chunk if args.chunk else 0)
     warm = torch.randint(0, vocab, (1, warm_len), generator=gen).cuda()
-    run = functools.partial(prefill_once, chunk=args.chunk, offload=args.offload, progress=args.progress)
+    run = functools.partial(prefill_once, chunk=args.chunk, offload=args.offload, progress=args.progress,
+                            generate=args.generate)
 
     def config_of(mode: str) -> list:
         return configs[mode.split("[")[1].split("]")[0]] if "[" in mode else configs["shipped"]

@@ -4,7 +4,8 @@
 # so the ratios hold). PART=memory runs the full-depth 512K Llama-3-8B pre-fill with the cache
 # offloaded to the host by mf.HostOffloadedCache (H100: its 64 GiB cache does not fit beside the
 # weights); PART=memory_h200 the full-depth 1M Qwen2.5-7B-1M pre-fill with the cache on the GPU
-# (an H200: 56 GiB cache). MEM_TIMEOUT (s) bounds a memory run.
+# (an H200: 56 GiB cache). Both memory runs pre-fill through model.generate(prefill_chunk_size=32768).
+# MEM_TIMEOUT (s) bounds a memory run.
 set -o pipefail
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out}
@@ -16,9 +17,9 @@ if [ "${PART:-speed}" = speed ]; then
   timeout 150 $E2E --layers 4 --lengths 131072 262144 --out "$OUT/e2e_chunked_llama_128k_256k.json" 2>&1 | grep -vE "DEBUG|W12" | tail -12
   timeout 200 $E2E --layers 2 --lengths 524288 --out "$OUT/e2e_chunked_llama_512k.json" 2>&1 | grep -vE "DEBUG|W12" | tail -7
 elif [ "$PART" = memory ]; then
-  timeout ${MEM_TIMEOUT:-560} $E2E --layers 32 --lengths 524288 --offload --no-warmup --progress --skip sdpa flex_attention dense "minference_flex[shipped] random" \
+  timeout ${MEM_TIMEOUT:-560} $E2E --layers 32 --lengths 524288 --offload --no-warmup --generate --skip sdpa flex_attention dense "minference_flex[shipped] random" \
     --out "$OUT/e2e_chunked_llama_512k_full_offload.json" 2>&1 | tee "$OUT/memory.log" | grep -vE "DEBUG|W12" | tail -24
 else
-  timeout ${MEM_TIMEOUT:-560} $E2E --shape qwen2.5-7b-1m --layers 28 --lengths 1048576 --no-warmup --progress \
+  timeout ${MEM_TIMEOUT:-560} $E2E --shape qwen2.5-7b-1m --layers 28 --lengths 1048576 --no-warmup --generate \
     --skip sdpa flex_attention dense "minference_flex[shipped] random" --out "$OUT/e2e_chunked_qwen_1m_full.json" 2>&1 | tee "$OUT/memory.log" | grep -vE "DEBUG|W12" | tail -40
 fi

@@ -88,3 +88,27 @@ def test_repeated_skip_lists_add_up():
     assert bench_e2e.modes_to_run(["shipped"], args.skip) == ["minference_flex[shipped] structured"]
     assert bench_e2e.modes_to_run(["shipped", "searched"], ["minference_flex[shipped]"]) == [
         "sdpa", "flex_attention", "dense", "minference_flex[searched] random", "minference_flex[searched] structured"]
+
+
+def test_prefill_through_generate_runs_the_same_chunks_as_the_loop(monkeypatch):
+    """bench_e2e's --generate pre-fills through model.generate(prefill_chunk_size=N): the same
+    chunk lengths as its loop of forwards, on a patched tiny model (CPU; peaks stubbed)."""
+    import transformers
+
+    import minference_flex as mf
+    from perf import bench_e2e
+
+    monkeypatch.setattr(bench_e2e, "peaks_per_gpu", lambda: [0.0])
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    mf.compile(model, min_sparse_len=64)
+    ids = torch.randint(0, 64, (1, 200))
+    lengths = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+                                          with_kwargs=True)
+    bench_e2e.prefill_once(model, ids, chunk=64)
+    loop, lengths[:] = list(lengths), []
+    bench_e2e.prefill_once(model, ids, chunk=64, generate=True)
+    assert loop == [64, 64, 64, 8] and lengths == loop
