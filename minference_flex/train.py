@@ -107,9 +107,9 @@ PRESETS = {
     # matching over several tokens). Passkey and needle first: with multikey in the mix from the
     # start nothing formed in 1430 steps of 32 at 128 tokens (CPU), and multikey, which needs the
     # asked key word matched (needle has one needle, so it needs no matching), was still at
-    # chance after 1000 more steps on the model that had learned the other two. Associative
-    # recall of this kind takes far more samples than copying one needle, so the second stage
-    # draws 1.5M of them at 128 tokens in batches of 256 (a 6-layer, 256-wide model took 25 ms
+    # chance after 1000 more steps on the model that had learned the other two (up to 100K
+    # multikey samples on CPU left it at chance), so the second stage draws 1.5M samples of the
+    # three at 128 tokens in batches of 256 (a 6-layer, 256-wide model took 25 ms
     # a step at 64 x 128 tokens on an H100; the host draws a batch of 256 in about 20 ms, while
     # the GPU runs the step before). Then the lengths grow to 64K, with 30% of the steps
     # replaying shorter lengths.
