@@ -38,6 +38,8 @@ starts N, which join over gloo.
 
 from __future__ import annotations
 
+import gc
+
 import dataclasses
 import json
 import os
@@ -420,7 +422,11 @@ def run(parser: Any, args: Any) -> dict:
                 print(f"{c['S']} | {c['depth']} | {c['method']} | {c['accuracy']:.1f} | {fraction}")
     # the work is done: leave the launch's process group before the interpreter exits, where a
     # gloo group's threads can abort a finished process ("terminate called without an active
-    # exception"); not after a failure, where the other processes may wait in a collective
+    # exception"); not after a failure, where the other processes may wait in a collective.
+    # Every process first waits for the others, so none tears its group down while another
+    # still gathers, and drops finished work handles (they hold tensors) while Python is alive
+    state.wait_for_everyone()
+    gc.collect()
     state.destroy_process_group()
     return payload
 
