@@ -62,7 +62,7 @@ def test_block_sparse_and_a_shape_heads_record_the_tiles_of_their_masks(monkeypa
     q, k, v = random_qkv(1, 4, 2, kv_len, 16)
     q = q[:, :, kv_len - q_len:]
     # sink < 64 and local < 128 keep an A-shape head sparse at >= 400 keys (a row of 7+ tiles
-    # reads at most its first tile and the last 3)
+    # reads at most its first tile and the last 4)
     budgets = [(random.randrange(0, 64), random.randrange(1, 128)) for _ in range(2)]
     plan = LayerPlan.from_patterns([HeadPattern(BLOCK_SPARSE, 0, 0), HeadPattern(A_SHAPE, *budgets[0]),
                                     HeadPattern(BLOCK_SPARSE, 0, 0), HeadPattern(A_SHAPE, *budgets[1])])
