@@ -38,9 +38,8 @@ starts N, which join over gloo.
 
 from __future__ import annotations
 
-import gc
-
 import dataclasses
+import gc
 import json
 import os
 import warnings

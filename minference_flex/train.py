@@ -52,6 +52,11 @@ from .tasks import TASKS, TOKENIZER, Sample, exact_match, make_sample
 EVAL_SEED_BASE = 10**9
 
 
+#: Preset fields that set the model's shape, with their types (each a CLI option)
+SHAPE_FIELDS = {"hidden": int, "layers": int, "heads": int, "kv_heads": int, "intermediate": int,
+                "rope_theta": float}
+
+
 @dataclass
 class Preset:
     """Model shape and curriculum: `stages` is a list of (length, steps, batch)."""
@@ -78,6 +83,12 @@ class Preset:
         extra = [t for t in self.first_stage_tasks if t not in self.tasks]
         if extra:
             raise ValueError(f"first-stage tasks {extra} are not among the preset's tasks {list(self.tasks)}")
+        shape = {name: getattr(self, name) for name in SHAPE_FIELDS}
+        if min(shape.values()) <= 0:
+            raise ValueError(f"the model's shape must be > 0 everywhere, got {shape}")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads}), "
+                             f"and heads of kv_heads ({self.kv_heads})")
 
     def tasks_of(self, stage: int) -> tuple:
         """The tasks that stage `stage` trains and evaluates."""
@@ -415,11 +426,6 @@ def _save(out_dir: str, model, optimizer_state: dict | None, state: dict, log: d
         print(f"wrote {path} ({os.path.getsize(path) / 2**20:.2f} MiB)", file=sys.stderr)
 
 
-#: Preset fields that set the model's shape, with their types (each a CLI option)
-SHAPE_FIELDS = {"hidden": int, "layers": int, "heads": int, "kv_heads": int, "intermediate": int,
-                "rope_theta": float}
-
-
 def _base_preset(args, device: str) -> Preset:
     """The preset the options start from: --preset; resuming without it, the checkpoint's;
     else gpu on CUDA, cpu otherwise."""
@@ -471,29 +477,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume continues a checkpoint, --init starts from a saved model: pass one of them")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = _base_preset(args, device)
+    changes: dict = {name: getattr(args, name) for name in SHAPE_FIELDS if getattr(args, name) is not None}
+    if changes and (args.resume is not None or args.init is not None):
+        parser.error("--resume and --init keep the saved model's shape: leave out the shape options")
     if args.tasks:
-        preset = replace(preset, tasks=tuple(args.tasks), first_stage_tasks=())
+        changes.update(tasks=tuple(args.tasks), first_stage_tasks=())
     if args.first_stage_tasks:
-        try:
-            preset = replace(preset, first_stage_tasks=tuple(args.first_stage_tasks))
-        except ValueError as exc:
-            parser.error(f"--first-stage-tasks: {exc}")
+        changes["first_stage_tasks"] = tuple(args.first_stage_tasks)
     if args.lr:
-        preset = replace(preset, lr=args.lr)
-    shape = {name: getattr(args, name) for name in SHAPE_FIELDS if getattr(args, name) is not None}
-    if shape:
-        if min(shape.values()) <= 0:
-            parser.error(f"model shape options must be > 0, got {shape}")
-        if args.resume is not None or args.init is not None:
-            parser.error("--resume and --init keep the saved model's shape: leave out the shape options")
-        preset = replace(preset, **shape)
-        if preset.hidden % preset.heads or preset.heads % preset.kv_heads:
-            parser.error(f"--hidden ({preset.hidden}) must be a multiple of --heads ({preset.heads}), "
-                         f"and --heads of --kv-heads ({preset.kv_heads})")
+        changes["lr"] = args.lr
     if args.lm_weight is not None:
         if args.lm_weight < 0:
             parser.error(f"--lm-weight must be >= 0, got {args.lm_weight}")
-        preset = replace(preset, lm_weight=args.lm_weight)
+        changes["lm_weight"] = args.lm_weight
+    try:  # Preset checks the whole: first-stage tasks among the tasks, a shape that divides
+        preset = replace(preset, **changes)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.stages:
         try:
             stages = [tuple(int(x) for x in st.split(":")) for st in args.stages]

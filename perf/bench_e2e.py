@@ -113,12 +113,13 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False, progress: bo
             if generate:
                 out = model.generate(ids, max_new_tokens=1, do_sample=False, prefill_chunk_size=chunk,
                                      past_key_values=cache, attention_mask=torch.ones_like(ids))
-            for a in range(0, ids.shape[1] if not generate else 0, chunk):
-                out = model(ids[:, a:a + chunk], past_key_values=cache, logits_to_keep=1, use_cache=True)
-                if progress:  # synchronising once a chunk costs nothing measurable at these sizes
-                    _synchronize_all()
-                    print(f"  {a + chunk} tokens: {time.perf_counter() - start:.1f} s, host {host_peak_gib():.1f} GiB",
-                          flush=True)
+            else:
+                for a in range(0, ids.shape[1], chunk):
+                    out = model(ids[:, a:a + chunk], past_key_values=cache, logits_to_keep=1, use_cache=True)
+                    if progress:  # synchronising once a chunk costs nothing measurable at these sizes
+                        _synchronize_all()
+                        print(f"  {a + chunk} tokens: {time.perf_counter() - start:.1f} s, "
+                              f"host {host_peak_gib():.1f} GiB", flush=True)
         else:
             out = model(ids, logits_to_keep=1, use_cache=True)
     _synchronize_all()

@@ -313,7 +313,7 @@ def test_first_stage_tasks_train_alone_then_the_rest_join(tmp_path, monkeypatch)
 def test_first_stage_tasks_must_be_among_the_tasks(capsys):
     with pytest.raises(SystemExit):
         train_main(["--out", "unused", "--preset", "smoke", "--tasks", "passkey", "--first-stage-tasks", "needle"])
-    assert "--first-stage-tasks: first-stage tasks ['needle'] are not among the preset's tasks ['passkey']" in (
+    assert "first-stage tasks ['needle'] are not among the preset's tasks ['passkey']" in (
         capsys.readouterr().err)
 
 
@@ -337,7 +337,7 @@ def test_shape_options_set_the_model(tmp_path, capsys):
     assert saved.get("rope_theta", saved.get("rope_parameters", {}).get("rope_theta")) == 5e6
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path), *SCHEDULE, "--hidden", "100", "--heads", "3"])
-    assert "--hidden (100) must be a multiple of --heads (3)" in capsys.readouterr().err
+    assert "hidden (100) must be a multiple of heads (3)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path), "--resume", str(tmp_path), "--layers", "2"])
     assert "keep the saved model's shape" in capsys.readouterr().err
