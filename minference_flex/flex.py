@@ -183,12 +183,31 @@ def flex_attend(
     return out[:, :, :q_len]
 
 
+def block_grid(block_mask: BlockMask) -> torch.Tensor:
+    """[B, H, Mq, Mk] bool: the blocks (partial or full) of `block_mask` over its whole grid,
+    Mk = ceil(kv_len / kv block). `BlockMask.to_dense` is only Mk wide when the index lists
+    span the grid; on CUDA ours are compact (as wide as a row's most blocks)."""
+    kv_blocks = math.ceil(block_mask.seq_lengths[1] / block_mask.BLOCK_SIZE[1])
+    grid = None
+    for count, indices in ((block_mask.kv_num_blocks, block_mask.kv_indices),
+                           (block_mask.full_kv_num_blocks, block_mask.full_kv_indices)):
+        if count is None:
+            continue
+        listed = torch.arange(indices.shape[-1], device=indices.device) < count[..., None]
+        # unlisted slots write to a spare column, dropped below
+        target = torch.where(listed, indices.long(), kv_blocks)
+        dense = torch.zeros(*indices.shape[:-1], kv_blocks + 1, dtype=torch.bool, device=indices.device)
+        dense = dense.scatter(-1, target, True)[..., :kv_blocks]
+        grid = dense if grid is None else grid | dense
+    return grid
+
+
 def block_mask_to_bool(block_mask: BlockMask, q_len: int, kv_len: int) -> torch.Tensor:
     """[B, H, q_len, kv_len] bool: what `block_mask` lets the query in grid row i attend (its
     blocks, partial and full, at token level, and mask_mod evaluated on them); q_len, kv_len
     at most its grid's lengths."""
     bq, bkv = block_mask.BLOCK_SIZE
-    blocks = block_mask.to_dense().bool()
+    blocks = block_grid(block_mask)
     device = blocks.device
     allowed = blocks.repeat_interleave(bq, -2)[..., :q_len, :].repeat_interleave(bkv, -1)[..., :kv_len]
     b = torch.arange(blocks.shape[0], device=device).view(-1, 1, 1, 1)

@@ -43,7 +43,7 @@ from custom_ops.vertical_slash.index import dense_tiles
 
 from .attention import fallback_threshold
 from .config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH
-from .flex import a_shape_mask_for
+from .flex import a_shape_mask_for, block_grid
 
 #: Tile edge of the counts (queries x keys): the kernels' default block size.
 TILE = 64
@@ -165,7 +165,7 @@ def record_a_shape(
     # the mask's row blocks holding the tile's first and last rows (front rows come first)
     first_block, last_block = (front + m * TILE) // q_block, (front + last_row) // q_block
     n = torch.arange(math.ceil(kv_len / TILE), device=device)
-    live = mask.to_dense().bool()[:, list(heads)][..., n * TILE // kv_block]  # [B, h, row blocks, key tiles]
+    live = block_grid(mask)[:, list(heads)][..., n * TILE // kv_block]  # [B, h, row blocks, key tiles]
     covered = live[:, :, first_block] | live[:, :, last_block]
     causal = n[None, :] <= (kv_len - q_len + last_row)[:, None] // TILE
     computed = (covered & causal).sum().item()

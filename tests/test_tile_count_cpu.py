@@ -77,6 +77,31 @@ def test_block_sparse_and_a_shape_heads_record_the_tiles_of_their_masks(monkeypa
     assert tiles.fraction == (block_sparse + a_shape) / (4 * causal)
 
 
+def test_a_shape_count_holds_with_the_compact_index_lists_of_cuda(monkeypatch):
+    """On CUDA a BlockMask's index lists are only as wide as a row's most blocks (on CPU they
+    span the grid); the count must not depend on that width."""
+    from minference_flex import flex
+
+    kv_len = random.randrange(2000, 3000)
+    q_len = random.choice([kv_len, random.randrange(300, kv_len)])
+    q, k, _ = random_qkv(1, 2, 1, kv_len, 16)
+    q = q[:, :, kv_len - q_len:]
+    budgets = ((random.randrange(0, 64), random.randrange(0, 64)), (random.randrange(1, 300), random.randrange(1, 300)))
+    counts = []
+    for compact in (False, True):
+        if compact:
+            monkeypatch.setattr(flex, "_pad_width", lambda indices, width: indices)
+        flex._cached_a_shape_block_mask.cache_clear()
+        mask, _ = flex.a_shape_mask_for(q, k, *budgets)
+        assert (mask.kv_indices.shape[-1] < math.ceil(kv_len / 128)) == compact, "the layout under test"
+        tiles = tile_count.TileCount()
+        tile_count.record_a_shape(tiles, q, k, (0, 1), *budgets)
+        counts.append(tiles.by_kind[A_SHAPE])
+    flex._cached_a_shape_block_mask.cache_clear()
+    assert counts[0] == counts[1]
+    assert counts[0][0] == sum(_a_shape_expected(q_len, kv_len, i, w) for i, w in zip(*budgets))
+
+
 def test_vertical_slash_records_its_index_or_all_tiles_where_it_falls_back():
     kv_len = random.randrange(700, 1000)
     q_len = random.choice([kv_len, random.randrange(500, kv_len)])
