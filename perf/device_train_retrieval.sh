@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Device calls that train the 64K retrieval model (`--preset long`: ~10 min on an H100 by
-# estimate, from step times measured on an earlier 6-layer model) across calls of at most 10
+# Device calls that train the 64K retrieval model (`--preset long`: 15 min of training on an
+# H100, the shipped model's two calls; its MODEL_CARD.md) across calls of at most 10
 # minutes. Each call resumes ckpt/ (a git-ignored folder in the repo root, carried in) when it
 # holds a checkpoint, else starts fresh; trains for TRAIN_MINUTES (default 8.5) and writes the
 # checkpoint to $OUT/ckpt: config.json, generation_config.json, model.safetensors,

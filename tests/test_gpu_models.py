@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import transformers
@@ -59,15 +61,21 @@ def test_search_on_cuda_bf16_gives_a_config_that_compiles():
 
 
 def test_retrieval_model_answers_with_sparse_prefill_on_cuda():
+    """The shipped model with its searched config answers passkey and multikey at 32K."""
     from minference_flex.retrieval_model import answer, load_retrieval_model, searched_config_path, shipped_model_available
     from minference_flex.tasks import exact_match, make_sample
+    from minference_flex.tile_count import count_tiles
 
     if not shipped_model_available():
         pytest.skip("no trained retrieval model ships")
     model = load_retrieval_model(device="cuda")
     mf.compile(model, searched_config_path(), min_sparse_len=1024)
-    samples = [make_sample("passkey", 2048, 10**9 + i) for i in range(5)]
-    assert sum(exact_match(answer(model, s), s.answer) for s in samples) >= 4
+    for task in ("passkey", "multikey"):
+        samples = [make_sample(task, 32768, 10**9 + random.randrange(10**6)) for _ in range(5)]
+        with count_tiles() as tiles:
+            right = sum(exact_match(answer(model, s), s.answer) for s in samples)
+        assert right >= 4, f"{task}: {right} of 5 answered at 32K"
+        assert tiles.fraction < 0.95, f"{task}: {tiles.fraction:.2f} of the causal tiles computed"
 
 
 def test_long_dense_prefill_runs_the_chunked_op_cuda(monkeypatch):

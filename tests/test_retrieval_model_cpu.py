@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
 import minference_flex as mf
-from minference_flex.config import load_pattern_config
+from minference_flex.config import VERTICAL_SLASH, HeadPattern, load_pattern_config
 from minference_flex.retrieval_model import (
     MODEL_DIR,
     answer,
@@ -17,39 +16,49 @@ from minference_flex.retrieval_model import (
     shipped_model_available,
 )
 from minference_flex.tasks import TOKENIZER, exact_match, make_sample
+from minference_flex.tile_count import count_tiles
 
 pytestmark = pytest.mark.skipif(
     not shipped_model_available(), reason=f"no trained model in {MODEL_DIR} (train one: python -m minference_flex.train)"
 )
 
 
-def test_sparse_prefill_answers_as_dense_does():
-    """Sparse pre-fill gives the model's own answers on fresh held-out samples. The model
-    itself is not perfect (dense: 299 of 300 held-out passkey samples at 2048 tokens, with
-    sparse pre-fill giving the same answer on the one it misses; its MODEL_CARD.md), so its
-    accuracy is checked loosely and the sparse path exactly."""
+def test_searched_config_gives_the_dense_answers():
+    """Sparse pre-fill with the shipped `pattern_config.json` gives the model's own (dense)
+    answers on fresh held-out samples of every task it was trained on. At CPU lengths that
+    config keeps nearly every tile (its savings start at 32K: MODEL_CARD.md), so this checks
+    the shipped path, and the next test the retrieval through sparse patterns."""
     model = load_retrieval_model()
     config = searched_config_path()
     assert config is not None, "the searched pattern config must ship next to the model"
-    patterns = load_pattern_config(config, model.config.num_hidden_layers, model.config.num_attention_heads)
-    assert any(p.kind != "vertical_and_slash" or p.a < 1000 for layer in patterns for p in layer)
-    # fresh held-out samples each run (seeds above the training range)
-    samples = [make_sample("passkey", 2048 + random.randrange(64), 10**9 + random.randrange(10**6)) for _ in range(4)]
-    ids = torch.tensor([samples[0].prompt])
-    with torch.no_grad():
-        dense_logits = model(ids, logits_to_keep=1).logits
+    load_pattern_config(config, model.config.num_hidden_layers, model.config.num_attention_heads)
+    samples = [make_sample(task, 2048 + random.randrange(64), 10**9 + random.randrange(10**6))
+               for task in ("passkey", "needle", "multikey")]
     dense = [answer(model, s) for s in samples]
     mf.compile(model, config, min_sparse_len=1024)
     try:
-        with torch.no_grad():
-            sparse_logits = model(ids, logits_to_keep=1).logits
         sparse = [answer(model, s) for s in samples]
     finally:
         mf.restore(model)
-    assert not torch.equal(sparse_logits, dense_logits), "the sparse path was not taken"
     assert sparse == dense, [TOKENIZER.decode(a) for a in sparse + dense]
-    right = sum(exact_match(got, s.answer) for got, s in zip(dense, samples))
-    assert right >= 3, f"the model answered {right} of 4 passkey samples"
+
+
+def test_answers_passkey_and_multikey_through_sparse_patterns():
+    """Vertical-slash (30, 128) on every head: the retrieval heads must find the needle among
+    the estimated columns (multikey: the asked one of four) while about half the causal
+    tiles are computed."""
+    model = load_retrieval_model()
+    patterns = [[HeadPattern(VERTICAL_SLASH, 30, 128)] * model.config.num_attention_heads] * model.config.num_hidden_layers
+    mf.compile(model, patterns, min_sparse_len=1024)
+    try:
+        for task in ("passkey", "multikey"):
+            sample = make_sample(task, 2048 + random.randrange(64), 10**9 + random.randrange(10**6))
+            with count_tiles() as tiles:
+                got = answer(model, sample)
+            assert exact_match(got, sample.answer), (task, TOKENIZER.decode(got), TOKENIZER.decode(sample.answer))
+            assert tiles.fraction < 0.7, f"{task}: {tiles.fraction:.2f} of the causal tiles computed"
+    finally:
+        mf.restore(model)
 
 
 def test_demo_model_part(capsys):
