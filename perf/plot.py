@@ -1,7 +1,7 @@
 """Draw the figures of perf/RESULTS.md from the JSON committed in perf/results/ (CPU only).
 
     pip install -e ".[perf]"                       # matplotlib
-    python perf/plot.py [--results perf/results] [--out perf/figures] [--only kernel_time e2e_prefill niah]
+    python perf/plot.py [--results perf/results] [--out perf/figures] [--only kernel_time e2e_prefill niah finetune]
 
 One function per figure, registered in `FIGURES` under the PNG's name: a new figure is one more
 `@figure("name")` function. Each reads only the files that exist, prints which ones it read,
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,9 @@ E2E_SERIES = [
 # Accuracy tables (minference_flex eval) whose "niah" sweep the heat maps draw: every file
 # matching this, in name order; a later file replaces an earlier one's (method, length, depth).
 NIAH_RUNS = "accuracy*.json"
+
+# Dense and sparse fine-tunes side by side (perf/compare_finetune.py): the latest file in name order.
+FINETUNE_RUNS = "finetune*.json"
 
 FigureFn = Callable[[Path, Path], "Path | None"]
 FIGURES: dict[str, FigureFn] = {}
@@ -276,6 +280,33 @@ def niah(results: Path, out: Path) -> Path | None:
                  f"{meta.get('gpu', '?')}, torch {meta.get('torch', '?')}, transformers "
                  f"{meta.get('transformers', '?')}", fontsize=10)
     return _save(fig, out, "niah", sources)
+
+
+@figure("finetune")
+def finetune(results: Path, out: Path) -> Path | None:
+    """Training loss against step of a dense and a sparse fine-tune of the same model, with
+    each run's median time per step in the legend."""
+    files = sorted(results.glob(FINETUNE_RUNS))
+    if not files:
+        return None
+    data = _read(results, files[-1].name)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for name, colour in (("dense", "black"), ("sparse", "tab:red")):
+        series = data["loss_series"][name]
+        ms = [v[name] for v in data["step_ms"].values() if v.get(name)]
+        speed = f", {sum(ms) / len(ms):.0f} ms/step" if ms else ""
+        ax.plot([s for s, _ in series], [loss for _, loss in series], color=colour, lw=1.2, label=f"{name}{speed}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (answer + 0.5 x next token)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    stages = ", ".join(f"{length // 1024}K x {steps}" for length, steps, _ in data["schedule"]["stages"])
+    sparse = data["sparse_attention"] or {}
+    ax.set_title(f"Fine-tune, dense and sparse ({os.path.basename(str(sparse.get('config', '?')))}), "
+                 f"stages {stages}", fontsize=10)
+    fig.subplots_adjust(bottom=0.16)
+    return _save(fig, out, "finetune", [files[-1].name])
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

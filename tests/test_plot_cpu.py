@@ -21,6 +21,20 @@ def _niah_table(path, methods, lengths, depths, accuracy, samples=5):
     path.write_text(json.dumps({"machine": machine, "rows": [], "recall": [], "niah": niah}))
 
 
+def _finetune_table(path):
+    """A compare_finetune.py table of two synthetic runs with falling losses."""
+    from perf import compare_finetune
+
+    def log(sparse):
+        steps = [{"step": s, "length": 8192, "loss": 2.0 / s**0.5 + random.random() / 10, "step_ms": 50.0 + 30 * (not sparse)}
+                 for s in range(10, 310, 10)]
+        return {"preset": {"stages": [[8192, 300, 1]], "tasks": ["passkey"], "lr": 1e-3, "lm_weight": 0.5, "replay": 0.3},
+                "init": "model", "sparse_attention": {"config": "vs.json"} if sparse else None, "steps": steps,
+                "final": {"8192": {"passkey": 1.0}}, "train_minutes": 1.0, "steps_done": 300}
+
+    path.write_text(json.dumps(compare_finetune.compare(log(False), log(True))))
+
+
 def test_every_figure_is_drawn_from_the_committed_json(tmp_path):
     """The committed JSON, plus a synthetic needle sweep where none is committed yet."""
     from matplotlib.image import imread
@@ -30,6 +44,8 @@ def test_every_figure_is_drawn_from_the_committed_json(tmp_path):
     if not any("niah" in json.loads(p.read_text()) for p in results.glob(plot.NIAH_RUNS)):
         _niah_table(results / "accuracy_synthetic_niah.json", ["dense", "sparse"], [4096, 8192], [0, 50, 100],
                     lambda m, s, d: random.choice([0.0, 50.0, 100.0]))
+    if not list(results.glob(plot.FINETUNE_RUNS)):
+        _finetune_table(results / "finetune_synthetic.json")
     out = tmp_path / "figures"
     written = plot.main(["--results", str(results), "--out", str(out)])
     assert sorted(p.name for p in written) == sorted(f"{name}.png" for name in plot.FIGURES)
