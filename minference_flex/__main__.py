@@ -2,6 +2,7 @@
 
   python -m minference_flex demo [--seq-len N] [--passkey-len N] [--device cpu|cuda]
   python -m minference_flex search --model DIR --out config.json [--length N] [--budget SPEC ...]
+      [--refine-kl NATS [--refine-positions N] [--refine-prompts FILE ...]]
   [accelerate launch --num_processes N -m] minference_flex eval --out table.json
       [--lengths N ...] [--tasks T ...] [--samples N] [--methods M ...] [--chunk N]
       [--niah-depths PERCENT ...] [--niah-samples N]
@@ -37,6 +38,15 @@ def _add_search(commands) -> argparse.ArgumentParser:
                         help="recall a head may give up for a cheaper pattern (default 0.02)")
     search.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompt (default 0)")
     search.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    search.add_argument("--refine-kl", type=float, default=None, metavar="NATS",
+                        help="then refine the config against the model's predictions (minference_flex.refine): "
+                             "per layer, the cheapest candidate that keeps the mean KL(dense || sparse) of the "
+                             "calibration prompts' last --refine-positions next-token distributions <= NATS")
+    search.add_argument("--refine-positions", type=int, default=1,
+                        help="positions per prompt the refinement compares (default 1: the next token)")
+    search.add_argument("--refine-prompts", nargs="+", default=None, metavar="FILE",
+                        help="more calibration prompts for the refinement (.json lists of token ids); the "
+                             "--calibration prompt is always one")
     search.add_argument("--quiet", action="store_true",
                         help="no progress on stderr; print the per-layer summary on stdout instead")
     return search
@@ -66,6 +76,15 @@ def _check_search_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"--calibration {args.calibration}: no such file; pass a text file or a .json list of token ids")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available; use --device cpu")
+    if args.refine_kl is not None and not args.refine_kl >= 0:
+        parser.error(f"--refine-kl must be >= 0 nats, got {args.refine_kl}")
+    if args.refine_positions < 1:
+        parser.error(f"--refine-positions must be >= 1, got {args.refine_positions}")
+    if args.refine_prompts and args.refine_kl is None:
+        parser.error("--refine-prompts needs --refine-kl (the refinement's KL bound)")
+    for path in args.refine_prompts or ():
+        if not os.path.isfile(path) or not path.endswith(".json"):
+            parser.error(f"--refine-prompts {path}: not a .json file; pass JSON lists of token ids")
     if args.budget is None:
         return list(DEFAULT_CANDIDATES)
     candidates = []
@@ -77,16 +96,16 @@ def _check_search_args(parser: argparse.ArgumentParser, args: argparse.Namespace
     return candidates
 
 
-def _read_calibration(parser: argparse.ArgumentParser, path: str | None):
+def _read_calibration(parser: argparse.ArgumentParser, path: str | None, flag: str = "--calibration"):
     if path is None or not path.endswith(".json"):
         return path
     try:
         with open(path) as f:
             ids = json.load(f)
     except json.JSONDecodeError as exc:
-        parser.error(f"--calibration {path}: not valid JSON ({exc}); pass a JSON list of token ids")
+        parser.error(f"{flag} {path}: not valid JSON ({exc}); pass a JSON list of token ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        parser.error(f"--calibration {path}: expected a non-empty JSON list of integer token ids")
+        parser.error(f"{flag} {path}: expected a non-empty JSON list of integer token ids")
     return ids
 
 
@@ -96,6 +115,7 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     import torch
     import transformers
 
+    from .config import save_pattern_config
     from .search import search
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,16 +125,31 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     ).eval()
     if device == "cpu":
         model.to(device)
+    extra = [_read_calibration(parser, path, "--refine-prompts") for path in args.refine_prompts or ()]
     try:
         result = search(
             model, calibration, length=args.length, candidates=candidates, tolerance=args.tolerance,
             seed=args.seed, progress=not args.quiet,
         )
-    except ValueError as exc:
+        if args.refine_kl is not None:
+            from .refine import refine_by_logits
+            from .search import calibration_ids
+
+            first = calibration_ids(model, calibration, args.length, args.seed)
+            refined = refine_by_logits(model, result, [first[0].tolist()] + extra, positions=args.refine_positions,
+                                       kl_tolerance=args.refine_kl, progress=not args.quiet)
+    except (ValueError, TypeError) as exc:
         parser.error(str(exc))
-    result.save(args.out)
+    if args.refine_kl is None:
+        result.save(args.out)
+    else:
+        save_pattern_config(refined.config, args.out, scores=[[round(r, 6) for r in layer] for layer in refined.recall])
     if args.quiet:
         print(result.summary())
+        if args.refine_kl is not None:
+            print(refined.summary())
+    elif args.refine_kl is not None:
+        print(refined.summary(), file=sys.stderr)
     print(f"wrote {args.out}: use it with minference_flex.compile(model, pattern_config={args.out!r})")
 
 

@@ -97,8 +97,9 @@ def _check_candidates(candidates: Sequence[Any]) -> list[HeadPattern]:
     return out
 
 
-#: Chosen recall under which `SearchResult.summary` warns: on a small retrieval model, searched
-#: configs keeping 0.86-0.99 mean recall lost 30-40 points of passkey accuracy (perf/RESULTS.md).
+#: Chosen recall under which `SearchResult.summary` warns: recall is a rough guide to accuracy
+#: (perf/RESULTS.md, "Accuracy"), so low-recall heads are worth a check against the model's
+#: predictions (`minference_flex.refine`).
 LOW_RECALL = 0.95
 
 
@@ -206,6 +207,14 @@ def synthetic_prompt(vocab_size: int, length: int, seed: int = 0) -> torch.Tenso
             dst = int(torch.randint(half, length - seg + 1, (1,), generator=gen))
             ids[dst : dst + seg] = ids[src : src + seg].clone()
     return ids
+
+
+def calibration_ids(
+    model: Any, calibration: Any = None, length: int | None = None, seed: int = 0, tokenizer: Any = None
+) -> torch.Tensor:
+    """The calibration prompt `search` runs for these arguments (see `search`): [1, S] token ids
+    on the model's input device."""
+    return _calibration_ids(model, calibration, length, seed, tokenizer, layout.input_device(model))
 
 
 def _calibration_ids(
