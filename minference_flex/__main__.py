@@ -116,7 +116,7 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     import transformers
 
     from .config import save_pattern_config
-    from .search import search
+    from .search import calibration_ids, search
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -127,16 +127,12 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         model.to(device)
     extra = [_read_calibration(parser, path, "--refine-prompts") for path in args.refine_prompts or ()]
     try:
-        result = search(
-            model, calibration, length=args.length, candidates=candidates, tolerance=args.tolerance,
-            seed=args.seed, progress=not args.quiet,
-        )
+        ids = calibration_ids(model, calibration, args.length, args.seed)[0]  # the search's and the refinement's
+        result = search(model, ids, candidates=candidates, tolerance=args.tolerance, progress=not args.quiet)
         if args.refine_kl is not None:
             from .refine import refine_by_logits
-            from .search import calibration_ids
 
-            first = calibration_ids(model, calibration, args.length, args.seed)
-            refined = refine_by_logits(model, result, [first[0].tolist()] + extra, positions=args.refine_positions,
+            refined = refine_by_logits(model, result, [ids] + extra, positions=args.refine_positions,
                                        kl_tolerance=args.refine_kl, progress=not args.quiet)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from . import layout
 from .config import HeadPattern
+from .search import calibration_ids
 from .tile_count import count_tiles
 
 #: Default KL bound (nats, mean over prompts and positions).
@@ -41,20 +41,19 @@ KL_TOLERANCE = 0.05
 
 
 def _check_prompts(model: Any, prompts: Sequence[Any], positions: int) -> list[torch.Tensor]:
+    """Each prompt as [1, S] ids on the model's input device, checked as `search` checks its
+    calibration prompt (`search.calibration_ids`)."""
     if isinstance(prompts, torch.Tensor) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise TypeError("prompts must be a non-empty list of token id sequences (lists or 1-D tensors)")
-    vocab = model.get_input_embeddings().num_embeddings
-    device = layout.input_device(model)
     out = []
     for i, ids in enumerate(prompts):
-        ids = torch.as_tensor(ids)
-        if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise TypeError(f"prompt {i}: expected a 1-D sequence of token ids, got shape {tuple(ids.shape)} of {ids.dtype}")
-        if ids.numel() < positions:
-            raise ValueError(f"prompt {i} has {ids.numel()} tokens, fewer than positions={positions}")
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise ValueError(f"prompt {i}: token ids must be in [0, {vocab}) (the model's vocabulary)")
-        out.append(ids.long()[None].to(device))
+        try:
+            ids = calibration_ids(model, ids)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"prompt {i}: {exc}") from None
+        if ids.shape[1] < positions:
+            raise ValueError(f"prompt {i} has {ids.shape[1]} tokens, fewer than positions={positions}")
+        out.append(ids)
     return out
 
 

@@ -294,8 +294,8 @@ def finetune(results: Path, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for name, colour in (("dense", "black"), ("sparse", "tab:red")):
         series = data["loss_series"][name]
-        ms = [v[name] for v in data["step_ms"].values() if v.get(name)]
-        speed = f", {sum(ms) / len(ms):.0f} ms/step" if ms else ""
+        speed = "".join(f", {int(length) // 1024}K: {v[name]:.0f} ms/step"
+                        for length, v in data["step_ms"].items() if v.get(name))
         ax.plot([s for s, _ in series], [loss for _, loss in series], color=colour, lw=1.2, label=f"{name}{speed}")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (answer + 0.5 x next token)")
