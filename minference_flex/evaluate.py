@@ -39,7 +39,6 @@ starts N, which join over gloo.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import os
 import warnings
@@ -59,6 +58,7 @@ from .config import (
     load_pattern_config,
 )
 from .hf import compile as compile_model, restore
+from .layout import leave_process_group
 from .probe import dense_forward_with_probe
 from .recall import attention_recall
 from .retrieval_model import answer, load_retrieval_model, searched_config_path
@@ -419,14 +419,7 @@ def run(parser: Any, args: Any) -> dict:
             for c in niah:
                 fraction = _fraction(c["tile_fraction"])
                 print(f"{c['S']} | {c['depth']} | {c['method']} | {c['accuracy']:.1f} | {fraction}")
-    # the work is done: leave the launch's process group before the interpreter exits, where a
-    # gloo group's threads can abort a finished process ("terminate called without an active
-    # exception"); not after a failure, where the other processes may wait in a collective.
-    # Every process first waits for the others, so none tears its group down while another
-    # still gathers, and drops finished work handles (they hold tensors) while Python is alive
-    state.wait_for_everyone()
-    gc.collect()
-    state.destroy_process_group()
+    leave_process_group(state)  # the work is done (not reached after a failure)
     return payload
 
 

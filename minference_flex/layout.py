@@ -15,11 +15,28 @@ Refused, by name, with the fix:
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import torch
 
 _WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel", "DataParallel")
+
+
+def leave_process_group(state: Any) -> None:
+    """End an `accelerate launch` process's work: wait for every process, then destroy the group.
+
+    `state` is an accelerate `PartialState`, `AcceleratorState` or `Accelerator`. Call it once the
+    work succeeded, not after a failure (the other processes may wait in a collective). Left to
+    the interpreter's exit, a gloo group's threads can abort a finished process ("terminate
+    called without an active exception"); waiting first keeps any process from tearing its group
+    down while another still gathers, and the collection drops finished work handles (they hold
+    tensors) while Python is alive. Drop DDP-wrapped models first (`Accelerator.free_memory`):
+    their reducers hold the group.
+    """
+    state.wait_for_everyone()
+    gc.collect()
+    getattr(state, "state", state).destroy_process_group()
 
 
 def check_not_wrapped(model: Any) -> None:

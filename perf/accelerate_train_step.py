@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
+from minference_flex.layout import leave_process_group  # noqa: E402
 
 SHAPES = {
     # hidden, layers, heads, kv heads, MLP, vocab
@@ -174,7 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"wrote {args.out}")
     if not agree:
         raise RuntimeError("the processes' parameters differ after the DDP steps")
-    accelerator.end_training()  # leaves the process group (see evaluate.run)
+    del model, optimizer
+    accelerator.free_memory()  # the DDP wrapper's reducer holds the process group
+    leave_process_group(accelerator)
     return result
 
 
