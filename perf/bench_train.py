@@ -16,7 +16,9 @@ and index/mask building (the backward of vertical-slash rebuilds its index). Col
 - bwd_kernel_atomic_ms / bwd_kernel_key_major_ms: the vertical-slash backward kernels alone
   (prepared index and log-sum-exp), with the band keys' dK/dV by atomics (the op's default,
   `custom_ops.vertical_slash.op.KEY_MAJOR_BANDS`) and by the key-major pass; `--key-major-bands`
-  makes the op use the latter for the fwd+bwd figures.
+  makes the op use the latter for the fwd+bwd figures;
+- bwd_launch_sweep_ms (with --launch-sweep): those backward kernels alone (both band passes of
+  vertical-slash) at each (num_warps, num_stages) of LAUNCHES, to choose the launch defaults.
 Goals (issue 18, 128K): vertical-slash (3500, 100) <= 0.10, (30, 800) <= 0.50, block-sparse
 top 100 <= 0.20, A-shape (128, 4096) <= 0.12; backward tile rate >= 60% of cuDNN's.
 
@@ -78,34 +80,63 @@ def _timings(attend, inputs, grad_out, rep_ms):
     return total, fwd, bwd
 
 
-def _backward_kernels(q, k, v, grad_out, v_idx, s_idx, index, rep_ms):
-    """ms of the vertical-slash backward kernels alone, band dK/dV by atomics and key-major."""
+# (num_warps, num_stages) of the backward kernels' launches that --launch-sweep times
+LAUNCHES = [(4, 1), (4, 2), (4, 3), (8, 1), (8, 2), (8, 3)]
+
+
+def _sweep(time_launch, launches):
+    """{"wW sS": ms, or the error's first line where that launch does not compile or run}."""
+    timed = {}
+    for warps, stages in launches:
+        try:
+            timed[f"w{warps} s{stages}"] = round(time_launch(warps, stages), 3)
+        except Exception as exc:  # noqa: BLE001 (e.g. Triton's out of shared memory)
+            timed[f"w{warps} s{stages}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return timed
+
+
+def _backward_kernels(q, k, v, grad_out, v_idx, s_idx, index, rep_ms, launches=()):
+    """ms of the vertical-slash backward kernels alone, band dK/dV by atomics and key-major, at
+    the default launch; with `launches`, also each (num_warps, num_stages) of the list."""
     scale = q.shape[-1] ** -0.5
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     out = launch_vertical_slash(q, k, v, index, 64, scale, lse=lse)
     windows = band_windows(sort_indices(v_idx, s_idx, k.shape[2], 64, q.shape[2]), 64)
-    atomic = median_ms(lambda: launch_vertical_slash_backward(grad_out, q, k, v, out, lse, index, 64, scale),
-                       rep_ms=rep_ms)
-    key_major = median_ms(lambda: launch_vertical_slash_backward(grad_out, q, k, v, out, lse, index, 64, scale,
-                                                                 windows=windows), rep_ms=rep_ms)
-    return {"bwd_kernel_atomic_ms": atomic, "bwd_kernel_key_major_ms": key_major}
+
+    def backward_ms(windows, **launch):
+        return median_ms(lambda: launch_vertical_slash_backward(grad_out, q, k, v, out, lse, index, 64, scale,
+                                                                windows=windows, **launch), rep_ms=rep_ms)
+
+    timed = {"bwd_kernel_atomic_ms": backward_ms(None), "bwd_kernel_key_major_ms": backward_ms(windows)}
+    if launches:
+        timed["bwd_launch_sweep_ms"] = {
+            bands: _sweep(lambda w, s, win=win: backward_ms(win, num_warps=w, num_stages=s), launches)
+            for bands, win in (("atomic", None), ("key-major", windows))
+        }
+    return timed
 
 
-def _block_sparse_kernels(q, k, v, grad_out, tiles, count, rep_ms):
-    """ms of the block-sparse training kernels alone: forward, and backward at 4 and 8 warps."""
+def _block_sparse_kernels(q, k, v, grad_out, tiles, count, rep_ms, launches=()):
+    """ms of the block-sparse training kernels alone: forward, and backward at 4 and 8 warps;
+    with `launches`, the backward at each (num_warps, num_stages) of the list."""
     scale = q.shape[-1] ** -0.5
     forward = median_ms(lambda: launch_block_sparse_forward(q, k, v, tiles, count, 64, scale), rep_ms=rep_ms)
     out, lse = launch_block_sparse_forward(q, k, v, tiles, count, 64, scale)
-    backward = {
-        f"bwd_kernel_w{warps}_ms": median_ms(lambda warps=warps: launch_block_sparse_backward(
-            grad_out, q, k, v, out, lse, tiles, count, 64, scale, num_warps=warps), rep_ms=rep_ms)
-        for warps in (4, 8)
-    }
-    return {"fwd_kernel_ms": forward, **backward}
+
+    def backward_ms(**launch):
+        return median_ms(lambda: launch_block_sparse_backward(grad_out, q, k, v, out, lse, tiles, count, 64, scale,
+                                                              **launch), rep_ms=rep_ms)
+
+    timed = {"fwd_kernel_ms": forward, **{f"bwd_kernel_w{w}_ms": backward_ms(num_warps=w) for w in (4, 8)}}
+    if launches:
+        timed["bwd_launch_sweep_ms"] = _sweep(lambda w, s: backward_ms(num_warps=w, num_stages=s), launches)
+    return timed
 
 
-def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=VS_BUDGETS, flex=True, on_row=None):
-    """Rows of one length; on_row(row) is called as each row is measured."""
+def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=VS_BUDGETS, flex=True, on_row=None,
+                 launches=()):
+    """Rows of one length; on_row(row) is called as each row is measured; `launches`: the
+    (num_warps, num_stages) at which the backward kernels are also timed alone."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     rows = []
@@ -155,14 +186,16 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
             frac = computed_fraction(index, 64).item()
             times = _timings(attend, (q, k, v), grad_out, rep_ms)
             tile_flops = 2.5 * frac * dense_flops * (seq_len / 64 + 1) / (seq_len / 64)
-            kernels = _backward_kernels(q.detach(), k.detach(), v.detach(), grad_out, v_idx, s_idx, index, rep_ms)
+            kernels = _backward_kernels(q.detach(), k.detach(), v.detach(), grad_out, v_idx, s_idx, index, rep_ms,
+                                        launches)
             add(f"vertical-slash ({nv}, {ns})", mode, times, computed_fraction=frac,
                 bwd_tile_tflops=tile_flops / times[2] / 1e9, cudnn_bwd_tflops=cudnn_bwd_tflops, **kernels)
 
     if flex:
         tiles_per_head = seq_len // 64 * (seq_len // 64 + 1) / 2
         tiles, count = select_block_sparse_tiles(q.detach(), k.detach(), 100, 64)
-        kernels = _block_sparse_kernels(q.detach(), k.detach(), v.detach(), grad_out, tiles, count, rep_ms)
+        kernels = _block_sparse_kernels(q.detach(), k.detach(), v.detach(), grad_out, tiles, count, rep_ms,
+                                         launches)
         frac = (count.sum().item() / heads + seq_len // 64) / tiles_per_head  # chosen + own tiles
         times = _timings(lambda q, k, v: mf.block_sparse_attention(q, k, v, 100), (q, k, v), grad_out, rep_ms)
         tile_flops = 2.5 * frac * dense_flops * (seq_len / 64 + 1) / (seq_len / 64)
@@ -259,6 +292,9 @@ def main(argv=None):
     parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
     parser.add_argument("--key-major-bands", action="store_true",
                         help="the vertical-slash op's backward takes band dK/dV from the key-major pass")
+    parser.add_argument("--launch-sweep", action="store_true",
+                        help="also time the backward kernels alone at each (num_warps, num_stages) of "
+                        f"{LAUNCHES} (bwd_launch_sweep_ms)")
     parser.add_argument("--model-step", action="store_true", help="time training steps of the 1B Llama shape")
     parser.add_argument("--repeats", type=int, default=3, help="with --model-step: timed steps per figure (median)")
     parser.add_argument("--loss-tokens", type=int, default=1024, help="with --model-step: positions the loss covers")
@@ -294,7 +330,7 @@ def main(argv=None):
 
     for seq_len in args.lengths:
         bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms,
-                     budgets, not args.no_flex, on_row)
+                     budgets, not args.no_flex, on_row, LAUNCHES if args.launch_sweep else ())
         torch.cuda.empty_cache()
     print_table(rows, TRAIN_COLUMNS)
 

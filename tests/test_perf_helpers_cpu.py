@@ -68,6 +68,21 @@ def test_bench_train_parses_its_arguments(capsys):
     assert "--model-step" in capsys.readouterr().out
 
 
+def test_launch_sweep_times_each_launch_and_names_the_ones_that_fail():
+    """--launch-sweep: one figure per (num_warps, num_stages); a launch Triton refuses (out of
+    shared memory, say) is recorded with its error instead of ending the run."""
+    from perf import bench_train
+
+    def time_launch(warps, stages):
+        if stages == 3:
+            raise RuntimeError("out of resource: shared memory, Required: 262144\nmore")
+        return warps + stages / 10 + 1e-5
+
+    timed = bench_train._sweep(time_launch, [(4, 1), (8, 2), (4, 3)])
+    assert timed == {"w4 s1": 4.1, "w8 s2": 8.2,
+                     "w4 s3": "RuntimeError: out of resource: shared memory, Required: 262144"}
+
+
 def test_bench_train_model_step_finds_its_pattern_config():
     """--model-step runs the first 16 layers of the shipped Llama-3-8B-262K config."""
     from minference_flex.config import load_pattern_config, shipped_config_path
