@@ -13,12 +13,9 @@ and index/mask building (the backward of vertical-slash rebuilds its index). Col
   backward TFLOP/s on the dense causal tiles (`cudnn_bwd_tflops`);
 - fwd_kernel_ms, bwd_kernel_w4_ms / bwd_kernel_w8_ms: the block-sparse training kernels alone (forward;
   backward at 4 and 8 warps);
-- bwd_kernel_atomic_ms / bwd_kernel_key_major_ms: the vertical-slash backward kernels alone
-  (prepared index and log-sum-exp), with the band keys' dK/dV by atomics (the op's default,
-  `custom_ops.vertical_slash.op.KEY_MAJOR_BANDS`) and by the key-major pass; `--key-major-bands`
-  makes the op use the latter for the fwd+bwd figures;
-- bwd_launch_sweep_ms (with --launch-sweep): those backward kernels alone (both band passes of
-  vertical-slash) at each (num_warps, num_stages) of LAUNCHES, to choose the launch defaults.
+- bwd_kernel_ms: the vertical-slash backward kernels alone (prepared index and log-sum-exp);
+- bwd_launch_sweep_ms (with --launch-sweep): the vertical-slash and block-sparse backward
+  kernels alone at each (num_warps, num_stages) of LAUNCHES, to choose the launch defaults.
 Goals (issue 18, 128K): vertical-slash (3500, 100) <= 0.10, (30, 800) <= 0.50, block-sparse
 top 100 <= 0.20, A-shape (128, 4096) <= 0.12; backward tile rate >= 60% of cuDNN's.
 
@@ -50,8 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minference_flex as mf  # noqa: E402
 from custom_ops.block_sparse import launch_block_sparse_backward, launch_block_sparse_forward  # noqa: E402
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction  # noqa: E402
-from custom_ops.vertical_slash.backward import band_windows, launch_vertical_slash_backward  # noqa: E402
-from custom_ops.vertical_slash.index import sort_indices  # noqa: E402
+from custom_ops.vertical_slash.backward import launch_vertical_slash_backward  # noqa: E402
 from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
 from minference_flex.config import load_pattern_config, shipped_config_path  # noqa: E402
 from minference_flex.estimate import select_block_sparse_tiles  # noqa: E402
@@ -95,24 +91,20 @@ def _sweep(time_launch, launches):
     return timed
 
 
-def _backward_kernels(q, k, v, grad_out, v_idx, s_idx, index, rep_ms, launches=()):
-    """ms of the vertical-slash backward kernels alone, band dK/dV by atomics and key-major, at
-    the default launch; with `launches`, also each (num_warps, num_stages) of the list."""
+def _backward_kernels(q, k, v, grad_out, index, rep_ms, launches=()):
+    """ms of the vertical-slash backward kernels alone at the default launch; with `launches`,
+    also at each (num_warps, num_stages) of the list."""
     scale = q.shape[-1] ** -0.5
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     out = launch_vertical_slash(q, k, v, index, 64, scale, lse=lse)
-    windows = band_windows(sort_indices(v_idx, s_idx, k.shape[2], 64, q.shape[2]), 64)
 
-    def backward_ms(windows, **launch):
+    def backward_ms(**launch):
         return median_ms(lambda: launch_vertical_slash_backward(grad_out, q, k, v, out, lse, index, 64, scale,
-                                                                windows=windows, **launch), rep_ms=rep_ms)
+                                                                **launch), rep_ms=rep_ms)
 
-    timed = {"bwd_kernel_atomic_ms": backward_ms(None), "bwd_kernel_key_major_ms": backward_ms(windows)}
+    timed = {"bwd_kernel_ms": backward_ms()}
     if launches:
-        timed["bwd_launch_sweep_ms"] = {
-            bands: _sweep(lambda w, s, win=win: backward_ms(win, num_warps=w, num_stages=s), launches)
-            for bands, win in (("atomic", None), ("key-major", windows))
-        }
+        timed["bwd_launch_sweep_ms"] = _sweep(lambda w, s: backward_ms(num_warps=w, num_stages=s), launches)
     return timed
 
 
@@ -186,8 +178,7 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
             frac = computed_fraction(index, 64).item()
             times = _timings(attend, (q, k, v), grad_out, rep_ms)
             tile_flops = 2.5 * frac * dense_flops * (seq_len / 64 + 1) / (seq_len / 64)
-            kernels = _backward_kernels(q.detach(), k.detach(), v.detach(), grad_out, v_idx, s_idx, index, rep_ms,
-                                        launches)
+            kernels = _backward_kernels(q.detach(), k.detach(), v.detach(), grad_out, index, rep_ms, launches)
             add(f"vertical-slash ({nv}, {ns})", mode, times, computed_fraction=frac,
                 bwd_tile_tflops=tile_flops / times[2] / 1e9, cudnn_bwd_tflops=cudnn_bwd_tflops, **kernels)
 
@@ -275,7 +266,7 @@ def bench_model_step(lengths, repeats, loss_tokens, min_sparse_len):
 
 
 TRAIN_COLUMNS = ["S", "pattern", "mode", "ms", "x_cudnn", "goal", "fwd_ms", "bwd_ms", "computed_fraction",
-                 "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd", "bwd_kernel_atomic_ms", "bwd_kernel_key_major_ms",
+                 "bwd_tile_tflops", "cudnn_bwd_tflops", "tflops_bwd", "bwd_kernel_ms",
                  "fwd_kernel_ms", "bwd_kernel_w4_ms", "bwd_kernel_w8_ms"]
 
 
@@ -290,8 +281,6 @@ def main(argv=None):
     parser.add_argument("--vs-budgets", nargs="*", default=[f"{a},{b}" for a, b in VS_BUDGETS],
                         help="vertical-slash budgets as NV,NS (none: skip vertical-slash)")
     parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
-    parser.add_argument("--key-major-bands", action="store_true",
-                        help="the vertical-slash op's backward takes band dK/dV from the key-major pass")
     parser.add_argument("--launch-sweep", action="store_true",
                         help="also time the backward kernels alone at each (num_warps, num_stages) of "
                         f"{LAUNCHES} (bwd_launch_sweep_ms)")
@@ -304,10 +293,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_train needs a CUDA GPU")
-    if args.key_major_bands:
-        from custom_ops.vertical_slash import op as vs_op
-
-        vs_op.KEY_MAJOR_BANDS = True
     # the backward-alone figure replays one retained graph; compiled backwards that donate
     # their saved buffers (FlexAttention's, under A-shape) refuse retain_graph=True
     import torch._functorch.config as functorch_config

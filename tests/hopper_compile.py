@@ -67,17 +67,20 @@ def main() -> None:
                 )
             backward = {"BLOCK": 64, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "DEDUP_ON_BANDS": on_bands,
                         "COL_BLOCK": 64}
-            bands = {**bf16, **fp32, "Windows": "*i32", "WindowCount": "*i32", "Clamped": "*i32", "Bands": "*i8",
-                     "Dedup": "*i8"}
+            # the bands pass stores dK / dV in the inputs' dtype
+            bands = {**bf16, **fp32, "DK": "*bf16", "DV": "*bf16", "Windows": "*i32", "WindowCount": "*i32",
+                     "Clamped": "*i32", "Bands": "*i8", "Dedup": "*i8", "Slots": "*i32"}
             row_pointers = {**bf16, **fp32, **index, "Dedup": "*i8"}
+            band_constants = {k: v for k, v in backward.items() if k != "COL_BLOCK"}
             for kernel, pointers, constants in (
-                (_vertical_slash_bwd_rows, row_pointers, {**backward, "BAND_ATOMICS": True}),
-                (_vertical_slash_bwd_rows, row_pointers, {**backward, "BAND_ATOMICS": False}),
+                (_vertical_slash_bwd_rows, row_pointers, backward),
                 (_vertical_slash_bwd_cols, row_pointers, backward),
-                (_vertical_slash_bwd_bands, bands, {k: v for k, v in backward.items() if k != "COL_BLOCK"}),
+                (_vertical_slash_bwd_bands, bands, {**band_constants, "HAS_COLS": True}),
+                (_vertical_slash_bwd_bands, bands, {**band_constants, "HAS_COLS": False}),
             ):
-                compile_for_h100(kernel, pointers, constants, floats=("qk_scale", "sm_scale"),
-                                 num_warps=4, num_stages=1)
+                for stages in (1, 3):  # the default and the deepest of bench_train's --launch-sweep
+                    compile_for_h100(kernel, pointers, constants, floats=("qk_scale", "sm_scale"),
+                                     num_warps=4, num_stages=stages)
     for bits, dtype in ((16, "*i16"), (32, "*i32")):
         compile_for_h100(_top_tiles, {"Bits": dtype, "Tiles": "*i32", "Count": "*i32"},
                          {"CHUNK": 512, "KEY_BITS": bits}, num_warps=2)

@@ -138,16 +138,8 @@ def test_grad_path_masks_carry_q_indices_of_the_same_blocks():
 from tests.test_vertical_slash_cpu import CASES, _indices  # noqa: E402
 
 
-@pytest.fixture(params=[False, True], ids=["atomic_bands", "key_major_bands"])
-def band_pass(request, monkeypatch):
-    """The op's backward takes the band keys' dK/dV by atomics, or from the key-major pass."""
-    from custom_ops.vertical_slash import op
-
-    monkeypatch.setattr(op, "KEY_MAJOR_BANDS", request.param)
-
-
 @pytest.mark.parametrize("case", CASES)
-def test_vertical_slash_grads(case, band_pass, nan_empty):
+def test_vertical_slash_grads(case, nan_empty):
     b, h, hk, s, d, nv, ns = case
     q, k, v = _leaves((b, h, hk, s, d))
     v_idx, s_idx = _indices(b, h, s, nv, ns)
@@ -157,7 +149,7 @@ def test_vertical_slash_grads(case, band_pass, nan_empty):
 
 
 @pytest.mark.parametrize("on_bands", [False, True])
-def test_vertical_slash_grads_on_every_band_kind(on_bands, band_pass, nan_empty):
+def test_vertical_slash_grads_on_every_band_kind(on_bands, nan_empty):
     """Pieces near the diagonal, whole and reaching below a clamped tile, packed distances,
     clamped tiles, columns de-duplicated against the bands (or the bands against the columns),
     column chunks before the tile; head_dim 128, GQA, batch 2."""
@@ -413,29 +405,43 @@ def test_flex_attend_with_grads_rejects_key_range_passes():
         flex.flex_attend(q, k, v, masks, 0.125)
 
 
-@pytest.mark.parametrize("shape", CHUNKED, ids=CHUNKED_IDS)
-def test_vertical_slash_key_major_bands_at_the_end_of_the_keys(shape, monkeypatch):
-    from custom_ops.vertical_slash import op
-
-    monkeypatch.setattr(op, "KEY_MAJOR_BANDS", True)
-    test_grads_at_the_end_of_the_keys(shape, "vertical_slash", None)
-
-
-def test_band_windows_meet_the_union_of_the_bands():
-    """Window k of a head is listed iff some distance of [first + k*bs + 1, first + (k+1)*bs]
-    is in the union of its bands [s+1, s+bs] (offsets in [0, Sk))."""
+def test_band_windows_visit_every_key_tile_the_bands_reach():
+    """Window k = m - n is listed wherever query tile m reads a key of key tile n through its
+    bands (brute force over the documented semantics: offsets s in [0, Sk), bands [s+1, s+bs]
+    of distances from the tile end e, keys >= bs where the tile is clamped), and only windows
+    that meet the union of the bands are listed."""
+    from custom_ops.vertical_slash import build_vertical_slash_index
     from custom_ops.vertical_slash.backward import band_windows
-    from custom_ops.vertical_slash.index import sort_indices
 
     bs = 64
-    for sk, sq in ((700, 700), (700, 333), (640, 64)):
-        s_idx = torch.randint(-3, sk + 3, (2, 3, 7))
-        windows = band_windows(sort_indices(torch.zeros(2, 3, 1), s_idx, sk, bs, sq), bs)
+    for sk, sq, ns in ((700, 700, 7), (700, 333, 7), (640, 64, 3), (900, 517, 40)):
+        s_idx = torch.randint(-3, sk + 3, (2, 3, ns))
+        v_idx = torch.randint(0, sk, (2, 3, 5))
         first, nblocks = sk - sq, -(-sq // bs)
+        windows = band_windows(build_vertical_slash_index(v_idx, s_idx, sk, bs, sq), first, bs)
         for b in range(2):
             for h in range(3):
-                union = {u for s in s_idx[b, h].tolist() if 0 <= s < sk for u in range(s + 1, s + bs + 1)}
-                expected = [k for k in range(-((first + bs - 1) // bs), nblocks)
-                            if union & set(range(max(first + k * bs + 1, 1), first + (k + 1) * bs + 1))]
-                count = windows.count[b, h].item()
-                assert windows.windows[b, h, :count].tolist() == expected
+                offsets = [s for s in s_idx[b, h].tolist() if 0 <= s < sk]
+                union = {u for s in offsets for u in range(s + 1, s + bs + 1)}
+                needed = set()
+                for m in range(nblocks):
+                    e = first + (m + 1) * bs
+                    lower = bs if any(e - bs < s < e for s in offsets) else 0
+                    needed |= {m - j // bs for j in range(lower, min(e, sk)) if e - j in union}
+                    if lower:  # the clamped keys [0, bs) are in key tile 0
+                        needed.add(m)
+                meeting = {k for k in range(-((first + bs - 1) // bs), nblocks)
+                           if union & set(range(max(first + k * bs + 1, 1), first + (k + 1) * bs + 1))}
+                listed = set(windows.windows[b, h, :windows.count[b, h].item()].tolist())
+                assert needed <= listed <= meeting, (sk, sq, b, h)
+
+
+def test_column_slots_map_each_key_to_its_column():
+    from custom_ops.vertical_slash.backward import column_slots
+
+    cols = torch.tensor([[[3, 9, 40, 50, 50]]])  # padded with 50 >= Sk
+    slots = column_slots(cols, 41)
+    assert slots.shape == (1, 1, 42)
+    expected = torch.full((41,), -1, dtype=torch.int32)
+    expected[3], expected[9], expected[40] = 0, 1, 2
+    assert torch.equal(slots[0, 0, :41], expected)

@@ -84,11 +84,7 @@ def test_block_sparse_grads_cuda(shape):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("budget", [(57, 9), (9, 57), (300, 20)])  # both dedup sides, column chunks
-@pytest.mark.parametrize("key_major", [False, True], ids=["atomic_bands", "key_major_bands"])
-def test_vertical_slash_grads_cuda(shape, budget, key_major, monkeypatch):
-    from custom_ops.vertical_slash import op
-
-    monkeypatch.setattr(op, "KEY_MAJOR_BANDS", key_major)
+def test_vertical_slash_grads_cuda(shape, budget):
     b, h, hk, s, d = shape
     q, k, v = _leaves(shape)
     v_idx = torch.randint(-3, s + 3, (b, h, budget[0]), device="cuda")

@@ -145,13 +145,13 @@ def _block_sparse_bwd_rows(
     for t in range(0, tl.load(Count + tile) * active):
         keys = tl.load(chosen + t) * BLOCK + lanes
         dq = _grad_keys(q, do, lse, delta, K + kv, V + kv, keys, stride_ks, stride_ks, every, every, keys,
-                        offs_m, offs_d, d_ok, dq, qk_scale, K, V, sm_scale, False)
+                        offs_m, offs_d, d_ok, dq, qk_scale)
     n0 = m + q_offset // BLOCK
     for j in range(0, OWN_TILES * active):
         keys = (n0 + j) * BLOCK + lanes
         ok = keys < seq_len
         dq = _grad_keys(q, do, lse, delta, K + kv, V + kv, keys, stride_ks, stride_ks, ok, ok, keys,
-                        offs_m, offs_d, d_ok, dq, qk_scale, K, V, sm_scale, False)
+                        offs_m, offs_d, d_ok, dq, qk_scale)
     tl.store(DQ + b * stride_qb + h * stride_qh + rows_q[:, None] * stride_qs + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 

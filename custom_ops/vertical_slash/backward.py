@@ -5,30 +5,27 @@ kernel with `lse=`) and the output gradient dO, with delta = rowsum(dO * O):
 P = exp2(S * log2e * scale - L), dP = dO V^T, dS = P * (dP - delta), dQ = scale * dS K,
 dK = scale * dS^T Q, dV = P^T dO, over exactly the (query, key) pairs the forward counted.
 
-Two kernels over the forward's work list (`index.VerticalSlashIndex`) by default:
+Three kernels over the forward's work list (`index.VerticalSlashIndex`), none with atomics:
 - `_vertical_slash_bwd_rows`, one program per (query tile m, batch * query head), like the
   forward: it walks the tile's band pieces, packed distances, clamped tile and column chunks
   with the forward's masks (band pieces always masked: the forward's unmasked pieces pass the
-  same masks whole), accumulates the tile's dQ in registers and stores it once. The band
-  keys' dK and dV are added into fp32 [B, Hkv, S, D] buffers by atomics (each band key is
-  read by a few query tiles, and every query head of a group adds to its kv head).
+  same masks whole), accumulates the tile's dQ in registers and stores it once.
 - `_vertical_slash_bwd_cols`, one program per (chunk of bs columns, batch * query head): the
   columns are read by every later query tile, so their dK and dV are accumulated key-major in
-  registers over those tiles (no atomics), stored per query head into the gathered layout of
-  `kernel.gather_columns`, then scattered back to the columns' key rows with `index_add_`
-  (summing the query heads of each group).
-
-The band keys' dK/dV can instead come from a key-major pass without atomics
-(`_vertical_slash_bwd_bands`, with `band_windows`): query tile m reads key tile n through its
-bands only at the distances u = e - j of one window of bs distances, W_k = [first + k*bs + 1,
-first + (k+1)*bs] with k = m - n (first = Sk - Sq), the same for every key tile. So each key
-tile visits the query tiles n + k for the windows k that meet the union of the bands (a
-per-head list), and masks keys by that union's bitmap: no atomics, but a band that straddles
-two windows is computed in both (up to 2x the tiles where the bands are scattered).
+  registers over those tiles, into fp32 [B, H, NV, D] in the gathered layout of
+  `kernel.gather_columns`.
+- `_vertical_slash_bwd_bands`, one program per (key tile n, batch * kv head): query tile m
+  reads key tile n through its bands only at the distances u = e - j of one window of bs
+  distances, W_k = [first + k*bs + 1, first + (k+1)*bs] with k = m - n (first = Sk - Sq), the
+  same for every key tile. So each key tile visits the query tiles n + k for the windows k
+  that meet the union of the bands (a per-head list, `band_windows`) and masks keys by that
+  union's bitmap; a band that straddles two windows is computed in both. Over the query heads
+  of its group it sums the band keys' dK/dV, adds the columns' (looked up through
+  `column_slots`) and stores each key's gradients once, in the inputs' dtype: no fp32 copy of
+  K or V is allocated.
 
 Loads go through pointers only (no TMA); column keys are computed twice (dQ in the first
-kernel, dK/dV in the second). Which band pass is faster is to be measured on the GPU
-(perf/bench_train.py times both).
+kernel, dK/dV in the second).
 """
 
 from __future__ import annotations
@@ -44,7 +41,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from .index import SKIP_SHIFT as _SKIP_SHIFT  # noqa: E402
-from .index import SortedIndices, VerticalSlashIndex, _compact, _interval_cover, _pad, dedup_on_bands  # noqa: E402
+from .index import VerticalSlashIndex, _compact, _interval_cover, _pad, dedup_on_bands  # noqa: E402
 from . import kernel as _kernel  # noqa: E402
 from .kernel import gather_columns  # noqa: E402
 
@@ -70,12 +67,10 @@ def _query_rows(Q, DO, Lse, Delta, q_base, do_base, stats_base, rows_q, row_ok, 
 @triton.jit
 def _grad_keys(
     q, do, lse, delta, k_base, v_base, rows, stride_k, stride_v, load_ok, key_ok, pos, offs_m, offs_d, d_ok,
-    dq, qk_scale, dk_base, dv_base, sm_scale, ATOMIC_KV: tl.constexpr,
+    dq, qk_scale,
 ):
-    """One key chunk of a query tile: returns dq plus the chunk's dS K (unscaled); with
-    ATOMIC_KV also adds the chunk's dK (scaled) and dV in fp32 into the rows `rows` of
-    dk_base / dv_base (strides stride_k / stride_v). A key counts where load_ok and key_ok
-    and its position pos <= the query's (rows are read where load_ok)."""
+    """One key chunk of a query tile: returns dq plus the chunk's dS K (unscaled). A key counts
+    where load_ok and key_ok and its position pos <= the query's (rows are read where load_ok)."""
     kt = tl.load(k_base + rows[None, :] * stride_k + offs_d[:, None],
                  mask=load_ok[None, :] & d_ok[:, None], other=0.0)
     vt = tl.load(v_base + rows[None, :] * stride_v + offs_d[:, None],
@@ -83,20 +78,12 @@ def _grad_keys(
     keep = (load_ok & key_ok)[None, :] & (pos[None, :] <= offs_m[:, None])
     p = tl.where(keep, tl.exp2(tl.dot(q, kt) * qk_scale - lse[:, None]), 0.0)
     ds = p * (tl.dot(do, vt) - delta[:, None])
-    dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
-    if ATOMIC_KV:
-        # relaxed: only the sums matter, read after the kernel ends
-        ok = (load_ok & key_ok)[:, None] & d_ok[None, :]
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do)
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q) * sm_scale
-        tl.atomic_add(dv_base + rows[:, None] * stride_v + offs_d[None, :], dv, mask=ok, sem="relaxed")
-        tl.atomic_add(dk_base + rows[:, None] * stride_k + offs_d[None, :], dk, mask=ok, sem="relaxed")
-    return dq
+    return tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
 
 
 @triton.jit
 def _vertical_slash_bwd_rows(
-    Q, DO, Lse, Delta, K, V, KCols, VCols, DQ, DK, DV,
+    Q, DO, Lse, Delta, K, V, KCols, VCols, DQ,
     Cols, ColCount, PieceLo, PieceRanges, Dists, DistCount, Clamped, Dedup,
     stride_qb, stride_qh, stride_qs,
     stride_dob, stride_doh, stride_dos,
@@ -105,11 +92,11 @@ def _vertical_slash_bwd_rows(
     seq_len, num_heads, group, nblocks, n_cols_max, n_pieces_max, n_dists_max, dedup_len,
     qk_scale, sm_scale, q_offset,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DEDUP_ON_BANDS: tl.constexpr,
-    COL_BLOCK: tl.constexpr, BAND_ATOMICS: tl.constexpr = True,
+    COL_BLOCK: tl.constexpr,
 ):
-    """dQ of query tile m over all its keys; with BAND_ATOMICS dK / dV of its band keys by
-    atomics. K, V and the fp32 DK, DV are contiguous [B, Hkv, Sk, D] (stride_k*). seq_len is Sk; query row r sits
-    at position q_offset + r (q_offset = Sk - Sq), and the tile ends at e = q_offset + (m+1)*bs."""
+    """dQ of query tile m over all its keys. K and V are contiguous [B, Hkv, Sk, D]
+    (stride_k*). seq_len is Sk; query row r sits at position q_offset + r (q_offset = Sk - Sq),
+    and the tile ends at e = q_offset + (m+1)*bs."""
     m = nblocks - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // num_heads).to(tl.int64)
@@ -125,7 +112,7 @@ def _vertical_slash_bwd_rows(
                                     bh.to(tl.int64) * (seq_len - q_offset), rows_q, row_ok, stride_qs, stride_dos,
                                     offs_d, d_ok)
     kv = b * stride_kb + hk * stride_kh
-    k_base, v_base, dk_base, dv_base = K + kv, V + kv, DK + kv, DV + kv
+    k_base, v_base = K + kv, V + kv
 
     tile = bh.to(tl.int64) * nblocks + m
     end = q_offset + (m + 1) * BLOCK
@@ -146,7 +133,7 @@ def _vertical_slash_bwd_rows(
             key_ok = ok & (lanes < BLOCK - (piece >> SKIP_SHIFT))
             key_ok = key_ok & (tl.load(bitmap + offs_n, mask=ok, other=1) == 0)
         dq = _grad_keys(q, do, lse, delta, k_base, v_base, offs_n, stride_ks, stride_ks, ok, key_ok, offs_n,
-                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, BAND_ATOMICS)
+                        offs_m, offs_d, d_ok, dq, qk_scale)
     # packed band distances
     dists = Dists + bh.to(tl.int64) * n_dists_max
     n_dists = tl.load(DistCount + tile)
@@ -158,7 +145,7 @@ def _vertical_slash_bwd_rows(
         if DEDUP_ON_BANDS:
             band_ok = key_ok & (tl.load(bitmap + offs_n, mask=key_ok, other=1) == 0)
         dq = _grad_keys(q, do, lse, delta, k_base, v_base, offs_n, stride_ks, stride_ks, key_ok, band_ok, offs_n,
-                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, BAND_ATOMICS)
+                        offs_m, offs_d, d_ok, dq, qk_scale)
     # the clamped tile: keys [0, bs)
     if lower != 0:
         key_ok = lanes < seq_len
@@ -166,7 +153,7 @@ def _vertical_slash_bwd_rows(
         if DEDUP_ON_BANDS:
             band_ok = key_ok & (tl.load(bitmap + lanes, mask=key_ok, other=1) == 0)
         dq = _grad_keys(q, do, lse, delta, k_base, v_base, lanes, stride_ks, stride_ks, key_ok, band_ok, lanes,
-                        offs_m, offs_d, d_ok, dq, qk_scale, dk_base, dv_base, sm_scale, BAND_ATOMICS)
+                        offs_m, offs_d, d_ok, dq, qk_scale)
     # columns (their dK / dV come from `_vertical_slash_bwd_cols`): gathered rows c + lanes
     columns = bh.to(tl.int64) * n_cols_max
     n_cols = tl.load(ColCount + tile)
@@ -179,8 +166,7 @@ def _vertical_slash_bwd_rows(
             banded = tl.load(bitmap + end - cols, mask=in_list, other=1)
             col_ok = in_list & (banded == 0) & (cols >= lower)
         dq = _grad_keys(q, do, lse, delta, KCols + columns * HEAD_DIM, VCols + columns * HEAD_DIM, c + col_lanes,
-                        HEAD_DIM, HEAD_DIM, col_ok, col_ok, cols, offs_m, offs_d, d_ok, dq, qk_scale,
-                        dk_base, dv_base, sm_scale, False)
+                        HEAD_DIM, HEAD_DIM, col_ok, col_ok, cols, offs_m, offs_d, d_ok, dq, qk_scale)
 
     dq = dq * sm_scale
     tl.store(DQ + b * stride_dqb + h * stride_dqh + rows_q[:, None] * stride_dqs + offs_d[None, :],
@@ -246,18 +232,22 @@ def _vertical_slash_bwd_cols(
 
 @triton.jit
 def _vertical_slash_bwd_bands(
-    Q, DO, Lse, Delta, K, V, DK, DV, Bands, Windows, WindowCount, Clamped, Dedup,
+    Q, DO, Lse, Delta, K, V, DK, DV, Bands, Windows, WindowCount, Clamped, Dedup, Slots, DKCols, DVCols,
     stride_qb, stride_qh, stride_qs,
     stride_dob, stride_doh, stride_dos,
     stride_kb, stride_kh, stride_ks,
-    seq_len, num_heads, group, nblocks, bands_len, n_windows_max, dedup_len, qk_scale, sm_scale, q_offset,
+    seq_len, num_heads, group, nblocks, bands_len, n_windows_max, dedup_len, slots_len, n_cols,
+    qk_scale, sm_scale, q_offset,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DEDUP_ON_BANDS: tl.constexpr,
+    HAS_COLS: tl.constexpr,
 ):
-    """dK / dV (fp32, plain stores) of the band keys of key tile n of one kv head, over the
-    query heads of its group and, per head, the query tiles n + k of its windows k (see the
-    module). A key j counts for query tile m where j >= lower(m) and e - j is in the bands'
-    union (Bands: [B, H, E + 1] int8), or j < bs where tile m is clamped; with DEDUP_ON_BANDS
-    only if it is not a column (Dedup); and only for queries at positions >= j."""
+    """dK / dV of key tile n of one kv head, stored once in DK / DV's dtype: its band keys'
+    gradients over the query heads of its group and, per head, the query tiles n + k of its
+    windows k (see the module), plus the columns' (DKCols / DVCols: fp32 [B, H, NV, D] by
+    `_vertical_slash_bwd_cols`, row Slots[b, h, j] for key j, -1 where j is no column). A key
+    j counts for query tile m where j >= lower(m) and e - j is in the bands' union (Bands:
+    [B, H, E + 1] int8), or j < bs where tile m is clamped; with DEDUP_ON_BANDS only if it is
+    not a column (Dedup); and only for queries at positions >= j."""
     n = tl.program_id(0)
     bhk = tl.program_id(1)
     kv_heads = num_heads // group
@@ -272,10 +262,18 @@ def _vertical_slash_bwd_bands(
     vt = tl.load(V + kv, mask=key_in[None, :] & d_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    dk_cols = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    dv_cols = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
     q_len = seq_len - q_offset
     for g in range(0, group):
         h = hk * group + g
         bh = b * num_heads + h
+        if HAS_COLS:
+            slot = tl.load(Slots + bh * slots_len + keys, mask=key_in, other=-1)
+            col_rows = (bh * n_cols + slot)[:, None] * HEAD_DIM + offs_d[None, :]
+            col_ok = (slot >= 0)[:, None] & d_ok[None, :]
+            dk_cols += tl.load(DKCols + col_rows, mask=col_ok, other=0.0)
+            dv_cols += tl.load(DVCols + col_rows, mask=col_ok, other=0.0)
         bands = Bands + bh * bands_len
         key_ok = key_in
         if DEDUP_ON_BANDS:  # the bands skip column keys
@@ -305,16 +303,17 @@ def _vertical_slash_bwd_bands(
                 dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)
     out = b * stride_kb + hk * stride_kh + keys[:, None] * stride_ks + offs_d[None, :]
     store_ok = key_in[:, None] & d_ok[None, :]
-    tl.store(DK + out, dk * sm_scale, mask=store_ok)
-    tl.store(DV + out, dv, mask=store_ok)
+    tl.store(DK + out, (dk * sm_scale + dk_cols).to(DK.dtype.element_ty), mask=store_ok)
+    tl.store(DV + out, (dv + dv_cols).to(DV.dtype.element_ty), mask=store_ok)
 
 
 class BandWindows(NamedTuple):
     """What `_vertical_slash_bwd_bands` walks (B, H as q; E the last query tile's end).
 
-    bands: [B, H, E + 1] int8, 1 at the distances u the union of the bands [s+1, s+bs] covers.
+    bands: [B, H, E + 1] int8, 1 at the distances u that some query tile reads through its
+        bands (`band_union`).
     windows: [B, H, W] int32, ascending, the k whose window [first + k*bs + 1,
-        first + (k+1)*bs] meets the union (k from -ceil(first / bs) to M - 1), padded.
+        first + (k+1)*bs] meets `bands` (k from -ceil(first / bs) to M - 1), padded.
     count: [B, H] int32, how many of `windows` are valid.
     """
 
@@ -323,26 +322,55 @@ class BandWindows(NamedTuple):
     count: torch.Tensor
 
 
-def band_windows(sorted_idx: SortedIndices, block_size: int) -> BandWindows:
-    """The key-major band pass's lists from the sorted indices (`index.sort_indices`)."""
-    offsets, first = sorted_idx.offsets, sorted_idx.first
-    nblocks = sorted_idx.col_count.shape[-1]
+def band_union(index: VerticalSlashIndex, first: int, block_size: int) -> torch.Tensor:
+    """[B, H, E + 1] bool (E = first + M*bs, first = Sk - Sq): the distances u = e - j that the
+    query tiles read through their band pieces and packed distances, and the end e of each
+    clamped tile. All lie in the union of the bands [s+1, s+bs] (a clamped tile has an offset
+    in (e - bs, e)), so a key j >= lower(m) of tile m is a band key iff e - j is marked; the
+    clamped tiles' ends make `band_windows` list the window k = m that reaches their keys
+    [0, bs). The last tile reads the most of both lists (each tile reads a prefix of them,
+    and reach grows with the tile), so its counts bound them."""
+    nblocks = index.col_count.shape[-1]
+    span = first + nblocks * block_size + 1
+    raw = index.piece_lo.long()
+    live = torch.arange(raw.shape[-1], device=raw.device) < index.piece_ranges[..., -1, 1:].long()
+    u_lo = raw & ((1 << _SKIP_SHIFT) - 1)
+    lo = torch.where(live, u_lo + (raw >> _SKIP_SHIFT), span)
+    union = _interval_cover(lo, torch.where(live, u_lo + block_size - 1, span), span + 1, span)
+    dists = index.dists.long()
+    listed = torch.arange(dists.shape[-1], device=dists.device) < index.dist_count[..., -1:].long()
+    union.scatter_(-1, torch.where(listed, dists.clamp(max=span), span), True)
+    ends = first + (torch.arange(nblocks, device=raw.device) + 1) * block_size
+    union.scatter_(-1, torch.where(index.clamped != 0, ends, span), True)
+    return union[..., :span]
+
+
+def band_windows(index: VerticalSlashIndex, first: int, block_size: int) -> BandWindows:
+    """The key-major band pass's lists from the forward's index (first = Sk - Sq)."""
+    nblocks = index.col_count.shape[-1]
     last_end = first + nblocks * block_size
-    big = _pad(last_end, block_size)
-    bands = _interval_cover(offsets + 1, offsets + block_size, last_end + 1, big)
+    bands = band_union(index, first, block_size)
     covered = torch.nn.functional.pad(torch.cumsum(bands.int(), dim=-1), (1, 0))  # covered[u] = #bands < u
-    k = torch.arange(-((first + block_size - 1) // block_size), nblocks, device=offsets.device)
+    k = torch.arange(-((first + block_size - 1) // block_size), nblocks, device=bands.device)
     lo = (first + k * block_size + 1).clamp(min=1, max=last_end + 1)
     hi = (first + (k + 1) * block_size).clamp(min=0, max=last_end)
     lead = covered.shape[:-1]
     hits = covered.gather(-1, (hi + 1).expand(*lead, -1)) - covered.gather(-1, lo.expand(*lead, -1))
     meets = (hits > 0) & (hi >= lo)
-    windows = _compact(k.expand(*meets.shape), meets, k.shape[0], big)
+    windows = _compact(k.expand(*meets.shape), meets, k.shape[0], _pad(last_end, block_size))
     return BandWindows(
         bands=bands.to(torch.int8).contiguous(),
         windows=windows.clamp(max=2**30).to(torch.int32).contiguous(),
         count=meets.sum(-1, dtype=torch.int32).contiguous(),
     )
+
+
+def column_slots(cols: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[B, H, Sk + 1] int32: the slot of key j in cols [B, H, NV] (distinct, padded with values
+    >= Sk), -1 where j is no column; the last entry takes the padding."""
+    slots = torch.full((*cols.shape[:-1], seq_len + 1), -1, dtype=torch.int32, device=cols.device)
+    slot = torch.arange(cols.shape[-1], dtype=torch.int32, device=cols.device).expand(cols.shape)
+    return slots.scatter_(-1, cols.long().clamp(max=seq_len), slot)
 
 
 def launch_vertical_slash_backward(
@@ -357,16 +385,15 @@ def launch_vertical_slash_backward(
     scale: float,
     num_warps: int = 4,
     num_stages: int = 1,
-    windows: BandWindows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of `kernel.launch_vertical_slash` over `index`; the band keys' dK/dV by
-    atomics, or with `windows` (`band_windows` of the same indices) by the key-major pass.
+    """Gradients of `kernel.launch_vertical_slash` over `index`.
 
     Args:
         grad, q, out: [B, H, Sq, D] (output gradient, queries, the forward's output; the
             queries are the last Sq of the Sk positions); k, v: [B, Hkv, Sk, D]; lse:
             [B, H, Sq] fp32, the forward's log-sum-exp in log2 units
-            (`launch_vertical_slash(..., lse=)`); index, block_size, scale: as the forward.
+            (`launch_vertical_slash(..., lse=)`); index, block_size, scale: as the forward;
+            num_warps, num_stages: the launches of the three kernels.
     Returns:
         (dq [B, H, Sq, D], dk, dv [B, Hkv, Sk, D]) in the inputs' dtype; dk and dv summed over
         the query heads of each group.
@@ -379,22 +406,22 @@ def launch_vertical_slash_backward(
     kv_heads, seq_len = k.shape[1], k.shape[2]
     q_offset = seq_len - q_len
     delta = (grad.float() * out.float()).sum(-1).contiguous()
-    dq = _kernel._empty(q.shape, dtype=q.dtype, device=q.device)  # every row is written
-    # the key-major band pass writes every row; the atomics add to zeros
-    alloc = _kernel._empty if windows is not None else torch.zeros
-    dk = alloc(k.shape, dtype=torch.float32, device=k.device)
-    dv = alloc(v.shape, dtype=torch.float32, device=v.device)
+    # every row of each is written
+    dq = _kernel._empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = _kernel._empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = _kernel._empty(v.shape, dtype=v.dtype, device=v.device)
     nblocks = index.col_count.shape[-1]
     block_d = max(16, triton.next_power_of_2(head_dim))
     on_bands = dedup_on_bands(index, seq_len)
     k_cols, v_cols = gather_columns(k, v, index.cols)
     n_cols = index.cols.shape[-1]
+    windows = band_windows(index, q_offset, block_size)
     log2e_scale = scale * LOG2E
     common = dict(BLOCK=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, DEDUP_ON_BANDS=on_bands,
                   num_warps=num_warps, num_stages=num_stages)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         _vertical_slash_bwd_rows[(nblocks, bsz * heads)](
-            q, grad, lse, delta, k, v, k_cols, v_cols, dq, dk, dv,
+            q, grad, lse, delta, k, v, k_cols, v_cols, dq,
             index.cols, index.col_count, index.piece_lo, index.piece_ranges, index.dists,
             index.dist_count, index.clamped, index.dedup,
             q.stride(0), q.stride(1), q.stride(2),
@@ -404,19 +431,9 @@ def launch_vertical_slash_backward(
             seq_len, heads, heads // kv_heads, nblocks,
             n_cols, index.piece_lo.shape[-1], index.dists.shape[-1], index.dedup.shape[-1],
             log2e_scale, scale, q_offset,
-            COL_BLOCK=block_size, BAND_ATOMICS=windows is None, **common,
+            COL_BLOCK=block_size, **common,
         )
-        if windows is not None:
-            _vertical_slash_bwd_bands[(triton.cdiv(seq_len, block_size), bsz * kv_heads)](
-                q, grad, lse, delta, k, v, dk, dv, windows.bands, windows.windows, windows.count,
-                index.clamped, index.dedup,
-                q.stride(0), q.stride(1), q.stride(2),
-                grad.stride(0), grad.stride(1), grad.stride(2),
-                k.stride(0), k.stride(1), k.stride(2),
-                seq_len, heads, heads // kv_heads, nblocks, windows.bands.shape[-1], windows.windows.shape[-1],
-                index.dedup.shape[-1], log2e_scale, scale, q_offset,
-                **common,
-            )
+        dk_cols = dv_cols = slots = dq  # not read without columns
         if n_cols > 0:
             dk_cols = _kernel._empty((bsz, heads, n_cols, head_dim), dtype=torch.float32, device=q.device)
             dv_cols = _kernel._empty((bsz, heads, n_cols, head_dim), dtype=torch.float32, device=q.device)
@@ -427,10 +444,15 @@ def launch_vertical_slash_backward(
                 seq_len, heads, nblocks, n_cols, index.dedup.shape[-1], log2e_scale, scale, q_offset,
                 COL_BLOCK=block_size, **common,
             )
-            # back to the columns' key rows (padding entries carry zeros; they land on row S - 1)
-            batch = torch.arange(bsz, device=q.device)[:, None, None]
-            head = (torch.arange(heads, device=q.device) // (heads // kv_heads))[None, :, None]
-            rows = ((batch * kv_heads + head) * seq_len + index.cols.long().clamp(max=seq_len - 1)).reshape(-1)
-            dk.view(-1, head_dim).index_add_(0, rows, dk_cols.view(-1, head_dim))
-            dv.view(-1, head_dim).index_add_(0, rows, dv_cols.view(-1, head_dim))
-    return dq, dk.to(k.dtype), dv.to(v.dtype)
+            slots = column_slots(index.cols, seq_len)
+        _vertical_slash_bwd_bands[(triton.cdiv(seq_len, block_size), bsz * kv_heads)](
+            q, grad, lse, delta, k, v, dk, dv, windows.bands, windows.windows, windows.count,
+            index.clamped, index.dedup, slots, dk_cols, dv_cols,
+            q.stride(0), q.stride(1), q.stride(2),
+            grad.stride(0), grad.stride(1), grad.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            seq_len, heads, heads // kv_heads, nblocks, windows.bands.shape[-1], windows.windows.shape[-1],
+            index.dedup.shape[-1], seq_len + 1, n_cols, log2e_scale, scale, q_offset,
+            HAS_COLS=n_cols > 0, **common,
+        )
+    return dq, dk, dv

@@ -32,7 +32,7 @@ import math
 import torch
 
 from ..dense_causal import dense_causal_attention, dense_causal_attention_backward
-from .backward import band_windows, launch_vertical_slash_backward
+from .backward import launch_vertical_slash_backward
 from .index import (
     VerticalSlashIndex,
     fraction_bound,
@@ -118,18 +118,12 @@ def _(q, k, v, v_idx, s_idx, block_size, scale, dense_above):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-#: The band keys' dK/dV in the op's backward: by the key-major pass (True) or by atomics in the
-#: query-major pass (False); see `backward`. Both are tested; which is faster on the GPU is to
-#: be measured (perf/bench_train.py times both).
-KEY_MAJOR_BANDS = False
-
-
-def _kernel_backward(grad, q, k, v, out, lse, index, block_size, scale, windows=None):
+def _kernel_backward(grad, q, k, v, out, lse, index, block_size, scale):
     """The Triton backward over `index`; an empty `lse` is recomputed by the forward kernel."""
     if lse.numel() == 0:
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         launch_vertical_slash(q, k.contiguous(), v.contiguous(), index, block_size, scale, lse=lse)
-    return launch_vertical_slash_backward(grad, q, k, v, out, lse, index, block_size, scale, windows=windows)
+    return launch_vertical_slash_backward(grad, q, k, v, out, lse, index, block_size, scale)
 
 
 @torch.library.custom_op("minference_flex::vertical_slash_sparse_attention_backward", mutates_args=())
@@ -152,10 +146,7 @@ def vertical_slash_sparse_attention_backward_op(
     index = sparse_index(q, k, v_idx, s_idx, block_size, dense_above)
     if index is None:
         return dense_causal_attention_backward(grad, q, k, v, scale)
-    windows = None
-    if KEY_MAJOR_BANDS:
-        windows = band_windows(sort_indices(v_idx, s_idx, k.shape[2], block_size, q.shape[2]), block_size)
-    return _kernel_backward(grad, q, k, v, out, lse, index, block_size, scale, windows)
+    return _kernel_backward(grad, q, k, v, out, lse, index, block_size, scale)
 
 
 @vertical_slash_sparse_attention_backward_op.register_fake
