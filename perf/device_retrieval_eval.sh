@@ -25,13 +25,14 @@ for task in ('multikey', 'passkey', 'needle'):
 REFINE_ARGS=()
 [ -n "$REFINE" ] && REFINE_ARGS=(--refine-kl "$REFINE" --refine-prompts /tmp/calib_passkey.json /tmp/calib_needle.json)
 # candidates: MInference's search space scaled by CALIB / 128K (the A-shape too), plus its default
-# (1000, 6096), (30, 800) unscaled, and block-sparse
+# (1000, 6096), (30, 800) unscaled, block-sparse, and columns with the local band alone ((300, 100),
+# (1000, 100): the shipped model's last rows attend a few needle columns or nearly every key)
 S=$((CALIB / 1024))
 if [ "${SEARCH:-1}" != 0 ]; then
 timeout ${SEARCH_TIMEOUT:-120} python3 -m minference_flex search --model "$M" --out "$OUT/pattern_config.json" --calibration /tmp/calib_multikey.json "${REFINE_ARGS[@]}" \
     --budget vs:1000,6096 --budget vs:$((1000 * S / 128)),$((6096 * S / 128)) --budget vs:$((3500 * S / 128)),100 \
     --budget vs:30,$((800 * S / 128)) --budget vs:100,$((800 * S / 128)) --budget vs:30,800 \
-    --budget a:128,$((4096 * S / 128)) --budget bs 2>&1 | tee "$OUT/search.log" | tail -12
+    --budget vs:300,100 --budget vs:1000,100 --budget a:128,$((4096 * S / 128)) --budget bs 2>&1 | tee "$OUT/search.log" | tail -12
 cp "$OUT/pattern_config.json" "$M/pattern_config.json"
 fi
 NIAH_ARGS=()
