@@ -9,6 +9,9 @@
 # LR (default 3e-4), EVAL_SAMPLES (default 20 per task for the final evaluation).
 # Back in $OUT: dense_train_log.json, sparse_train_log.json, finetune.json (copy it into
 # perf/results/ as finetune_<date>_<gpu>.json, then `python perf/plot.py --only finetune`).
+# KEEP_WEIGHTS=sparse (or dense, or "dense sparse") also brings back that run's weights as
+# <run>_model.safetensors, <run>_config.json and <run>_generation_config.json: put them in a
+# folder under their own names (model.safetensors, ...) to load or ship the fine-tuned model.
 set -o pipefail
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -35,5 +38,8 @@ for run in dense sparse; do
       | tee /tmp/finetune_$run.log | grep --line-buffered -E '"step": [0-9]*00,|final_eval|budget spent' \
       || { echo "$run fine-tune failed:"; tail -30 /tmp/finetune_$run.log; exit 1; }
   cp /tmp/finetune_$run/train_log.json "$OUT/${run}_train_log.json"
+  if [[ " ${KEEP_WEIGHTS:-} " == *" $run "* ]]; then
+    for f in model.safetensors config.json generation_config.json; do cp /tmp/finetune_$run/$f "$OUT/${run}_$f"; done
+  fi
 done
 python3 perf/compare_finetune.py /tmp/finetune_dense /tmp/finetune_sparse --out "$OUT/finetune.json"
