@@ -9,7 +9,7 @@
 # LR (default 3e-4), EVAL_SAMPLES (default 20 per task for the final evaluation).
 # Back in $OUT: dense_train_log.json, sparse_train_log.json, finetune.json (copy it into
 # perf/results/ as finetune_<date>_<gpu>.json, then `python perf/plot.py --only finetune`).
-# KEEP_WEIGHTS=sparse (or dense, or "dense sparse") also brings back that run's weights as
+# KEEP_WEIGHTS=sparse (or dense; one run: a call brings back at most 8 files) also brings back its weights as
 # <run>_model.safetensors, <run>_config.json and <run>_generation_config.json: put them in a
 # folder under their own names (model.safetensors, ...) to load or ship the fine-tuned model.
 set -o pipefail
