@@ -123,8 +123,7 @@ PRESETS = {
     # three at 128 tokens in batches of 256 (a 6-layer, 256-wide model took 25 ms
     # a step at 64 x 128 tokens on an H100; the host draws a batch of 256 in about 20 ms, while
     # the GPU runs the step before). Then the lengths grow to 64K, with 30% of the steps
-    # replaying shorter lengths. On an H100 multikey formed about 2,600 steps into the second
-    # stage, and the schedule took 15 min (the shipped model, its MODEL_CARD.md).
+    # replaying shorter lengths. The shipped model is this preset's run (its MODEL_CARD.md).
     "long": Preset(hidden=128, layers=4, heads=2, kv_heads=1, intermediate=384, lr=3e-3, rope_theta=1e7,
                    tasks=("passkey", "needle", "multikey"), first_stage_tasks=("passkey", "needle"),
                    stages=[(128, 400, 64), (128, 6000, 256), (512, 1500, 64), (2048, 800, 16), (8192, 500, 4),
