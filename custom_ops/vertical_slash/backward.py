@@ -41,7 +41,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from .index import SKIP_SHIFT as _SKIP_SHIFT  # noqa: E402
-from .index import VerticalSlashIndex, _compact, _interval_cover, _pad, dedup_on_bands  # noqa: E402
+from .index import VerticalSlashIndex, _compact, _interval_cover, _pad, dedup_on_bands, piece_distances  # noqa: E402
 from . import kernel as _kernel  # noqa: E402
 from .kernel import gather_columns  # noqa: E402
 
@@ -332,15 +332,14 @@ def band_union(index: VerticalSlashIndex, first: int, block_size: int) -> torch.
     and reach grows with the tile), so its counts bound them."""
     nblocks = index.col_count.shape[-1]
     span = first + nblocks * block_size + 1
-    raw = index.piece_lo.long()
-    live = torch.arange(raw.shape[-1], device=raw.device) < index.piece_ranges[..., -1, 1:].long()
-    u_lo = raw & ((1 << _SKIP_SHIFT) - 1)
-    lo = torch.where(live, u_lo + (raw >> _SKIP_SHIFT), span)
-    union = _interval_cover(lo, torch.where(live, u_lo + block_size - 1, span), span + 1, span)
+    device = index.piece_lo.device
+    live = torch.arange(index.piece_lo.shape[-1], device=device) < index.piece_ranges[..., -1, 1:].long()
+    first_u, last_u = piece_distances(index.piece_lo, block_size)
+    union = _interval_cover(torch.where(live, first_u, span), torch.where(live, last_u, span), span + 1, span)
     dists = index.dists.long()
     listed = torch.arange(dists.shape[-1], device=dists.device) < index.dist_count[..., -1:].long()
     union.scatter_(-1, torch.where(listed, dists.clamp(max=span), span), True)
-    ends = first + (torch.arange(nblocks, device=raw.device) + 1) * block_size
+    ends = first + (torch.arange(nblocks, device=device) + 1) * block_size
     union.scatter_(-1, torch.where(index.clamped != 0, ends, span), True)
     return union[..., :span]
 

@@ -297,6 +297,14 @@ def sorted_head_fractions(sorted_idx: SortedIndices, block_size: int) -> torch.T
 SKIP_SHIFT = 24
 
 
+def piece_distances(piece_lo: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, last) long: the distances [u_lo + skip, u_lo + bs - 1] that each `piece_lo`
+    entry reads (padding entries decode to meaningless values: mask them by `piece_ranges`)."""
+    raw = piece_lo.long()
+    u_lo = raw & ((1 << SKIP_SHIFT) - 1)
+    return u_lo + (raw >> SKIP_SHIFT), u_lo + block_size - 1
+
+
 def index_from_sorted(sorted_idx: SortedIndices, seq_len: int, block_size: int) -> VerticalSlashIndex:
     """The rest of the index build (`build_vertical_slash_index`) after `sort_indices`."""
     cols, col_count, offsets, clamped, reach, first = sorted_idx
