@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from minference_flex import reference
@@ -76,3 +78,22 @@ def assert_grads_close_to_reference(grads, q, k, v, mask, grad_out, scale=None, 
         assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e}"
         errors.append(err)
     return errors
+
+
+def samples_the_model_answers(model, task: str, length: int, count: int = 1, tries: int = 10) -> list:
+    """`count` fresh held-out samples of `task` at `length` + [0, 64) tokens that `model`
+    answers right with its attention as it is now (call it before `minference_flex.compile`).
+
+    The model's own errors (a few % for multikey: its MODEL_CARD.md) are the accuracy table's
+    business; a model test checks what sparse pre-fill does to a right answer."""
+    from minference_flex.retrieval_model import answer
+    from minference_flex.tasks import exact_match, make_sample
+
+    found = []
+    for _ in range(tries):
+        sample = make_sample(task, length + random.randrange(64), 10**9 + random.randrange(10**6))
+        if exact_match(answer(model, sample), sample.answer):
+            found.append(sample)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"the model answered {len(found)} of {tries} fresh {task} samples at {length} tokens; {count} needed")

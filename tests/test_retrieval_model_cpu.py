@@ -17,6 +17,7 @@ from minference_flex.retrieval_model import (
 )
 from minference_flex.tasks import TOKENIZER, exact_match, make_sample
 from minference_flex.tile_count import count_tiles
+from tests.helpers import samples_the_model_answers
 
 pytestmark = pytest.mark.skipif(
     not shipped_model_available(), reason=f"no trained model in {MODEL_DIR} (train one: python -m minference_flex.train)"
@@ -48,14 +49,14 @@ def test_answers_passkey_and_multikey_through_sparse_patterns():
     the estimated columns (multikey: the asked one of four) while about half the causal
     tiles are computed."""
     model = load_retrieval_model()
+    samples = {task: samples_the_model_answers(model, task, 2048)[0] for task in ("passkey", "multikey")}
     patterns = [[HeadPattern(VERTICAL_SLASH, 30, 128)] * model.config.num_attention_heads] * model.config.num_hidden_layers
     mf.compile(model, patterns, min_sparse_len=1024)
     try:
-        for task in ("passkey", "multikey"):
-            sample = make_sample(task, 2048 + random.randrange(64), 10**9 + random.randrange(10**6))
+        for task, sample in samples.items():
             with count_tiles() as tiles:
                 got = answer(model, sample)
-            assert exact_match(got, sample.answer), (task, TOKENIZER.decode(got), TOKENIZER.decode(sample.answer))
+            assert exact_match(got, sample.answer), (task, sample.length, TOKENIZER.decode(got), TOKENIZER.decode(sample.answer))
             assert tiles.fraction < 0.7, f"{task}: {tiles.fraction:.2f} of the causal tiles computed"
     finally:
         mf.restore(model)
