@@ -29,6 +29,7 @@ from custom_ops.vertical_slash.kernel import _vertical_slash_fwd  # noqa: E402
 from custom_ops.vertical_slash_scores.kernel import _column_and_diagonal_sums, _row_stats  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
+H100_SHARED_BYTES = 232448  # 227 KiB: the most shared memory one block may opt into on sm_90
 
 
 def compile_for_h100(kernel, pointers: dict[str, str], constants: dict, floats=(), **options) -> None:
@@ -43,7 +44,12 @@ def compile_for_h100(kernel, pointers: dict[str, str], constants: dict, floats=(
             signature[name] = pointers[name]
         else:
             signature[name] = "fp32" if name in floats else "i32"
-    triton.compile(ASTSource(kernel, signature, constants), target=H100, options=options)
+    compiled = triton.compile(ASTSource(kernel, signature, constants), target=H100, options=options)
+    # a launch asking for more shared memory than the SM has compiles, then fails on the GPU
+    shared = compiled.metadata.shared
+    if shared > H100_SHARED_BYTES:
+        raise RuntimeError(f"{kernel.fn.__name__} {constants} {options}: {shared} bytes of shared memory, "
+                           f"more than an H100 block can have ({H100_SHARED_BYTES})")
 
 
 def main() -> None:
