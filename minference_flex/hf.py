@@ -23,6 +23,7 @@ which gives the same indices.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import torch
@@ -332,6 +333,14 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
     setattr(model, _STATE_ATTR, state)
     model.set_attn_implementation(ATTENTION_NAME)
     return model
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword that `model`'s forward and `generate` take a KV cache by: "cache" from
+    transformers 5.24 on, "past_key_values" before (5.24 to 5.39 still take the old name,
+    with a FutureWarning)."""
+    forward = getattr(model, "_orig_mod", model).forward  # through torch.compile's wrapper
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def restore(model: Any) -> Any:

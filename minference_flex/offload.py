@@ -4,7 +4,7 @@
 layers keep their K/V in fixed blocks of pinned host memory while other layers run
 (`HostBlockLayer`). Use it wherever transformers takes a cache:
 
-    cache = mf.HostOffloadedCache(model.config)
+    cache = mf.HostOffloadedCache(model.config)   # cache=cache from transformers 5.24 on:
     model.generate(ids, past_key_values=cache, prefill_chunk_size=32768, max_new_tokens=64)
 
 Against transformers' own offloaded cache (`cache_implementation="offloaded"`), which copies a

@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
 import minference_flex.prefill as prefill  # noqa: E402
+from minference_flex.hf import cache_keyword  # noqa: E402
 from minference_flex.offload import HostOffloadedCache  # noqa: E402
 from minference_flex.config import shipped_config_path  # noqa: E402
 from perf.common import llama3_8b, machine, print_row, qwen25_7b_1m, write_json  # noqa: E402
@@ -110,12 +111,13 @@ def prefill_once(model, ids, chunk: int = 0, offload: bool = False, progress: bo
     with torch.no_grad():
         if chunk:
             cache = HostOffloadedCache(model.config) if offload else DynamicCache(config=model.config)
+            cached = {cache_keyword(model): cache}
             if generate:
                 out = model.generate(ids, max_new_tokens=1, do_sample=False, prefill_chunk_size=chunk,
-                                     past_key_values=cache, attention_mask=torch.ones_like(ids))
+                                     attention_mask=torch.ones_like(ids), **cached)
             else:
                 for a in range(0, ids.shape[1], chunk):
-                    out = model(ids[:, a:a + chunk], past_key_values=cache, logits_to_keep=1, use_cache=True)
+                    out = model(ids[:, a:a + chunk], logits_to_keep=1, use_cache=True, **cached)
                     if progress:  # synchronising once a chunk costs nothing measurable at these sizes
                         _synchronize_all()
                         print(f"  {a + chunk} tokens: {time.perf_counter() - start:.1f} s, "

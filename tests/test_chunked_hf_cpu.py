@@ -11,6 +11,7 @@ import transformers
 from transformers import DynamicCache
 
 import minference_flex as mf
+from minference_flex.hf import cache_keyword
 from minference_flex import hf
 
 HEADS, KV_HEADS, LAYERS = 4, 2, 2
@@ -60,7 +61,7 @@ def _chunked_logits(model, ids, chunk, cache=None):
     logits = []
     with torch.no_grad():
         for a in range(0, ids.shape[1], chunk):
-            logits.append(model(ids[:, a:a + chunk], past_key_values=cache, use_cache=True).logits)
+            logits.append(model(ids[:, a:a + chunk], **{cache_keyword(model): cache}, use_cache=True).logits)
     return torch.cat(logits, dim=1), cache
 
 
@@ -110,9 +111,9 @@ def test_second_prompt_on_a_cached_context(sparse_calls):
     mf.compile(model, _uniform("block_sparse", 0, 0), **OPTIONS)
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
-        model(document, past_key_values=cache, use_cache=True)
+        model(document, **{cache_keyword(model): cache}, use_cache=True)
         mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
-        second = model(question, past_key_values=cache, use_cache=True).logits
+        second = model(question, **{cache_keyword(model): cache}, use_cache=True).logits
     assert (200, 700) in sparse_calls
     # the document went through block-sparse (not dense), the question through full budgets
     assert torch.isfinite(second).all()
@@ -121,8 +122,8 @@ def test_second_prompt_on_a_cached_context(sparse_calls):
         mf.restore(model)
         mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
         cache = DynamicCache(config=model.config)
-        model(document, past_key_values=cache, use_cache=True)
-        exact = model(question, past_key_values=cache, use_cache=True).logits
+        model(document, **{cache_keyword(model): cache}, use_cache=True)
+        exact = model(question, **{cache_keyword(model): cache}, use_cache=True).logits
     torch.testing.assert_close(exact, dense, rtol=1e-4, atol=1e-4)
 
 
@@ -139,7 +140,7 @@ def test_left_padded_batch_in_chunks_runs_each_row_alone(sparse_calls):
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         for a in range(0, 600, 200):
-            out = model(ids[:, a:a + 200], attention_mask=mask[:, :a + 200], past_key_values=cache, use_cache=True)
+            out = model(ids[:, a:a + 200], attention_mask=mask[:, :a + 200], **{cache_keyword(model): cache}, use_cache=True)
     torch.testing.assert_close(out.logits[0, -1], want_long[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.logits[1, -1], want_short[0], rtol=1e-4, atol=1e-4)
     # row 1 holds 250 real keys at the second chunk (dense) and 450 at the third (sparse)

@@ -10,6 +10,7 @@ import torch
 import transformers
 
 import minference_flex as mf
+from minference_flex.hf import cache_keyword
 
 pytestmark = pytest.mark.gpu
 
@@ -120,7 +121,7 @@ def _chunked_last_logits(model, ids, chunk: int = 2048) -> torch.Tensor:
     cache = transformers.DynamicCache(config=model.config, offloading=True)
     with torch.no_grad():
         for a in range(0, ids.shape[1], chunk):
-            out = model(ids[:, a:a + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(ids[:, a:a + chunk], **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
     return out.logits.float().cpu()
 
 

@@ -8,6 +8,7 @@ import torch
 import transformers
 
 import minference_flex as mf
+from minference_flex.hf import cache_keyword
 from minference_flex import reference
 from tests.helpers import assert_close_to_reference
 
@@ -107,7 +108,7 @@ def test_generate_with_prefill_chunks_goes_sparse_cuda(cache, monkeypatch):
     model = _tiny_model()
     ids = torch.randint(1, 128, (1, 20000), device="cuda")
     extra = {"dynamic": {}, "offloaded": {"cache_implementation": "offloaded"},
-             "host": {"past_key_values": mf.HostOffloadedCache(model.config)}}[cache]
+             "host": {cache_keyword(model): mf.HostOffloadedCache(model.config)}}[cache]
     with torch.no_grad():
         dense = model(ids).logits[:, -1].float()
         full = [{str(h): ["vertical_and_slash", 10**6, 10**6, 0] for h in range(4)}] * 2
@@ -129,7 +130,7 @@ def test_host_offloaded_cache_gives_the_dynamic_cache_logits_cuda():
 
     def prefill(cache):
         with torch.no_grad():
-            return torch.cat([model(ids[:, a:a + 8192], past_key_values=cache, use_cache=True).logits[:, -1:]
+            return torch.cat([model(ids[:, a:a + 8192], **{cache_keyword(model): cache}, use_cache=True).logits[:, -1:]
                               for a in range(0, ids.shape[1], 8192)], 1)
 
     expected = prefill(transformers.DynamicCache(config=model.config))

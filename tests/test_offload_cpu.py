@@ -8,6 +8,7 @@ import torch
 import transformers
 
 import minference_flex as mf
+from minference_flex.hf import cache_keyword
 from minference_flex import offload
 
 
@@ -29,7 +30,7 @@ def _chunked_logits(model, ids, cache, chunk):
     out = []
     with torch.no_grad():
         for a in range(0, ids.shape[1], chunk):
-            out.append(model(ids[:, a:a + chunk], past_key_values=cache, use_cache=True).logits)
+            out.append(model(ids[:, a:a + chunk], **{cache_keyword(model): cache}, use_cache=True).logits)
     return torch.cat(out, 1)
 
 
@@ -75,7 +76,7 @@ def test_generate_with_chunked_prefill_over_the_host_cache(small_blocks):
     ids = torch.randint(0, 97, (2, 37), generator=torch.Generator().manual_seed(3))
     kwargs = dict(max_new_tokens=6, do_sample=False, prefill_chunk_size=16)
     expected = model.generate(ids, **kwargs)
-    got = model.generate(ids, past_key_values=mf.HostOffloadedCache(model.config), **kwargs)
+    got = model.generate(ids, **{cache_keyword(model): mf.HostOffloadedCache(model.config)}, **kwargs)
     assert torch.equal(got, expected)
 
 

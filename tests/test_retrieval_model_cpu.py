@@ -70,3 +70,4 @@ def test_demo_model_part(capsys):
     assert "pass key" in out and "pre-fill: sparse" in out
     assert row["sparse_answer"] == row["dense_answer"]
     assert 0 < row["logits_rel_error"] < 0.5
+    assert 0 < row["tile_fraction"] <= 1.0
