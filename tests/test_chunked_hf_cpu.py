@@ -4,6 +4,7 @@ chunk long enough runs the sparse patterns over the KV cache."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ import transformers
 from transformers import DynamicCache
 
 import minference_flex as mf
-from minference_flex.hf import cache_keyword
 from minference_flex import hf
+from minference_flex.hf import cache_keyword
 
 HEADS, KV_HEADS, LAYERS = 4, 2, 2
 COMMON = dict(
@@ -150,3 +151,17 @@ def test_left_padded_batch_in_chunks_runs_each_row_alone(sparse_calls):
 def test_min_chunk_len_is_validated():
     with pytest.raises(ValueError, match="min_chunk_len"):
         mf.compile(_model("llama"), _uniform("block_sparse", 0, 0), min_chunk_len=0)
+
+
+def test_cache_keyword_is_the_one_the_installed_transformers_takes_without_warning():
+    """A patched (and a torch.compile-wrapped) model's forward and generate take the cache by
+    `cache_keyword` with no deprecation warning, in every transformers 5.x."""
+    model = mf.compile(_model("llama"), _uniform("vertical_and_slash", 30, 100), **OPTIONS)
+    ids = torch.randint(1, 128, (1, 300))
+    assert cache_keyword(torch.compile(model)) == cache_keyword(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with torch.no_grad():
+            model(ids, **{cache_keyword(model): DynamicCache(config=model.config)}, use_cache=True)
+            model.generate(ids, max_new_tokens=2, do_sample=False, prefill_chunk_size=128,
+                           **{cache_keyword(model): DynamicCache(config=model.config)})
