@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import types
 
 import torch
@@ -109,6 +110,30 @@ def _compiled_flex(device: torch.device = torch.device("cuda", 0)):
     return torch.compile(per_device_copy(_flex_on_blocks, device))
 
 
+def _run_compiled(fn, *args):
+    """`fn(*args)` for a function of `_compiled_flex*`, refusing to run it eagerly: eager
+    FlexAttention applies only the mask_mod and ignores the BlockMask's block lists, so a
+    block-sparse mask (whose mask_mod is causal) would give dense causal attention, and every
+    mask would materialise S x S scores."""
+    dynamo = torch._dynamo.config
+    if dynamo.disable or os.environ.get("TORCHDYNAMO_DISABLE", "") == "1":
+        raise RuntimeError("minference_flex: A-shape and block-sparse run FlexAttention compiled, and "
+                           "torch.compile is off (TORCHDYNAMO_DISABLE=1, TORCH_COMPILE_DISABLE=1 or "
+                           "torch._dynamo.config.disable); turn it back on, or use vertical-slash "
+                           "patterns, whose Triton kernels need no compile")
+    try:
+        # past the recompile limit Dynamo would run `fn` eagerly: raise instead
+        with dynamo.patch(fail_on_recompile_limit_hit=True, suppress_errors=False):
+            return fn(*args)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as error:
+        raise RuntimeError(
+            f"minference_flex: FlexAttention reached torch._dynamo's recompile limit "
+            f"({dynamo.recompile_limit} variants: one per dtype, head_dim, GQA ratio and mask block "
+            f"size on a device) and would run eagerly, without its block sparsity; raise it, e.g. "
+            f"torch._dynamo.config.recompile_limit = 64"
+        ) from error
+
+
 def _kernel_options(q: torch.Tensor, block_mask: BlockMask) -> dict | None:
     """Kernel tiles matching the mask's blocks, as measured best on H100 (perf/tune_kernels.py).
     64-row tiles: 4 warps, 3 stages (block-sparse top-100 at 128K: 31 ms against 49 ms), K/V
@@ -173,11 +198,11 @@ def flex_attend(
     if not q.is_cuda and not compiling:
         v = _poison_values(k, v)
     if len(masks) == 1:
-        fn = _flex_on_blocks if compiling else _compiled_flex(q.device)
-        out = fn(q, k, v, masks[0], scale, enable_gqa, options)
+        args = (q, k, v, masks[0], scale, enable_gqa, options)
+        out = _flex_on_blocks(*args) if compiling else _run_compiled(_compiled_flex(q.device), *args)
     else:
-        fn = _flex_key_split if compiling else _compiled_flex_key_split(q.device)
-        out = fn(q, k, v, masks, scale, enable_gqa, options)
+        args = (q, k, v, masks, scale, enable_gqa, options)
+        out = _flex_key_split(*args) if compiling else _run_compiled(_compiled_flex_key_split(q.device), *args)
     if not q.is_cuda and not compiling:
         out = _poison_rows(q, out)
     return out[:, :, :q_len]

@@ -117,3 +117,25 @@ def test_key_range_passes_on_cpu_raise():
     masks = flex.block_sparse_key_split_masks(tiles, count, 256, 64, 2)
     with pytest.raises(ValueError, match="CUDA"):
         flex.flex_attend(q, k, v, masks, 0.125)
+
+
+def test_flex_never_runs_eagerly_past_the_recompile_limit():
+    """Past Dynamo's recompile limit FlexAttention would run eagerly, which ignores the block
+    lists: block-sparse would be dense causal attention. It raises and names the fix instead."""
+    with torch._dynamo.config.patch(recompile_limit=1), pytest.raises(RuntimeError, match="recompile_limit = 64"):
+        for head_dim in (40, 48):  # variants no other test compiles: the second is past the limit
+            mf.block_sparse_attention(*random_qkv(1, 2, 1, 200, head_dim), 1)
+
+
+@pytest.mark.parametrize("switch", ["TORCHDYNAMO_DISABLE", "TORCH_COMPILE_DISABLE"])
+def test_flex_with_torch_compile_switched_off_is_named(monkeypatch, switch):
+    if switch == "TORCHDYNAMO_DISABLE":
+        monkeypatch.setenv(switch, "1")
+    else:  # what TORCH_COMPILE_DISABLE=1 sets at import
+        monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    q, k, v = random_qkv(1, 2, 1, 200, 64)
+    with pytest.raises(RuntimeError, match="torch.compile is off"):
+        mf.block_sparse_attention(q, k, v, 1)
+    with pytest.raises(RuntimeError, match="torch.compile is off"):
+        mf.streaming_forward(q, k, v, 4, 64)
+    assert torch.isfinite(mf.dynamic_vertical_slash_attention(q, k, v, 30, 64)).all()
