@@ -131,11 +131,11 @@ def test_flex_never_runs_eagerly_past_the_recompile_limit():
 def test_flex_with_torch_compile_switched_off_is_named(monkeypatch, switch):
     if switch == "TORCHDYNAMO_DISABLE":
         monkeypatch.setenv(switch, "1")
-    else:  # what TORCH_COMPILE_DISABLE=1 sets at import
-        monkeypatch.setattr(torch._dynamo.config, "disable", True)
     q, k, v = random_qkv(1, 2, 1, 200, 64)
-    with pytest.raises(RuntimeError, match="torch.compile is off"):
-        mf.block_sparse_attention(q, k, v, 1)
-    with pytest.raises(RuntimeError, match="torch.compile is off"):
-        mf.streaming_forward(q, k, v, 4, 64)
-    assert torch.isfinite(mf.dynamic_vertical_slash_attention(q, k, v, 30, 64)).all()
+    # what TORCH_COMPILE_DISABLE=1 sets at import
+    with torch._dynamo.config.patch(disable=switch == "TORCH_COMPILE_DISABLE"):
+        with pytest.raises(RuntimeError, match="torch.compile is off"):
+            mf.block_sparse_attention(q, k, v, 1)
+        with pytest.raises(RuntimeError, match="torch.compile is off"):
+            mf.streaming_forward(q, k, v, 4, 64)
+        assert torch.isfinite(mf.dynamic_vertical_slash_attention(q, k, v, 30, 64)).all()
