@@ -8,8 +8,10 @@ goes sparse, in one call or in chunks over a KV cache (`generate(..., prefill_ch
 a manual loop over a `DynamicCache`, a second prompt on a cached context): the chunk's
 queries are the last q_len of the kv_len cached positions. Everything else (short prompts,
 short chunks, decode steps) runs dense: `minference_flex::dense_causal_attention` for a
-no-grad call (cuDNN row chunks past 32K tokens), else SDPA. Inside
-`tile_count.count_tiles` every call records the tiles it computed.
+no-grad call (cuDNN row chunks past 32K tokens), else SDPA. A layer whose sliding window cuts
+keys runs that window (A-shape without sinks) instead of either; soft-capping and attention
+sinks, which no kernel here implements, raise. Inside `tile_count.count_tiles` every call
+records the tiles it computed.
 
 Training: a forward in training mode with autograd recording runs the same sparse patterns
 (every op has a backward; see `minference_flex.attention`), unless `Options.sparse_training`
@@ -32,8 +34,9 @@ from custom_ops.dense_causal import MASK_ELEMENTS, dense_causal_attention_op
 
 from . import _checks, layout
 from .config import ConfigSource, PatternConfig, load_pattern_config
+from .flex import a_shape_attend
 from .prefill import LayerPlan, sparse_prefill
-from .tile_count import active, record_dense
+from .tile_count import active, record_a_shape, record_dense
 
 ATTENTION_NAME = "minference_flex"
 _PLAN_ATTR = "_minference_flex_plan"
@@ -141,11 +144,24 @@ def _goes_sparse(q_len: int, kv_len: int, options: Options) -> bool:
     return kv_len >= options.min_sparse_len and q_len >= min(options.min_chunk_len, options.min_sparse_len)
 
 
+def _sliding_window(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int, scale: float) -> torch.Tensor:
+    """The layer's own sliding-window attention, exact (query p attends key j iff
+    0 <= p - j < window, transformers' semantics): A-shape without sink keys."""
+    heads = query.shape[1]
+    tiles = active()
+    if tiles is not None:
+        record_a_shape(tiles, query, key, tuple(range(heads)), (0,) * heads, (window,) * heads)
+    return a_shape_attend(query, key, value, 0, window, scale)
+
+
 def _attend(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: LayerPlan | None, scale: float,
-    options: Options,
+    options: Options, window: int | None = None,
 ) -> torch.Tensor:
-    """Unpadded rows: the layer's sparse patterns where `_goes_sparse`, else dense."""
+    """Unpadded rows: a sliding window that cuts keys (`window`) runs as such; else the
+    layer's sparse patterns where `_goes_sparse`, else dense."""
+    if window is not None and key.shape[2] > window:
+        return _sliding_window(query, key, value, window, scale)
     if plan is not None and _goes_sparse(query.shape[2], key.shape[2], options):
         return sparse_prefill(query, key, value, plan, scale, options.last_q, options.block_size,
                               options.dense_fallback)
@@ -154,7 +170,7 @@ def _attend(
 
 def _per_row(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: torch.Tensor, plan: LayerPlan | None,
-    scale: float, options: Options,
+    scale: float, options: Options, window: int | None = None,
 ) -> torch.Tensor:
     """Padded batch: each row's real tokens (one contiguous run of keys, left or right
     padding) run alone, so no padded key is ever attended; padded query rows give 0. The
@@ -180,7 +196,7 @@ def _per_row(
         rows = slice(start - first_query, stop - first_query)
         q = query[b : b + 1, :, rows]
         k, v = (t[b : b + 1, :, first:stop] for t in (key, value))
-        out[b : b + 1, :, rows] = _attend(q, k, v, plan, scale, options)
+        out[b : b + 1, :, rows] = _attend(q, k, v, plan, scale, options, window)
     return out
 
 
@@ -199,6 +215,14 @@ def minference_attention(
     plan: LayerPlan | None = getattr(module, _PLAN_ATTR, None)
     state: _State | None = getattr(module, _STATE_ATTR, None)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    for name, what in (("softcap", "attention logit soft-capping"), ("s_aux", "attention sinks (s_aux)")):
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"minference_flex attention does not implement {what}, which layer {module.layer_idx} of this "
+                f"model uses ({name}={kwargs[name] if name == 'softcap' else 'a tensor'}): its results would be "
+                f"wrong; run this model without minference_flex.compile"
+            )
+    window = kwargs.get("sliding_window")
     if dropout and module.training:
         raise ValueError(
             f"minference_flex attention has no dropout, but this model trains with attention dropout "
@@ -229,7 +253,13 @@ def minference_attention(
             f"parallelism slices them, which is not supported); call minference_flex.compile on the model as "
             f"it runs, without tp_plan"
         )
-    if attention_mask is None:
+    if window is not None and kv_len > window:  # the window cuts keys: the layer's own attention
+        if attention_mask is None:
+            out = _sliding_window(query, key, value, window, scale)
+        else:
+            out = _per_row(query, key, value, attention_mask, None, scale,
+                           state.options if state is not None else Options(), window)
+    elif attention_mask is None:
         if state is None:
             out = _dense(query, key, value, None, scale)
         else:
@@ -315,6 +345,13 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
         raise ValueError(
             f"found {len(modules)} attention modules with a layer_idx but the config has {num_layers} "
             f"layers: {type(model).__name__} is not a supported layout"
+        )
+    bidirectional = [m.layer_idx for m in modules if getattr(m, "is_causal", True) is False]
+    if bidirectional:
+        raise ValueError(
+            f"{type(model).__name__}'s attention is bidirectional (is_causal=False in layers "
+            f"{', '.join(map(str, bidirectional[:4]))}{', ...' if len(bidirectional) > 4 else ''}); "
+            f"minference_flex's patterns are the causal pre-fill of decoder LMs: use it on a causal LM"
         )
     layout.check_attention_on_one_device(modules)
     patterns = load_pattern_config(pattern_config, num_layers, num_heads, getattr(config, "_name_or_path", ""))

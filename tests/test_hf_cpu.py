@@ -188,3 +188,52 @@ def test_compile_takes_head_pattern_lists_as_search_returns_them():
     torch.testing.assert_close(from_lists, from_file_format, rtol=0, atol=0)
     with pytest.raises(mf.PatternConfigError, match="layer 0: has 1 heads but the model has"):
         mf.compile(model, [[HeadPattern("stream_llm", 4, 8)]] * LAYERS)
+
+
+def _windowed_configs():
+    return [
+        # every layer windowed: the sparse patterns of MIXED must not run anywhere
+        ("mistral", transformers.MistralConfig(**COMMON, sliding_window=48), MIXED),
+        # Qwen2: a window on the layers from max_window_layers on (layer 1 here); layer 0 runs
+        # its patterns, with budgets that cover every key
+        ("qwen2", transformers.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=48, max_window_layers=1),
+         _uniform("vertical_and_slash", 10**6, 10**6)),
+    ]
+
+
+@pytest.mark.parametrize("name, config, patterns", _windowed_configs(), ids=[n for n, *_ in _windowed_configs()])
+def test_sliding_window_layers_keep_their_window(name, config, patterns):
+    """A layer whose sliding window cuts keys runs its own window attention (whole prompts,
+    padded batches and chunks over a cache alike), not the patterns or causal attention."""
+    model = _model(config)
+    model.config._attn_implementation = "eager"  # the reference applies the window itself
+    ids = torch.randint(1, 128, (2, 300))
+    padding = torch.ones_like(ids)
+    padding[1, :37] = 0
+    with torch.no_grad():
+        want, want_padded = model(ids).logits, model(ids, attention_mask=padding).logits
+        mf.compile(model, patterns, min_sparse_len=128, min_chunk_len=64, dense_fallback=False)
+        got, got_padded = model(ids).logits, model(ids, attention_mask=padding).logits
+        cache = transformers.DynamicCache(config=model.config)
+        chunks = [model(ids[:, a:a + 100], **{mf.hf.cache_keyword(model): cache}, use_cache=True).logits
+                  for a in range(0, 300, 100)]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_padded[0], want_padded[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_padded[1, 37:], want_padded[1, 37:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.cat(chunks, 1), want, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_features_the_kernels_lack_are_refused():
+    gemma2 = transformers.Gemma2Config(**COMMON, head_dim=32, attn_logit_softcapping=50.0)
+    model = mf.compile(_model(gemma2), min_sparse_len=128)
+    with pytest.raises(ValueError, match="soft-capping"), torch.no_grad():
+        model(torch.randint(1, 128, (1, 50)))
+    if hasattr(transformers, "GptOssConfig"):
+        gpt_oss = transformers.GptOssConfig(**COMMON, head_dim=32, num_local_experts=2, num_experts_per_tok=1)
+        model = mf.compile(_model(gpt_oss), min_sparse_len=128)
+        with pytest.raises(ValueError, match="attention sinks"), torch.no_grad():
+            model(torch.randint(1, 128, (1, 50)))
+    bert = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=128)
+    with pytest.raises(ValueError, match="bidirectional"):
+        mf.compile(transformers.AutoModelForMaskedLM.from_config(bert))
