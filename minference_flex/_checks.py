@@ -2,10 +2,15 @@
 
 Every check raises ValueError or TypeError naming the argument, what was expected, what was
 given and how to fix it. Checks look only at metadata (shapes, dtypes, devices, Python
-numbers), never at tensor values, so they cost no device sync and are skipped while compiling.
+numbers), never at tensor values, so they cost no device sync, and they run while
+torch.compile traces too (a shape check there becomes a guard), where a bad shape would
+otherwise reach a kernel.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 
@@ -16,8 +21,6 @@ _CPU_DTYPES = (torch.float32, torch.float16)
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Check q [B, H, Sq, D] and k, v [B, Hkv, Sk, D], Sq <= Sk, for a causal pre-fill whose
     queries are the last Sq positions of the keys."""
-    if torch.compiler.is_compiling():
-        return
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -83,8 +86,6 @@ def check_block_size(block_size: object) -> int:
 
 def check_index(name: str, idx: torch.Tensor, q: torch.Tensor) -> None:
     """Check an index tensor [B, H, N] of integer positions matching q [B, H, S, D]."""
-    if torch.compiler.is_compiling():
-        return
     if not isinstance(idx, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer positions, got {type(idx).__name__}")
     if idx.dtype not in (torch.int32, torch.int64):
@@ -107,3 +108,13 @@ def check_budgets(name: str, value: object, heads: int) -> list[int]:
             raise ValueError(f"{name} must have one budget per query head ({heads}), got {len(value)}")
         return [check_nonnegative_int(f"{name}[{h}]", v) for h, v in enumerate(value)]
     raise TypeError(f"{name} must be an int or a sequence of ints, got {type(value).__name__} ({value!r})")
+
+
+def check_scale(scale: object) -> float:
+    """A softmax scale: a finite real number > 0 (None, the default 1/sqrt(D), is the caller's)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a positive float (or None for 1/sqrt(head_dim)), got {type(scale).__name__} ({scale!r})")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite float > 0 (or None for 1/sqrt(head_dim)), got {scale!r}; "
+                         f"a scale written 1 // math.sqrt(D) is 0: use D ** -0.5")
+    return float(scale)

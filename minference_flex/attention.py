@@ -51,7 +51,7 @@ def fallback_threshold(dense_fallback: bool) -> float:
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
-    return q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return q.shape[-1] ** -0.5 if scale is None else _checks.check_scale(scale)
 
 
 def dense_attention(

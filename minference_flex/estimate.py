@@ -174,7 +174,7 @@ def estimate_vertical_slash(
     slashes = _checks.check_budgets("slash_size", slash_size, heads)
     last_q = _checks.check_nonnegative_int("last_q", last_q, minimum=1)
     last_q = _at_most(last_q, q.shape[2])
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = q.shape[-1] ** -0.5 if scale is None else _checks.check_scale(scale)
     counts = [vertical_slash_counts(seq_len, a, b) for a, b in zip(verticals, slashes)]
     nv = max(c[0] for c in counts)
     ns = max(c[1] for c in counts)

@@ -523,6 +523,10 @@ def a_shape_mask_for(
     of Sk positions) over k [B, Hkv, Sk, D], and the `a_shape_front_rows` zero rows it puts
     before q; mask row r is the absolute position Sk - Sq - front + r."""
     q_len, seq_len = q.shape[2], k.shape[2]
+    # budgets past the keys change nothing: clamped, they fit the mask's int32 arithmetic
+    init_num, local_window_num = (
+        min(b, seq_len) if isinstance(b, int) else tuple(min(x, seq_len) for x in b) for b in (init_num, local_window_num)
+    )
     front = a_shape_front_rows(q_len, seq_len)
     mask = a_shape_block_mask(
         q.shape[0], q.shape[1], flex_padded_length(seq_len), init_num, local_window_num, q.device,
