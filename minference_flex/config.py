@@ -136,6 +136,9 @@ def load_pattern_config(
         source = path
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        if os.path.isdir(path):
+            raise PatternConfigError(f"pattern config {path} is a directory; pass the JSON file in it "
+                                     f"(a model folder's is pattern_config.json)")
         if not os.path.isfile(path):
             raise PatternConfigError(f"pattern config file not found: {path}")
         try:
@@ -148,7 +151,16 @@ def load_pattern_config(
 
 
 def save_pattern_config(config: PatternConfig, path: str | os.PathLike, scores: list[list[float]] | None = None) -> None:
-    """Write a config in MInference's format (score 0 where none is given)."""
+    """Write a config in MInference's format (score 0 where none is given).
+
+    config: per layer, one HeadPattern (or [pattern, a, b]) per query head, validated as
+    `load_pattern_config` would read it back; scores: the same nesting of numbers, or None."""
+    if not isinstance(config, (list, tuple)) or not config or not isinstance(config[0], (list, tuple, dict)):
+        raise PatternConfigError(f"save_pattern_config: expected a list over layers of per-head patterns, got {config!r:.80}")
+    config = parse_pattern_config(list(config), len(config), len(config[0]), origin="save_pattern_config")
+    if scores is not None and [len(row) for row in scores] != [len(layer) for layer in config]:
+        raise PatternConfigError("save_pattern_config: scores must have one number per head of each layer, "
+                                 "as the config has")
     out = []
     for layer_idx, layer in enumerate(config):
         row = {}

@@ -222,6 +222,13 @@ def minference_attention(
                 f"model uses ({name}={kwargs[name] if name == 'softcap' else 'a tensor'}): its results would be "
                 f"wrong; run this model without minference_flex.compile"
             )
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            f"minference_flex attention takes the padding mask [batch, kv_len] that its mask function makes "
+            f"from a 2-D attention_mask, got a {attention_mask.dim()}-D mask {tuple(attention_mask.shape)}: custom "
+            f"4-D masks (packed sequences, prefix-LM) are not supported; pass attention_mask as [batch, seq] "
+            f"of 1/0, or minference_flex.restore(model) for custom masks"
+        )
     window = kwargs.get("sliding_window")
     if dropout and module.training:
         raise ValueError(

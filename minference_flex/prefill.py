@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _checks
 from .attention import vertical_slash_sparse_attention
 from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
@@ -69,6 +70,7 @@ def sparse_prefill(
 
     Returns [B, H, Sq, D]. Budgets larger than the prompt are clamped to it by the estimators.
     """
+    _checks.check_qkv(q, k, v)  # the FlexAttention patterns below are not the checked public API
     heads = q.shape[1]
     tiles = active()
     outputs: dict[str, torch.Tensor] = {}

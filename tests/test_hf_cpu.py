@@ -141,6 +141,7 @@ def test_shipped_config_found_by_name():
         (_uniform("vertical_and_slash", -1, 100), "must be >= 0"),
         (_uniform("stream_llm", 0, 0), "attends nothing"),
         ("/no/such/file.json", "not found"),
+        ("/", "is a directory"),
     ],
 )
 def test_bad_configs_are_named(config, words):
@@ -237,3 +238,24 @@ def test_attention_features_the_kernels_lack_are_refused():
                                    intermediate_size=128)
     with pytest.raises(ValueError, match="bidirectional"):
         mf.compile(transformers.AutoModelForMaskedLM.from_config(bert))
+
+
+def test_save_pattern_config_writes_only_what_load_reads_back(tmp_path):
+    path = tmp_path / "config.json"
+    with pytest.raises(mf.PatternConfigError, match="unknown pattern 'foo'"):
+        mf.save_pattern_config([[("foo", 1, 2)] * HEADS] * LAYERS, path)
+    with pytest.raises(mf.PatternConfigError, match="one number per head"):
+        mf.save_pattern_config([[("vertical_and_slash", 1, 2)] * HEADS] * LAYERS, path, scores=[[0.5]] * LAYERS)
+    patterns = [[("vertical_and_slash", 30, 100), ("stream_llm", 4, 64), ("block_sparse", 0, 0), ("vertical_and_slash", 1, 2)]] * LAYERS
+    mf.save_pattern_config(patterns, path)
+    assert mf.load_pattern_config(path, LAYERS, HEADS) == [[mf.HeadPattern(*p) for p in layer] for layer in patterns]
+
+
+def test_inputs_the_model_path_cannot_run_are_named():
+    model = mf.compile(_model(ARCHS[0][1]), MIXED, min_sparse_len=64)
+    ids = torch.randint(1, 128, (1, 120))
+    with pytest.raises(ValueError, match="4-D mask"), torch.no_grad():
+        model(ids, attention_mask=torch.ones(1, 1, 120, 120, dtype=torch.bool))
+    doubled = mf.compile(_model(ARCHS[0][1]).double(), _uniform("block_sparse", 0, 0), min_sparse_len=64)
+    with pytest.raises(TypeError, match="float64"), torch.no_grad():
+        doubled(ids)
