@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--seq-len must be >= 1, got {args.seq_len}")
         if args.passkey_len is not None and args.passkey_len < 128:
             parser.error(f"--passkey-len must be >= 128 tokens, got {args.passkey_len}")
+        import torch
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available; use --device cpu")
         from .demo import run_demo
         from .retrieval_model import MODEL_DIR, shipped_model_available
 

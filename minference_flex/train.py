@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="directory for the checkpoint (model, optimizer, log)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="default: the checkpoint's with --resume, else gpu on CUDA, cpu otherwise")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--max-minutes", type=float, default=8.0,
                         help="time budget of this call: it stops and saves a checkpoint when spent")
     parser.add_argument("--max-steps", type=int, default=None, help="steps this call may run at most")
@@ -476,6 +476,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None and args.init is not None:
         parser.error("--resume continues a checkpoint, --init starts from a saved model: pass one of them")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device}: not a device; pass cpu, cuda or cuda:N")
+    if kind not in ("cpu", "cuda"):
+        parser.error(f"--device {device}: training runs on cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: no CUDA device is available; use --device cpu")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: a file is there; pass a directory")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.lm_weight is not None and not (math.isfinite(args.lm_weight) and args.lm_weight >= 0):
+        parser.error(f"--lm-weight must be a finite number >= 0, got {args.lm_weight}")
+    for name in ("eval_every", "eval_samples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     preset = _base_preset(args, device)
     changes: dict = {name: getattr(args, name) for name in SHAPE_FIELDS if getattr(args, name) is not None}
     if changes and (args.resume is not None or args.init is not None):
@@ -484,11 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         changes.update(tasks=tuple(args.tasks), first_stage_tasks=())
     if args.first_stage_tasks:
         changes["first_stage_tasks"] = tuple(args.first_stage_tasks)
-    if args.lr:
+    if args.lr is not None:
         changes["lr"] = args.lr
     if args.lm_weight is not None:
-        if args.lm_weight < 0:
-            parser.error(f"--lm-weight must be >= 0, got {args.lm_weight}")
         changes["lm_weight"] = args.lm_weight
     try:  # Preset checks the whole: first-stage tasks among the tasks, a shape that divides
         preset = replace(preset, **changes)
@@ -497,11 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages:
         try:
             stages = [tuple(int(x) for x in st.split(":")) for st in args.stages]
-            assert all(len(st) == 3 and min(st) > 0 for st in stages)
+            assert all(len(st) == 3 and min(st) > 0 and st[0] >= 64 for st in stages)
         except (ValueError, AssertionError):
-            parser.error(f"--stages wants LENGTH:STEPS:BATCH with positive ints, got {args.stages}")
+            parser.error(f"--stages wants LENGTH:STEPS:BATCH, positive ints with LENGTH >= 64 tokens, "
+                         f"got {args.stages}")
         preset = replace(preset, stages=stages)
-    if args.max_minutes <= 0:
+    if not args.max_minutes > 0:  # NaN too
         parser.error(f"--max-minutes must be > 0, got {args.max_minutes}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be >= 1, got {args.max_steps}")

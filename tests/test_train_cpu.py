@@ -341,3 +341,27 @@ def test_shape_options_set_the_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path), "--resume", str(tmp_path), "--layers", "2"])
     assert "keep the saved model's shape" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    (["--lm-weight", "nan"], "--lm-weight must be a finite number >= 0"),
+    (["--max-minutes", "nan"], "--max-minutes must be > 0"),
+    (["--eval-every", "0"], "--eval-every must be >= 1"),
+    (["--eval-samples", "0"], "--eval-samples must be >= 1"),
+    (["--device", "gpu"], "--device gpu: not a device"),
+    (["--stages", "10:1:1"], "LENGTH >= 64 tokens"),
+])
+def test_bad_training_options_are_named(args, words, capsys):
+    """Each was ignored (--lr 0 trained at the preset's rate), accepted (NaN) or ended in a
+    traceback that did not name the option."""
+    with pytest.raises(SystemExit):
+        train_main(["--out", "unused", "--preset", "smoke", *args])
+    assert words in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path / "file"), "--preset", "smoke"])
+    assert "a file is there; pass a directory" in capsys.readouterr().err
