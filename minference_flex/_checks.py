@@ -49,6 +49,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
     if sq == 0:
         raise ValueError("q has 0 positions: there is nothing to attend")
+    if hq == 0 or dq == 0:
+        raise ValueError(f"q has {hq} heads of head_dim {dq}: both must be >= 1")
     if dq > 256:
         raise ValueError(f"head_dim must be at most 256, got {dq}")
     if not (q.device == k.device == v.device):

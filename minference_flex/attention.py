@@ -155,6 +155,8 @@ def vertical_slash_sparse_attention(
     _checks.check_index("v_idx", v_idx, q)
     _checks.check_index("s_idx", s_idx, q)
     block_size = _checks.check_block_size(block_size)
+    if not isinstance(dense_fallback, bool):
+        raise TypeError(f"dense_fallback must be a bool, got {dense_fallback!r}")
     args = (q, k, v, v_idx, s_idx, block_size, _scale(q, scale), fallback_threshold(dense_fallback))
     if needs_grad(q, k, v):  # the forward that also saves the log-sum-exp for the backward
         return vertical_slash_sparse_attention_with_lse_op(*args)[0]

@@ -13,6 +13,9 @@ def _qkv():
     return random_qkv(1, 4, 2, 64, 32)
 
 
+_LONG = torch.zeros(1, 4, 3, dtype=torch.long)
+
+
 @pytest.mark.parametrize(
     "call, error, words",
     [
@@ -30,6 +33,8 @@ def _qkv():
         (lambda q, k, v: mf.vertical_slash_sparse_attention(q, k, v, torch.zeros(1, 4, 3), torch.zeros(1, 4, 3, dtype=torch.long)), TypeError, "v_idx"),
         (lambda q, k, v: mf.vertical_slash_sparse_attention(q, k, v, torch.zeros(1, 2, 3, dtype=torch.long), torch.zeros(1, 4, 3, dtype=torch.long)), ValueError, "one row per query head"),
         (lambda q, k, v: mf.streaming_forward(q, k.to("meta"), v.to("meta"), 4, 8), ValueError, "one device"),
+        (lambda q, k, v: mf.dense_attention(q[..., :0], k[..., :0], v[..., :0]), ValueError, "both must be >= 1"),
+        (lambda q, k, v: mf.vertical_slash_sparse_attention(q, k, v, _LONG, _LONG, dense_fallback="no"), TypeError, "dense_fallback must be a bool"),
     ],
 )
 def test_bad_input_is_named(call, error, words):
@@ -37,8 +42,6 @@ def test_bad_input_is_named(call, error, words):
     with pytest.raises(error, match=words):
         call(q, k, v)
 
-
-_LONG = torch.zeros(1, 4, 3, dtype=torch.long)
 
 
 @pytest.mark.parametrize("scale, error", [(0.0, ValueError), (-0.125, ValueError), (float("nan"), ValueError),
