@@ -116,7 +116,7 @@ def check_scale(scale: object) -> float:
     """A softmax scale: a finite real number > 0 (None, the default 1/sqrt(D), is the caller's)."""
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a positive float (or None for 1/sqrt(head_dim)), got {type(scale).__name__} ({scale!r})")
-    if not math.isfinite(scale) or scale <= 0:
+    if not 0 < scale < math.inf:  # NaN too; plain comparisons, which torch.compile traces
         raise ValueError(f"scale must be a finite float > 0 (or None for 1/sqrt(head_dim)), got {scale!r}; "
                          f"a scale written 1 // math.sqrt(D) is 0: use D ** -0.5")
     return float(scale)
