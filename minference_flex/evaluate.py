@@ -379,6 +379,9 @@ def run(parser: Any, args: Any) -> dict:
         parser.error(f"--{field.replace('_', '-')} {rest}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available; use --device cpu")
+    if args.model is not None and not os.path.isfile(os.path.join(args.model, "config.json")):
+        parser.error(f"--model {args.model}: no saved model there (config.json missing); pass a directory "
+                     f"written by save_pretrained or python -m minference_flex.train")
     if args.searched is not None and not os.path.isfile(args.searched):
         parser.error(f"--searched {args.searched}: no such file; pass a pattern config (.json)")
     out_dir = os.path.dirname(os.path.abspath(args.out))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from typing import Any
 
 import torch
@@ -361,6 +362,9 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
             f"minference_flex's patterns are the causal pre-fill of decoder LMs: use it on a causal LM"
         )
     layout.check_attention_on_one_device(modules)
+    if opts.starting_layer >= num_layers:
+        warnings.warn(f"minference_flex: starting_layer={opts.starting_layer} but the model has {num_layers} layers: "
+                      f"every layer stays dense", stacklevel=2)
     patterns = load_pattern_config(pattern_config, num_layers, num_heads, getattr(config, "_name_or_path", ""))
     state = getattr(model, _STATE_ATTR, None)
     if state is not None:

@@ -168,7 +168,8 @@ def test_bench_accuracy_writes_the_table_with_tile_fractions_and_the_sweep(tmp_p
     assert [(c["depth"], c["method"]) for c in written["niah"]] == [(d, m) for d in (0, 100) for m in names]
     assert "NIAH S=256 depth 100%" in capsys.readouterr().out
     for bad, message in ((["--niah-depths", "0", "120"], "--niah-depths must be distinct ints in 0..100 (percent)"),
-                         (["--chunk", "8"], "--chunk must be an int >= 64 tokens")):
+                         (["--chunk", "8"], "--chunk must be an int >= 64 tokens"),
+                         (["--model", str(tmp_path)], "no saved model there (config.json missing)")):
         with pytest.raises(SystemExit):
             bench_accuracy.main([*args, *bad])
         assert message in capsys.readouterr().err

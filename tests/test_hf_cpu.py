@@ -156,6 +156,8 @@ def test_bad_options_are_named():
         mf.compile(model, MIXED, min_sparse_length=5)
     with pytest.raises(ValueError, match="min_sparse_len"):
         mf.compile(model, MIXED, min_sparse_len=0)
+    with pytest.warns(UserWarning, match="every layer stays dense"):
+        mf.compile(model, MIXED, starting_layer=LAYERS)
 
 
 def test_torch_compile_of_the_patched_model():
