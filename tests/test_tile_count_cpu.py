@@ -174,7 +174,7 @@ def test_a_patched_model_records_every_layer_of_its_prefill():
     mf.restore(model)
 
 
-def test_a_compiled_model_records_nothing_and_does_not_recompile(monkeypatch):
+def test_a_compiled_model_records_nothing_and_does_not_recompile():
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -184,9 +184,10 @@ def test_a_compiled_model_records_nothing_and_does_not_recompile(monkeypatch):
     with torch.no_grad():
         with count_tiles() as first:
             want = compiled(ids, use_cache=False).logits
-        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-        with count_tiles() as second:
-            got = compiled(ids, use_cache=False).logits
-        torch.testing.assert_close(compiled(ids, use_cache=False).logits, got)
+        # torch's own config.patch: monkeypatch's undo deletes a config entry (see test_accelerate_cpu)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            with count_tiles() as second:
+                got = compiled(ids, use_cache=False).logits
+            torch.testing.assert_close(compiled(ids, use_cache=False).logits, got)
     torch.testing.assert_close(got, want)
     assert first.by_kind == second.by_kind == {}
