@@ -34,10 +34,9 @@ import torch
 from custom_ops.dense_causal import MASK_ELEMENTS, dense_causal_attention_op
 
 from . import _checks, layout
-from .config import ConfigSource, PatternConfig, load_pattern_config
-from .flex import a_shape_attend
+from .config import A_SHAPE, ConfigSource, PatternConfig, load_pattern_config
 from .prefill import LayerPlan, sparse_prefill
-from .tile_count import active, record_a_shape, record_dense
+from .tile_count import active, record_dense
 
 ATTENTION_NAME = "minference_flex"
 _PLAN_ATTR = "_minference_flex_plan"
@@ -145,14 +144,10 @@ def _goes_sparse(q_len: int, kv_len: int, options: Options) -> bool:
     return kv_len >= options.min_sparse_len and q_len >= min(options.min_chunk_len, options.min_sparse_len)
 
 
-def _sliding_window(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int, scale: float) -> torch.Tensor:
-    """The layer's own sliding-window attention, exact (query p attends key j iff
-    0 <= p - j < window, transformers' semantics): A-shape without sink keys."""
-    heads = query.shape[1]
-    tiles = active()
-    if tiles is not None:
-        record_a_shape(tiles, query, key, tuple(range(heads)), (0,) * heads, (window,) * heads)
-    return a_shape_attend(query, key, value, 0, window, scale)
+def _window_plan(heads: int, window: int) -> LayerPlan:
+    """A layer's own sliding window as a plan: query p attends key j iff 0 <= p - j < window
+    (transformers' semantics), which is A-shape without sink keys, on every head."""
+    return LayerPlan((A_SHAPE,) * heads, (0,) * heads, (window,) * heads)
 
 
 def _attend(
@@ -162,7 +157,7 @@ def _attend(
     """Unpadded rows: a sliding window that cuts keys (`window`) runs as such; else the
     layer's sparse patterns where `_goes_sparse`, else dense."""
     if window is not None and key.shape[2] > window:
-        return _sliding_window(query, key, value, window, scale)
+        return sparse_prefill(query, key, value, _window_plan(query.shape[1], window), scale)
     if plan is not None and _goes_sparse(query.shape[2], key.shape[2], options):
         return sparse_prefill(query, key, value, plan, scale, options.last_q, options.block_size,
                               options.dense_fallback)
@@ -262,11 +257,11 @@ def minference_attention(
             f"it runs, without tp_plan"
         )
     if window is not None and kv_len > window:  # the window cuts keys: the layer's own attention
+        options = state.options if state is not None else Options()
         if attention_mask is None:
-            out = _sliding_window(query, key, value, window, scale)
+            out = _attend(query, key, value, None, scale, options, window)
         else:
-            out = _per_row(query, key, value, attention_mask, None, scale,
-                           state.options if state is not None else Options(), window)
+            out = _per_row(query, key, value, attention_mask, None, scale, options, window)
     elif attention_mask is None:
         if state is None:
             out = _dense(query, key, value, None, scale)

@@ -40,13 +40,9 @@ from .._interpreter import check_interpreter
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from .index import SKIP_SHIFT as _SKIP_SHIFT  # noqa: E402
 from .index import VerticalSlashIndex, _compact, _interval_cover, _pad, dedup_on_bands, piece_distances  # noqa: E402
 from . import kernel as _kernel  # noqa: E402
-from .kernel import gather_columns  # noqa: E402
-
-SKIP_SHIFT = tl.constexpr(_SKIP_SHIFT)
-LO_BITS = tl.constexpr((1 << _SKIP_SHIFT) - 1)
+from .kernel import LO_BITS, SKIP_SHIFT, gather_columns  # noqa: E402  (constexprs the kernels read)
 
 LOG2E = 1.4426950408889634
 
