@@ -1,6 +1,6 @@
 """Command line.
 
-  python -m minference_flex demo [--seq-len N] [--passkey-len N] [--device cpu|cuda]
+  python -m minference_flex demo [--seq-len N] [--passkey-len N] [--device cpu|cuda] [--model NAME [--config F]]
   python -m minference_flex search --model DIR --out config.json [--length N] [--budget SPEC ...]
       [--refine-kl NATS [--refine-positions N] [--refine-prompts FILE ...]]
   [accelerate launch --num_processes N -m] minference_flex eval --out table.json
@@ -25,13 +25,17 @@ def _add_search(commands) -> argparse.ArgumentParser:
         description="Run the model densely over a calibration prompt and give each head the cheapest "
         "candidate pattern whose attention recall is within --tolerance of the best candidate.",
     )
-    search.add_argument("--model", required=True, help="local model directory (saved with save_pretrained)")
+    search.add_argument("--model", required=True,
+                        help="a local model directory (saved with save_pretrained), a .gguf file or a folder with "
+                        "one, or a short name of an installable model (smollm2, gemma3-270m)")
     search.add_argument("--out", required=True, help="where to write the pattern config (.json)")
     search.add_argument("--length", type=int, default=None,
-                        help="calibration tokens (default: 32768 on CUDA, 4096 on CPU, or the whole --calibration)")
+                        help="calibration tokens (default: a known model's trained length, else 32768 on CUDA and "
+                        "4096 on CPU, or the whole --calibration)")
     search.add_argument("--calibration", default=None,
                         help="a text file (tokenized with the model's tokenizer) or a .json list of token ids; "
-                        "default: a built-in synthetic prompt")
+                        "default: for a model with a tokenizer, the calibration region of the book that the "
+                        "real-text tasks never use (minference_flex.text_tasks); else a built-in synthetic prompt")
     search.add_argument("--budget", action="append", default=None, metavar="SPEC",
                         help=f"a candidate pattern, repeatable: {CANDIDATE_SPEC_HELP} (default: MInference's set)")
     search.add_argument("--tolerance", type=float, default=0.02,
@@ -47,6 +51,8 @@ def _add_search(commands) -> argparse.ArgumentParser:
     search.add_argument("--refine-prompts", nargs="+", default=None, metavar="FILE",
                         help="more calibration prompts for the refinement (.json lists of token ids); the "
                              "--calibration prompt is always one")
+    search.add_argument("--searched-out", default=None, metavar="PATH",
+                        help="with --refine-kl: also write the recall search's config, before refinement, here")
     search.add_argument("--quiet", action="store_true",
                         help="no progress on stderr; print the per-layer summary on stdout instead")
     return search
@@ -58,11 +64,12 @@ def _check_search_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
     from .search import DEFAULT_CANDIDATES, parse_candidate
 
-    if not os.path.isdir(args.model) or not os.path.isfile(os.path.join(args.model, "config.json")):
-        parser.error(
-            f"--model {args.model}: not a model directory with a config.json; pass a local directory saved "
-            "with save_pretrained (download hub models first, e.g. `huggingface-cli download NAME --local-dir DIR`)"
-        )
+    from .pretrained import resolve_model
+
+    try:
+        resolve_model(args.model)
+    except ValueError as exc:
+        parser.error(f"--model {exc}; download hub models first, e.g. `huggingface-cli download NAME --local-dir DIR`")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if os.path.isdir(args.out) or not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
         parser.error(
@@ -80,6 +87,8 @@ def _check_search_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"--refine-kl must be >= 0 nats, got {args.refine_kl}")
     if args.refine_positions < 1:
         parser.error(f"--refine-positions must be >= 1, got {args.refine_positions}")
+    if args.searched_out and args.refine_kl is None:
+        parser.error("--searched-out needs --refine-kl (without it --out is the searched config)")
     if args.refine_prompts and args.refine_kl is None:
         parser.error("--refine-prompts needs --refine-kl (the refinement's KL bound)")
     for path in args.refine_prompts or ():
@@ -113,21 +122,24 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     candidates = _check_search_args(parser, args)
     calibration = _read_calibration(parser, args.calibration)
     import torch
-    import transformers
 
     from .config import save_pattern_config
+    from .pretrained import known_model, load_pretrained
     from .search import calibration_ids, search
+    from .text_tasks import calibration_ids as book_calibration_ids
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        args.model, dtype=dtype, device_map=device if device == "cuda" else None
-    ).eval()
-    if device == "cpu":
-        model.to(device)
+    try:
+        model, tokenizer = load_pretrained(args.model, device)
+    except (ValueError, OSError) as exc:
+        parser.error(f"--model {args.model}: cannot load it ({exc})")
     extra = [_read_calibration(parser, path, "--refine-prompts") for path in args.refine_prompts or ()]
     try:
-        ids = calibration_ids(model, calibration, args.length, args.seed)[0]  # the search's and the refinement's
+        if calibration is None and tokenizer is not None:
+            known = known_model(model)
+            default = known.trained_length if known else (32768 if device == "cuda" else 4096)
+            calibration = book_calibration_ids(tokenizer, args.length or default)
+        ids = calibration_ids(model, calibration, args.length, args.seed, tokenizer)[0]  # the search's and the refinement's
         result = search(model, ids, candidates=candidates, tolerance=args.tolerance, progress=not args.quiet)
         if args.refine_kl is not None:
             from .refine import refine_by_logits
@@ -139,6 +151,8 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.refine_kl is None:
         result.save(args.out)
     else:
+        if args.searched_out:
+            result.save(args.searched_out)
         save_pattern_config(refined.config, args.out, scores=[[round(r, 6) for r in layer] for layer in refined.recall])
     if args.quiet:
         print(result.summary())
@@ -160,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seq-len", type=int, default=None,
                       help="kernel part: tokens (default: 2048 on CPU, 131072 on GPU)")
     demo.add_argument("--passkey-len", type=int, default=None,
-                      help="model part: passkey prompt tokens (default: the longest length the model was trained on, at most 2048 on CPU)")
+                      help="model part: prompt tokens (default: the longest length the model was trained on, at most "
+                      "2048 on CPU)")
     demo.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    demo.add_argument("--model", default=None,
+                      help="a real LLM instead (a short name: smollm2, gemma3-270m; a .gguf file or a folder): it "
+                      "answers a question about a long real document with sparse and dense pre-fill, side by side")
+    demo.add_argument("--config", default=None,
+                      help="with --model: a pattern config (default: the one searched for the model, if shipped)")
     search = _add_search(commands)
     evaluate = commands.add_parser(
         "eval", help="accuracy table of sparse pre-fill against dense on the retrieval model; data parallel "
@@ -185,6 +205,20 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.device == "cuda" and not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available; use --device cpu")
+        if args.config is not None and args.model is None:
+            parser.error("--config needs --model (the shipped retrieval model's demo uses its own config)")
+        if args.config is not None and not os.path.isfile(args.config):
+            parser.error(f"--config {args.config}: no such file; pass a pattern config (.json)")
+        if args.model is not None:
+            from .pretrained import resolve_model
+            from .real_demo import run_real_demo
+
+            try:
+                resolve_model(args.model)
+            except ValueError as exc:
+                parser.error(f"--model {exc}")
+            run_real_demo(args.model, args.passkey_len, args.device, args.config)
+            return 0
         from .demo import run_demo
         from .retrieval_model import MODEL_DIR, shipped_model_available
 

@@ -50,7 +50,8 @@ def structured_qkv(
     return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v))
 
 
-def _timed(fn, device) -> tuple[torch.Tensor, float]:
+def timed(fn, device) -> tuple[torch.Tensor, float]:
+    """(fn(), seconds) of a second, warm call of fn (the first compiles and warms up)."""
     fn()  # compile / warm up
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -89,7 +90,7 @@ def run_demo(seq_len: int | None = None, device: str | None = None) -> list[dict
     print(f"{'pattern':42s} {'time':>10s} {'rel. error vs dense':>20s}")
     for name, fn in runs.items():
         print(f"{name:42s}", end=" ", flush=True)
-        out, seconds = _timed(fn, dev)
+        out, seconds = timed(fn, dev)
         if dense is None:
             dense = out.float()
         err = ((out.float() - dense).norm() / dense.norm()).item()

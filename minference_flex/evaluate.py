@@ -56,13 +56,16 @@ from .config import (
     HeadPattern,
     PatternConfig,
     load_pattern_config,
+    shipped_config_path,
 )
 from .hf import compile as compile_model, restore
 from .layout import leave_process_group
 from .probe import dense_forward_with_probe
 from .recall import attention_recall
-from .retrieval_model import answer, load_retrieval_model, searched_config_path
-from .tasks import TASKS, exact_match, make_sample
+from .pretrained import KNOWN_MODELS, is_real_model, load_text_model
+from .retrieval_model import RETRIEVAL_TASKS, load_retrieval_model, searched_config_path
+from .tasks import TASKS
+from .task_set import TaskSet
 from .tile_count import count_tiles
 
 #: Methods that run one pattern on every head (block-sparse budgets are unused: it keeps
@@ -143,10 +146,12 @@ class Method(NamedTuple):
 
 
 def method_runs(
-    model: Any, searched: str | None, methods: Sequence[str] = tuple(METHODS), chunk: int = 8192
+    model: Any, searched: str | None, methods: Sequence[str] = tuple(METHODS), chunk: int = 8192,
+    configs: dict[str, str] | None = None,
 ) -> dict[str, Method]:
-    """Per method name (`METHODS` values, in `methods` order): how it answers. searched and
-    searched-chunked are left out when `searched` is None."""
+    """Per method name (`METHODS` values, in `methods` order, then the names of `configs`: more
+    pattern config files to compare): how it answers. searched and searched-chunked are left
+    out when `searched` is None."""
     layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
     out: dict[str, Method] = {}
     for key in methods:
@@ -157,6 +162,8 @@ def method_runs(
             out[METHODS[key]] = Method(config, chunk if key == "searched-chunked" else None)
         elif key in EVERY_HEAD:
             out[METHODS[key]] = Method([[EVERY_HEAD[key]] * heads for _ in range(layers)])
+    for name, path in (configs or {}).items():
+        out[name] = Method(load_pattern_config(path, layers, heads))
     return out
 
 
@@ -196,10 +203,11 @@ def _compile_options(length: int, methods: dict[str, Method]) -> dict[str, int]:
 
 
 def run_items(
-    model: Any, length: int, items: Sequence[Sequence], methods: dict[str, Method], recall: bool
+    model: Any, length: int, items: Sequence[Sequence], methods: dict[str, Method], recall: bool,
+    tasks: TaskSet = RETRIEVAL_TASKS,
 ) -> list[dict]:
     """Answer each item (`Item`, or a (task, sample[, depth]) tuple) of `length` with every
-    method of `methods`.
+    method of `methods`; `tasks` makes and scores the samples (the retrieval model's by default).
 
     Returns one record per item: {"S", "task", "sample", "depth" (percent or None), "hits":
     {method: bool}, "tiles": {sparse method: [computed, causal] 64-tiles of its answer
@@ -209,7 +217,7 @@ def run_items(
     """
     items = [Item(*item) for item in items]
     samples = [
-        make_sample(it.task, length, HELD_OUT_SEED + it.sample, None if it.depth is None else it.depth / 100)
+        tasks.sample(it.task, length, HELD_OUT_SEED + it.sample, None if it.depth is None else it.depth / 100)
         for it in items
     ]
     records = [{"S": length, "task": it.task, "sample": it.sample, "depth": it.depth, "hits": {}, "tiles": {},
@@ -225,7 +233,7 @@ def run_items(
     for name, method in methods.items():
         if method.config is None:
             for record, sample in zip(records, samples):
-                record["hits"][name] = exact_match(answer(model, sample, method.chunk), sample.answer)
+                record["hits"][name] = tasks.correct(model, sample, method.chunk)
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -233,8 +241,7 @@ def run_items(
         try:
             for record, sample in zip(records, samples):
                 with count_tiles() as tiles:
-                    got = answer(model, sample, method.chunk)
-                record["hits"][name] = exact_match(got, sample.answer)
+                    record["hits"][name] = tasks.correct(model, sample, method.chunk)
                 record["tiles"][name] = [tiles.computed, tiles.causal]
         finally:
             restore(model)
@@ -317,9 +324,13 @@ def evaluate(
     spec: EvalSpec,
     searched: str | None = None,
     on_table: Callable[[list[dict], list[dict], list[dict]], None] | None = None,
+    tasks: TaskSet = RETRIEVAL_TASKS,
+    configs: dict[str, str] | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """The accuracy table of `model` (a retrieval model, see `retrieval_model`), split across
-    the processes of the running accelerate launch (one process without one).
+    """The accuracy table of `model` on `tasks` (default: the retrieval model's, see
+    `retrieval_model`; a real LLM's: `text_tasks.TextTaskSet`), split across the processes of
+    the running accelerate launch (one process without one). configs: more methods, name ->
+    pattern config file.
 
     Each process runs the items of each length with index = its rank mod the process count;
     the records are gathered on every process after each length, and `on_table(rows,
@@ -331,11 +342,11 @@ def evaluate(
 
     state = PartialState()
     records: list[dict] = []
-    runs = method_runs(model, searched, spec.methods, spec.chunk)
+    runs = method_runs(model, searched, spec.methods, spec.chunk, configs)
     methods = list(runs)
     for length in spec.lengths:
         items = work_items(spec, length)[state.process_index :: state.num_processes]
-        mine = run_items(model, length, items, runs, spec.recall)
+        mine = run_items(model, length, items, runs, spec.recall, tasks)
         records += gather_object(mine) if state.num_processes > 1 else mine
         if state.is_main_process and on_table is not None:
             on_table(*build_table(records, spec, methods), build_niah(records, spec, methods))
@@ -344,7 +355,10 @@ def evaluate(
 
 def add_arguments(parser: Any) -> None:
     """The eval options (shared by `python -m minference_flex eval` and perf/bench_accuracy.py)."""
-    parser.add_argument("--model", default=None, help="model directory (default: the shipped retrieval model)")
+    parser.add_argument("--model", default=None,
+                        help="the shipped retrieval model (default) or a directory saved by train; or a real LLM: "
+                        "a short name (" + ", ".join(KNOWN_MODELS) + "), a .gguf file or a folder with one, whose "
+                        "tasks hide the needles in a real novel (minference_flex.text_tasks)")
     parser.add_argument("--searched", default=None,
                         help="searched pattern config (default: the one saved next to the model)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384])
@@ -353,6 +367,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                         help="methods to run (default: all; searched and searched-chunked only where the model "
                         "has a searched config): " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()))
+    parser.add_argument("--config", action="append", default=None, metavar="NAME=PATH",
+                        help="one more method, repeatable: a pattern config file, named NAME in the table")
     parser.add_argument("--chunk", type=int, default=8192,
                         help="pre-fill chunk of searched-chunked, in tokens (default 8192)")
     parser.add_argument("--niah-depths", type=int, nargs="+", default=None, metavar="PERCENT",
@@ -360,6 +376,10 @@ def add_arguments(parser: Any) -> None:
                         "0 10 20 ... 100 (task needle, every method and length; default: no sweep)")
     parser.add_argument("--niah-samples", type=int, default=10, help="needle samples per depth, length and method")
     parser.add_argument("--no-recall", action="store_true", help="skip the per-layer attention recall")
+    parser.add_argument("--lm-positions", type=int, default=None, metavar="P",
+                        help="real LLMs: also perplexity and KL(dense || method) on held-out book text of the "
+                        "longest length, over its last P positions (minference_flex.lm_quality)")
+    parser.add_argument("--lm-texts", type=int, default=4, help="held-out texts for --lm-positions (default 4)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: each process's accelerate device (its GPU; the CPU where there is none)")
     parser.add_argument("--out", default="perf/results/accuracy.json",
@@ -379,21 +399,40 @@ def run(parser: Any, args: Any) -> dict:
         parser.error(f"--{field.replace('_', '-')} {rest}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available; use --device cpu")
-    if args.model is not None and not os.path.isfile(os.path.join(args.model, "config.json")):
+    real = args.model is not None and is_real_model(args.model)
+    if args.model is not None and not real and not os.path.isfile(os.path.join(args.model, "config.json")):
         parser.error(f"--model {args.model}: no saved model there (config.json missing); pass a directory "
-                     f"written by save_pretrained or python -m minference_flex.train")
+                     f"written by save_pretrained or python -m minference_flex.train, a .gguf file, or one of "
+                     f"{', '.join(KNOWN_MODELS)}")
+    if args.lm_positions is not None and not real:
+        parser.error("--lm-positions measures perplexity on real text: it needs a real LLM as --model "
+                     f"(e.g. {', '.join(KNOWN_MODELS)})")
     if args.searched is not None and not os.path.isfile(args.searched):
         parser.error(f"--searched {args.searched}: no such file; pass a pattern config (.json)")
+    configs = {}
+    for spec_text in args.config or ():
+        name, sep, path = spec_text.partition("=")
+        if not sep or not name or not os.path.isfile(path):
+            parser.error(f"--config {spec_text}: expected NAME=PATH of an existing pattern config (.json)")
+        configs[name] = path
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if os.path.isdir(args.out) or not os.path.isdir(out_dir):
         parser.error(f"--out {args.out}: cannot write a file there; pass a file path in an existing directory")
     # without a GPU the processes of a torchrun-style launch (`accelerate launch --multi_gpu`,
     # torchrun) join over gloo only when accelerate is told to use the CPU
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
-    model = load_retrieval_model(args.model, state.device)
-    searched = args.searched or searched_config_path(args.model)
-    info = _machine()
-    payload: dict = {"machine": info, "args": vars(args), "processes": state.num_processes, "searched": searched}
+    if real:
+        try:
+            model, tasks = load_text_model(args.model, state.device)
+        except ValueError as exc:
+            parser.error(f"--model {exc}")
+        searched = args.searched or shipped_config_path(model.config._name_or_path)
+    else:
+        model, tasks = load_retrieval_model(args.model, state.device), RETRIEVAL_TASKS
+        searched = args.searched or searched_config_path(args.model)
+    info = machine()
+    payload: dict = {"machine": info, "args": vars(args), "processes": state.num_processes, "searched": searched,
+                     "model": model.config._name_or_path if real else "retrieval model"}
     if state.is_main_process:
         print(info, f"processes: {state.num_processes}", "searched config:", searched, flush=True)
     printed_rows = printed_cells = 0
@@ -409,8 +448,12 @@ def run(parser: Any, args: Any) -> dict:
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=1)
 
-    rows, recalls, niah = evaluate(model, spec, searched, write)
+    rows, recalls, niah = evaluate(model, spec, searched, write, tasks, configs)
     payload.update(rows=rows, recall=recalls, niah=niah)
+    if args.lm_positions is not None and state.is_main_process:
+        payload["lm"] = _lm_rows(model, tasks, spec, searched, args.lm_positions, args.lm_texts, configs)
+        with open(args.out, "w") as f:
+            json.dump(payload, f, indent=1)
     if state.is_main_process:
         print(f"wrote {args.out}\n\nS | task | method | accuracy % | tile fraction | mean recall")
         for r in rows:
@@ -426,7 +469,30 @@ def run(parser: Any, args: Any) -> dict:
     return payload
 
 
-def _machine() -> dict:
+def _lm_rows(
+    model: Any, tasks: Any, spec: EvalSpec, searched: str | None, positions: int, texts: int,
+    configs: dict[str, str] | None,
+) -> list[dict]:
+    """Perplexity and KL(dense || method) of each method on `texts` held-out book texts of the
+    longest length (`lm_quality`); printed, and returned with "S" added."""
+    from .lm_quality import lm_quality
+    from .text_tasks import heldout_ids
+
+    length = max(spec.lengths)
+    device = next(model.parameters()).device
+    ids = [torch.tensor([heldout_ids(tasks.tokenizer, length, HELD_OUT_SEED + i)], device=device) for i in range(texts)]
+    runs = {name: m.config for name, m in method_runs(model, searched, spec.methods, spec.chunk, configs).items()
+            if m.chunk is None}
+    rows = [{"S": length, **row} for row in lm_quality(model, ids, runs, positions)]
+    print(f"\nheld-out text, {texts} x {length} tokens, last {positions} positions: "
+          "method | perplexity | KL(dense || method) nats | tile fraction")
+    for r in rows:
+        print(f"{r['method']} | {r['perplexity']:.3f} | {r['kl_vs_dense']:.5f} | {_fraction(r['tile_fraction'])}")
+    return rows
+
+
+def machine() -> dict:
+    """Date, GPU (or processor) and library versions of this run, for a result's JSON."""
     import datetime
     import platform
 

@@ -13,7 +13,7 @@ from collections import Counter
 import torch
 
 from .config import load_pattern_config
-from .demo import _timed
+from .demo import timed
 from .hf import compile as compile_model, restore
 from .retrieval_model import answer, load_retrieval_model, searched_config_path, trained_length
 from .tasks import TOKENIZER, exact_match, make_sample
@@ -23,7 +23,7 @@ from .tile_count import count_tiles
 def _prefill(model, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Last-position logits of one warm pre-fill and its seconds."""
     with torch.no_grad():
-        logits, seconds = _timed(lambda: model(ids, logits_to_keep=1).logits[0, -1].float(), ids.device)
+        logits, seconds = timed(lambda: model(ids, logits_to_keep=1).logits[0, -1].float(), ids.device)
     return logits, seconds
 
 

@@ -3,7 +3,8 @@
 The search scores candidate patterns this way, and the benchmarks measure recall and head
 shapes with it. A temporary attention function (registered with transformers'
 `AttentionInterface`) computes the exact dense output, so the forward is unchanged; the
-callback sees one layer's q [B, H, S, D] and k [B, Hkv, S, D] at a time, never all layers.
+callback sees one layer's q [B, H, S, D] and k [B, Hkv, S, D] at a time, never all layers. A
+layer with a sliding window that cuts keys (Gemma 3's local layers) attends within its window.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from .hf import _dense, _padding_only_mask
+from .hf import Options, _attend, _dense, _padding_only_mask
 
 PROBE_NAME = "minference_flex_probe"
 
@@ -32,6 +33,9 @@ def dense_forward_with_probe(model: Any, ids: torch.Tensor, on_layer: OnLayer) -
             raise ValueError("the probe runs one unpadded prompt without a cache; got a padding mask or a cache")
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
         on_layer(module.layer_idx, query, key, scale)
+        window = kwargs.get("sliding_window")
+        if window is not None and key.shape[2] > window:  # the layer's own sliding window, as compile runs it
+            return _attend(query, key, value, None, scale, Options(), window).transpose(1, 2).contiguous(), None
         return _dense(query, key, value, None, scale).transpose(1, 2).contiguous(), None
 
     AttentionInterface.register(PROBE_NAME, probe)

@@ -57,7 +57,9 @@ def _check_prompts(model: Any, prompts: Sequence[Any], positions: int) -> list[t
     return out
 
 
-def _log_probs(model: Any, prompts: list[torch.Tensor], positions: int) -> list[torch.Tensor]:
+def next_token_log_probs(model: Any, prompts: list[torch.Tensor], positions: int) -> list[torch.Tensor]:
+    """Per prompt [1, S], the model's fp32 log-probabilities of the next token at its last
+    `positions` positions: [1, positions, V]."""
     with torch.no_grad():
         return [model(ids, logits_to_keep=positions).logits.float().log_softmax(-1) for ids in prompts]
 
@@ -126,7 +128,7 @@ def refine_by_logits(
     ids = _check_prompts(model, prompts, positions)
     sparse_len = min(t.shape[1] for t in ids) if min_sparse_len is None else min_sparse_len
     start = time.perf_counter()
-    reference = _log_probs(model, ids, positions)
+    reference = next_token_log_probs(model, ids, positions)
     candidates = list(result.candidates)
     config = [list(layer) for layer in result.config]
     forwards = len(ids)
@@ -137,7 +139,7 @@ def refine_by_logits(
         compile_model(model, patterns, min_sparse_len=sparse_len)
         try:
             with count_tiles() as tiles:
-                got = _log_probs(model, ids, positions)
+                got = next_token_log_probs(model, ids, positions)
             forwards += len(ids)
             return mean_kl(reference, got), tiles.computed, tiles.causal
         finally:

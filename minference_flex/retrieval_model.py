@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from .tasks import TASKS
+
 MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "retrieval_llama")
 PATTERN_CONFIG = "pattern_config.json"
 
@@ -74,3 +76,23 @@ def answer(model, sample, chunk: int | None = None) -> list[int]:
         attention_mask=torch.ones_like(ids), **chunking,
     )
     return out[0, ids.shape[1]:].tolist()
+
+
+class _RetrievalTasks:
+    """The `task_set.TaskSet` of the retrieval model: `tasks.make_sample`, scored by
+    `tasks.exact_match` on the greedy answer's digit tokens."""
+
+    tasks = TASKS
+
+    def sample(self, task: str, length: int, seed: int, depth: float | None = None):
+        from .tasks import make_sample
+
+        return make_sample(task, length, seed, depth)
+
+    def correct(self, model, sample, chunk: int | None = None) -> bool:
+        from .tasks import exact_match
+
+        return exact_match(answer(model, sample, chunk), sample.answer)
+
+
+RETRIEVAL_TASKS = _RetrievalTasks()

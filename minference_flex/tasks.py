@@ -121,6 +121,33 @@ def _nearest_slot(
     return best
 
 
+def weave_needles(
+    rng: random.Random, sentences: list[list[int]], needles: list[list[int]], start: int,
+    depth: float | None = None, length: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Insert the needles between haystack sentences at random slots (needle 0 at the slot
+    nearest `depth` x `length` when depth is given; the others keep their random slots).
+
+    sentences: token ids per sentence; start: the position of the first haystack token in
+    the whole prompt. Returns (body tokens, start position of each needle in the prompt)."""
+    slots = sorted(rng.randrange(len(sentences) + 1) for _ in needles)
+    order = list(range(len(needles)))
+    rng.shuffle(order)
+    body, starts = [], [0] * len(needles)
+    pending = list(zip(slots, order))
+    if depth is not None:
+        others = [(slot, n) for slot, n in pending if n != 0]
+        asked = _nearest_slot(sentences, others, needles, start, depth * length)
+        pending = sorted(others + [(asked, 0)], key=lambda item: (item[0], item[1] != 0))
+    for i, sentence in enumerate(sentences + [[]]):
+        while pending and pending[0][0] == i:
+            _, n = pending.pop(0)
+            starts[n] = start + len(body)
+            body += needles[n]
+        body += sentence
+    return body, starts
+
+
 def _with_needles(
     rng: random.Random, prefix: list[int], needles: list[list[int]], question: list[int], length: int,
     depth: float | None = None,
@@ -135,21 +162,7 @@ def _with_needles(
     cut = sum(map(len, sentences)) - room  # trim the last sentence so the total is exact
     if cut:
         sentences[-1] = sentences[-1][: len(sentences[-1]) - cut]
-    slots = sorted(rng.randrange(len(sentences) + 1) for _ in needles)
-    order = list(range(len(needles)))
-    rng.shuffle(order)
-    body, starts = [], [0] * len(needles)
-    pending = list(zip(slots, order))
-    if depth is not None:  # the other needles keep their random slots
-        others = [(slot, n) for slot, n in pending if n != 0]
-        asked = _nearest_slot(sentences, others, needles, 1 + len(prefix), depth * length)
-        pending = sorted(others + [(asked, 0)], key=lambda item: (item[0], item[1] != 0))
-    for i, sentence in enumerate(sentences + [[]]):
-        while pending and pending[0][0] == i:
-            _, n = pending.pop(0)
-            starts[n] = 1 + len(prefix) + len(body)
-            body += needles[n]
-        body += sentence
+    body, starts = weave_needles(rng, sentences, needles, 1 + len(prefix), depth, length)
     prompt = [TOKENIZER.bos_id] + prefix + body + question
     assert len(prompt) == length
     return prompt, starts
