@@ -51,6 +51,9 @@ def _add_search(commands) -> argparse.ArgumentParser:
     search.add_argument("--refine-prompts", nargs="+", default=None, metavar="FILE",
                         help="more calibration prompts for the refinement (.json lists of token ids); the "
                              "--calibration prompt is always one")
+    search.add_argument("--exact-masks", action="store_true",
+                        help="with --refine-kl: vertical-slash heads attend through their exact masks in the "
+                        "refinement's forwards (for CPU runs, where Triton is interpreted)")
     search.add_argument("--searched-out", default=None, metavar="PATH",
                         help="with --refine-kl: also write the recall search's config, before refinement, here")
     search.add_argument("--quiet", action="store_true",
@@ -145,7 +148,8 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             from .refine import refine_by_logits
 
             refined = refine_by_logits(model, result, [ids] + extra, positions=args.refine_positions,
-                                       kl_tolerance=args.refine_kl, progress=not args.quiet)
+                                       kl_tolerance=args.refine_kl, exact_masks=args.exact_masks,
+                                       progress=not args.quiet)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     if args.refine_kl is None:

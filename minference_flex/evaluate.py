@@ -205,9 +205,11 @@ def _compile_options(length: int, methods: dict[str, Method]) -> dict[str, int]:
 def run_items(
     model: Any, length: int, items: Sequence[Sequence], methods: dict[str, Method], recall: bool,
     tasks: TaskSet = RETRIEVAL_TASKS,
+    exact_masks: bool = False,
 ) -> list[dict]:
     """Answer each item (`Item`, or a (task, sample[, depth]) tuple) of `length` with every
-    method of `methods`; `tasks` makes and scores the samples (the retrieval model's by default).
+    method of `methods`; `tasks` makes and scores the samples (the retrieval model's by default);
+    exact_masks: vertical-slash heads attend through their exact masks (`Options.exact_masks`).
 
     Returns one record per item: {"S", "task", "sample", "depth" (percent or None), "hits":
     {method: bool}, "tiles": {sparse method: [computed, causal] 64-tiles of its answer
@@ -229,7 +231,7 @@ def run_items(
         if recall and item.sample == 0 and item.depth is None and sparse:
             ids = torch.tensor([sample.prompt], device=device)
             record["recall"] = layer_recall(model, ids, sparse)
-    options = _compile_options(length, methods)
+    options = {**_compile_options(length, methods), "exact_masks": exact_masks}
     for name, method in methods.items():
         if method.config is None:
             for record, sample in zip(records, samples):
@@ -326,11 +328,12 @@ def evaluate(
     on_table: Callable[[list[dict], list[dict], list[dict]], None] | None = None,
     tasks: TaskSet = RETRIEVAL_TASKS,
     configs: dict[str, str] | None = None,
+    exact_masks: bool = False,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """The accuracy table of `model` on `tasks` (default: the retrieval model's, see
     `retrieval_model`; a real LLM's: `text_tasks.TextTaskSet`), split across the processes of
     the running accelerate launch (one process without one). configs: more methods, name ->
-    pattern config file.
+    pattern config file. exact_masks: see `run_items`.
 
     Each process runs the items of each length with index = its rank mod the process count;
     the records are gathered on every process after each length, and `on_table(rows,
@@ -346,7 +349,7 @@ def evaluate(
     methods = list(runs)
     for length in spec.lengths:
         items = work_items(spec, length)[state.process_index :: state.num_processes]
-        mine = run_items(model, length, items, runs, spec.recall, tasks)
+        mine = run_items(model, length, items, runs, spec.recall, tasks, exact_masks)
         records += gather_object(mine) if state.num_processes > 1 else mine
         if state.is_main_process and on_table is not None:
             on_table(*build_table(records, spec, methods), build_niah(records, spec, methods))
@@ -380,6 +383,9 @@ def add_arguments(parser: Any) -> None:
                         help="real LLMs: also perplexity and KL(dense || method) on held-out book text of the "
                         "longest length, over its last P positions (minference_flex.lm_quality)")
     parser.add_argument("--lm-texts", type=int, default=4, help="held-out texts for --lm-positions (default 4)")
+    parser.add_argument("--exact-masks", action="store_true",
+                        help="vertical-slash heads attend through their exact masks instead of the Triton kernel "
+                        "(same indices and outputs up to rounding; for CPU runs, where Triton is interpreted)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: each process's accelerate device (its GPU; the CPU where there is none)")
     parser.add_argument("--out", default="perf/results/accuracy.json",
@@ -448,10 +454,11 @@ def run(parser: Any, args: Any) -> dict:
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=1)
 
-    rows, recalls, niah = evaluate(model, spec, searched, write, tasks, configs)
+    rows, recalls, niah = evaluate(model, spec, searched, write, tasks, configs, args.exact_masks)
     payload.update(rows=rows, recall=recalls, niah=niah)
     if args.lm_positions is not None and state.is_main_process:
-        payload["lm"] = _lm_rows(model, tasks, spec, searched, args.lm_positions, args.lm_texts, configs)
+        payload["lm"] = _lm_rows(model, tasks, spec, searched, args.lm_positions, args.lm_texts, configs,
+                                 args.exact_masks)
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=1)
     if state.is_main_process:
@@ -471,7 +478,7 @@ def run(parser: Any, args: Any) -> dict:
 
 def _lm_rows(
     model: Any, tasks: Any, spec: EvalSpec, searched: str | None, positions: int, texts: int,
-    configs: dict[str, str] | None,
+    configs: dict[str, str] | None, exact_masks: bool,
 ) -> list[dict]:
     """Perplexity and KL(dense || method) of each method on `texts` held-out book texts of the
     longest length (`lm_quality`); printed, and returned with "S" added."""
@@ -483,7 +490,8 @@ def _lm_rows(
     ids = [torch.tensor([heldout_ids(tasks.tokenizer, length, HELD_OUT_SEED + i)], device=device) for i in range(texts)]
     runs = {name: m.config for name, m in method_runs(model, searched, spec.methods, spec.chunk, configs).items()
             if m.chunk is None}
-    rows = [{"S": length, **row} for row in lm_quality(model, ids, runs, positions)]
+    options = {"min_sparse_len": min(1024, length), "min_chunk_len": min(1024, length), "exact_masks": exact_masks}
+    rows = [{"S": length, **row} for row in lm_quality(model, ids, runs, positions, options)]
     print(f"\nheld-out text, {texts} x {length} tokens, last {positions} positions: "
           "method | perplexity | KL(dense || method) nats | tile fraction")
     for r in rows:

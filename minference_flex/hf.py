@@ -60,6 +60,10 @@ class Options:
     block_size: tile size of the vertical-slash and block-sparse kernels.
     sparse_training: a training forward (module in training mode, autograd recording) runs
         the sparse patterns, differentiably; False runs it dense (SDPA).
+    exact_masks: vertical-slash heads attend through their exact mask, built from the same
+        indices, instead of the Triton kernel (`minference_flex.exact_masks`): the kernel's
+        outputs up to rounding, at about dense cost; the evaluation path on a CPU, where Triton
+        runs in its interpreter. A-shape and block-sparse run FlexAttention either way.
     """
 
     min_sparse_len: int = 16384
@@ -69,6 +73,7 @@ class Options:
     last_q: int = 64
     block_size: int = 64
     sparse_training: bool = True
+    exact_masks: bool = False
 
     def __post_init__(self) -> None:
         _checks.check_nonnegative_int("min_sparse_len", self.min_sparse_len, minimum=1)
@@ -76,7 +81,7 @@ class Options:
         _checks.check_nonnegative_int("starting_layer", self.starting_layer)
         _checks.check_nonnegative_int("last_q", self.last_q, minimum=1)
         _checks.check_block_size(self.block_size)
-        for name in ("dense_fallback", "sparse_training"):
+        for name in ("dense_fallback", "sparse_training", "exact_masks"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -157,10 +162,11 @@ def _attend(
     """Unpadded rows: a sliding window that cuts keys (`window`) runs as such; else the
     layer's sparse patterns where `_goes_sparse`, else dense."""
     if window is not None and key.shape[2] > window:
-        return sparse_prefill(query, key, value, _window_plan(query.shape[1], window), scale)
+        return sparse_prefill(query, key, value, _window_plan(query.shape[1], window), scale,
+                              exact_masks=options.exact_masks)
     if plan is not None and _goes_sparse(query.shape[2], key.shape[2], options):
         return sparse_prefill(query, key, value, plan, scale, options.last_q, options.block_size,
-                              options.dense_fallback)
+                              options.dense_fallback, options.exact_masks)
     return _dense(query, key, value, None, scale)
 
 

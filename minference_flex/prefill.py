@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from . import _checks
-from .attention import vertical_slash_sparse_attention
+from . import exact_masks
+from .attention import fallback_threshold, vertical_slash_sparse_attention
 from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
 from .flex import a_shape_attend, block_sparse_flex
 from .tile_count import active, record_a_shape, record_block_sparse, record_vertical_slash
+from custom_ops.vertical_slash import sparse_index
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,17 @@ def sparse_prefill(
     last_q: int = 64,
     block_size: int = 64,
     dense_fallback: bool = True,
+    exact_masks: bool = False,
 ) -> torch.Tensor:
     """Causal pre-fill of q [B, H, Sq, D] over k, v [B, Hkv, Sk, D] with each head's pattern;
     the queries are the last Sq of the Sk positions (Sq < Sk: a chunk over a KV cache).
 
     Returns [B, H, Sq, D]. Budgets larger than the prompt are clamped to it by the estimators.
+    exact_masks: attend through each group's exact mask with SDPA instead of its kernel
+    (`minference_flex.exact_masks`: same indices, same outputs up to rounding, dense cost).
     """
+    if exact_masks:
+        return _masked_prefill(q, k, v, plan, scale, last_q, block_size, dense_fallback)
     _checks.check_qkv(q, k, v)  # the FlexAttention patterns below are not the checked public API
     heads = q.shape[1]
     tiles = active()
@@ -108,4 +115,38 @@ def sparse_prefill(
             continue
         pick = _head_mask(plan.heads_of(kind), heads, q.device)[None, :, None, None]
         out = torch.where(pick, result, out)
+    return out
+
+
+def _masked_prefill(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: LayerPlan, scale: float, last_q: int,
+    block_size: int, dense_fallback: bool,
+) -> torch.Tensor:
+    """`sparse_prefill` with the vertical-slash heads attending through their exact mask
+    (`exact_masks`: the same estimate, the op's own dense-fallback decision, the same tile
+    record); the other heads run their FlexAttention patterns as always."""
+    vs_heads = plan.heads_of(VERTICAL_SLASH)
+    # the vertical-slash heads are no group's: the groups below leave them to the masked path
+    others = LayerPlan(tuple("masked" if k == VERTICAL_SLASH else k for k in plan.kinds), plan.a, plan.b)
+    if len(vs_heads) < len(plan.kinds):
+        out = sparse_prefill(q, k, v, others, scale, last_q, block_size, dense_fallback)
+    else:
+        _checks.check_qkv(q, k, v)
+        out = torch.empty_like(q)
+    if not vs_heads:
+        return out
+    q_len, kv_len = q.shape[2], k.shape[2]
+    verticals, slashes = list(plan.only(VERTICAL_SLASH)), list(plan.only_b(VERTICAL_SLASH))
+    v_idx, s_idx = estimate_vertical_slash(q, k, verticals, slashes, last_q, scale)
+    keep = _head_mask(vs_heads, q.shape[1], q.device)[None, :, None]
+    v_idx, s_idx = torch.where(keep, v_idx, -1), torch.where(keep, s_idx, -1)
+    rows = list(vs_heads)
+    if sparse_index(q, k, v_idx, s_idx, block_size, fallback_threshold(dense_fallback)) is None:
+        mask = exact_masks.dense_rows(q_len, kv_len, q.device)
+    else:
+        mask = exact_masks.vertical_slash_mask(v_idx[:, rows], s_idx[:, rows], q_len, kv_len, block_size)
+    out[:, rows] = exact_masks.masked_attention(q, k, v, mask, rows, scale)
+    tiles = active()
+    if tiles is not None:
+        record_vertical_slash(tiles, q, k, v_idx, s_idx, vs_heads, block_size, dense_fallback)
     return out

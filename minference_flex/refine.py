@@ -105,6 +105,7 @@ def refine_by_logits(
     positions: int = 1,
     kl_tolerance: float = KL_TOLERANCE,
     min_sparse_len: int | None = None,
+    exact_masks: bool = False,
     progress: bool = True,
 ) -> Refinement:
     """Make the layers of `result` (a `search.SearchResult`) cheaper while the model's
@@ -117,6 +118,7 @@ def refine_by_logits(
         kl_tolerance: bound on the mean KL(dense || sparse) in nats (>= 0).
         min_sparse_len: `minference_flex.compile`'s option for the sparse forwards (default: the
             shortest prompt's length, so every prompt runs sparse).
+        exact_masks: `Options.exact_masks` for the sparse forwards (CPU runs).
     """
     from .hf import compile as compile_model
     from .hf import restore
@@ -136,7 +138,7 @@ def refine_by_logits(
     def trial(patterns: list[list[HeadPattern]]) -> tuple[float, int, int]:
         """(mean KL, computed tiles, causal tiles) of the model with `patterns`."""
         nonlocal forwards
-        compile_model(model, patterns, min_sparse_len=sparse_len)
+        compile_model(model, patterns, min_sparse_len=sparse_len, exact_masks=exact_masks)
         try:
             with count_tiles() as tiles:
                 got = next_token_log_probs(model, ids, positions)
