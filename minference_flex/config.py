@@ -142,10 +142,13 @@ def load_pattern_config(
         if not os.path.isfile(path):
             raise PatternConfigError(f"pattern config file not found: {path}")
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 raw = json.load(f)
         except json.JSONDecodeError as exc:
             raise PatternConfigError(f"{path}: not valid JSON ({exc})") from exc
+        except UnicodeDecodeError:
+            raise PatternConfigError(f"{path}: not a text file (not UTF-8); pass a pattern config, a JSON list "
+                                     f"over layers of {{head: [pattern, a, b, score]}}") from None
         return parse_pattern_config(raw, num_layers, num_heads, origin=path)
     return parse_pattern_config(source, num_layers, num_heads)
 

@@ -97,6 +97,9 @@ def _check_candidates(candidates: Sequence[Any]) -> list[HeadPattern]:
     return out
 
 
+#: Query tiles a calibration prompt must span for the search to tell patterns apart.
+MIN_CALIBRATION_TILES = 4
+
 #: Chosen recall under which `SearchResult.summary` warns: recall is a rough guide to accuracy
 #: (perf/RESULTS.md, "Accuracy"), so low-recall heads are worth a check against the model's
 #: predictions (`minference_flex.refine`).
@@ -358,6 +361,13 @@ def search(
     device = layout.input_device(model)
     ids = _calibration_ids(model, calibration, length, seed, tokenizer, device)
     seq_len = ids.shape[1]
+    if seq_len < MIN_CALIBRATION_TILES * block_size:
+        raise ValueError(
+            f"the calibration prompt has {seq_len} tokens, too few to judge a pattern (below "
+            f"{MIN_CALIBRATION_TILES} tiles of {block_size} every candidate keeps nearly all attention); pass at "
+            f"least {MIN_CALIBRATION_TILES * block_size} tokens, and for budgets made for long prompts the length "
+            f"the model will serve"
+        )
 
     start = time.perf_counter()
     scorer = _LayerScorer(cands, num_layers, num_tiles, last_q, block_size, progress, start)

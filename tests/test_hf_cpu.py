@@ -251,6 +251,10 @@ def test_save_pattern_config_writes_only_what_load_reads_back(tmp_path):
     patterns = [[("vertical_and_slash", 30, 100), ("stream_llm", 4, 64), ("block_sparse", 0, 0), ("vertical_and_slash", 1, 2)]] * LAYERS
     mf.save_pattern_config(patterns, path)
     assert mf.load_pattern_config(path, LAYERS, HEADS) == [[mf.HeadPattern(*p) for p in layer] for layer in patterns]
+    binary = tmp_path / "weights.json"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(mf.PatternConfigError, match="not a text file"):
+        mf.load_pattern_config(binary, LAYERS, HEADS)
 
 
 def test_inputs_the_model_path_cannot_run_are_named():

@@ -332,6 +332,8 @@ def test_search_rejects_bad_options_and_restores_attention_on_error(monkeypatch)
         mf.search(model, tolerance=1.5, progress=False)
     with pytest.raises(ValueError, match="length must be"):
         mf.search(model, length=0, progress=False)
+    with pytest.raises(ValueError, match="3 tokens, too few to judge a pattern"):
+        mf.search(model, [5, 6, 7], progress=False)
 
     def broken(*args, **kwargs):
         raise RuntimeError("scoring failed")
@@ -416,3 +418,12 @@ def test_summary_warns_about_heads_that_no_candidate_covers():
     assert "warning: 1 heads keep less than 95%" in result.summary()
     recall[0][1] = 0.99
     assert "warning" not in result.summary()
+
+
+def test_search_names_a_model_folder_it_cannot_load(tmp_path, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{ not json")
+    with pytest.raises(SystemExit):
+        main(["search", "--model", str(folder), "--out", str(tmp_path / "c.json"), "--device", "cpu"])
+    assert f"--model {folder}: cannot load it" in capsys.readouterr().err
