@@ -127,3 +127,26 @@ def test_prefill_through_generate_runs_the_same_chunks_as_the_loop(monkeypatch):
     loop, lengths[:] = list(lengths), []
     bench_e2e.prefill_once(model, ids, chunk=64, generate=True)
     assert loop == [64, 64, 64, 8] and lengths == loop
+
+
+def test_real_heads_tile_view_pools_attention_and_the_patterns_tiles():
+    from minference_flex import reference
+    from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
+    from perf.draw_real_heads import default_heads, pattern_mask, tile_view
+
+    seq_len = random.randrange(300, 500)
+    q, k = torch.randn(1, 1, seq_len, 32), torch.randn(1, 1, seq_len, 32)
+    scale = 32**-0.5
+    mass, computed, recall = tile_view(q, k, reference.causal_mask(seq_len), scale, rows=100)
+    tiles = -(-seq_len // 64)
+    assert mass.shape == computed.shape == (tiles, tiles)
+    assert torch.allclose(mass.sum(1), torch.ones(tiles, dtype=torch.float64))  # each query tile's mean row
+    assert abs(recall - 1.0) < 1e-9 and torch.equal(computed, torch.ones(tiles, tiles, dtype=torch.bool).tril())
+    a_shape = pattern_mask(HeadPattern(A_SHAPE, 4, 64), q, k, scale)
+    _, computed, recall = tile_view(q, k, a_shape, scale)
+    assert 0 < recall < 1 and computed.sum() < tiles * (tiles + 1) // 2
+    for pattern in (HeadPattern(VERTICAL_SLASH, 30, 64), HeadPattern(BLOCK_SPARSE, 0, 0)):
+        assert pattern_mask(pattern, q, k, scale).shape == (seq_len, seq_len)
+    config = [[HeadPattern(A_SHAPE, 1, 2)] * 3, [HeadPattern(VERTICAL_SLASH, 1, 2), HeadPattern(BLOCK_SPARSE, 0, 0),
+                                                  HeadPattern(A_SHAPE, 1, 2)]]
+    assert default_heads(config) == [(0, 0), (1, 0), (1, 1), (1, 2)]  # each kind from the middle layer, then more
