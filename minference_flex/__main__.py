@@ -54,6 +54,9 @@ def _add_search(commands) -> argparse.ArgumentParser:
     search.add_argument("--exact-masks", action="store_true",
                         help="with --refine-kl: vertical-slash heads attend through their exact masks in the "
                         "refinement's forwards (for CPU runs, where Triton is interpreted)")
+    search.add_argument("--tables", default=None, metavar="PATH",
+                        help="also write the search's tables as JSON: every candidate's recall and cost per layer "
+                        "and head, the chosen ones, the calibration length and time, the machine")
     search.add_argument("--searched-out", default=None, metavar="PATH",
                         help="with --refine-kl: also write the recall search's config, before refinement, here")
     search.add_argument("--quiet", action="store_true",
@@ -152,6 +155,8 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                                        progress=not args.quiet)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
+    if args.tables:
+        _write_tables(result, args.tables, argv_text=" ".join(sys.argv[1:]))
     if args.refine_kl is None:
         result.save(args.out)
     else:
@@ -165,6 +170,19 @@ def _run_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     elif args.refine_kl is not None:
         print(refined.summary(), file=sys.stderr)
     print(f"wrote {args.out}: use it with minference_flex.compile(model, pattern_config={args.out!r})")
+
+
+def _write_tables(result, path: str, argv_text: str) -> None:
+    """The search's per-candidate tables as JSON (`SearchResult` fields, with the machine)."""
+    import dataclasses
+
+    from .evaluate import machine
+
+    tables = dataclasses.asdict(result)
+    tables["config"] = [[list(p) for p in layer] for layer in result.config]
+    tables["candidates"] = [list(c) for c in result.candidates]
+    with open(path, "w") as f:
+        json.dump({"machine": machine(), "command": "python -m minference_flex " + argv_text, **tables}, f)
 
 
 def main(argv: list[str] | None = None) -> int:

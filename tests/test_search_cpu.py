@@ -362,12 +362,16 @@ def test_cli_search_end_to_end(tmp_path, capsys):
     ids.write_text(json.dumps(torch.randint(0, 128, (800,)).tolist()))
     argv = ["search", "--model", str(tmp_path / "model"), "--out", str(out), "--length", "512",
             "--calibration", str(ids), "--budget", "a:16,128", "--budget", "vs:30,100", "--budget", "bs",
-            "--device", "cpu", "--quiet"]
+            "--device", "cpu", "--quiet", "--tables", str(tmp_path / "tables.json")]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "layer 1:" in printed and "mean recall" in printed and str(out) in printed
     config = mf.load_pattern_config(str(out), 2, 4)
     assert {p for layer in config for p in layer} <= {A(16, 128), VS(30, 100), BS}
+    tables = json.loads((tmp_path / "tables.json").read_text())
+    assert [mf.HeadPattern(*p) for p in tables["candidates"]] == [A(16, 128), VS(30, 100), BS]
+    assert [[mf.HeadPattern(*p) for p in layer] for layer in tables["config"]] == config
+    assert tables["seq_len"] == 512 and len(tables["candidate_recall"][1][3]) == 3
 
 
 @pytest.mark.parametrize(
