@@ -150,3 +150,22 @@ def test_real_heads_tile_view_pools_attention_and_the_patterns_tiles():
     config = [[HeadPattern(A_SHAPE, 1, 2)] * 3, [HeadPattern(VERTICAL_SLASH, 1, 2), HeadPattern(BLOCK_SPARSE, 0, 0),
                                                   HeadPattern(A_SHAPE, 1, 2)]]
     assert default_heads(config) == [(0, 0), (1, 0), (1, 1), (1, 2)]  # each kind from the middle layer, then more
+
+
+def test_search_rules_pick_by_tolerance_and_by_floor(tmp_path):
+    import json
+
+    from perf.search_rules import main as rules_main
+
+    # one layer, two heads, three candidates (recall, cost): the cheapest candidate keeps 0.93 / 0.5
+    tables = {"seq_len": 4096, "candidates": [["vertical_and_slash", 1000, 6096], ["stream_llm", 64, 512],
+                                                ["block_sparse", 0, 0]],
+              "candidate_recall": [[[1.0, 0.93, 0.97], [1.0, 0.5, 0.99]]],
+              "candidate_cost": [[[1.0, 0.2, 0.6], [1.0, 0.2, 0.6]]]}
+    path = tmp_path / "tables.json"
+    path.write_text(json.dumps(tables))
+    assert rules_main([str(path), "--tolerances", "0.05", "--floors", "0.9", "--write-dir", str(tmp_path)]) == 0
+    by_tolerance = json.loads((tmp_path / "tolerance_0.05.json").read_text())[0]
+    by_floor = json.loads((tmp_path / "floor_0.9.json").read_text())[0]
+    assert [by_tolerance[h][0] for h in "01"] == ["block_sparse", "block_sparse"]
+    assert [by_floor[h][0] for h in "01"] == ["stream_llm", "block_sparse"]
