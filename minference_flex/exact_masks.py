@@ -40,11 +40,6 @@ def full(mask: RowMask, q_len: int) -> torch.Tensor:
     return mask(0, q_len)
 
 
-def dense_rows(q_len: int, kv_len: int, device: torch.device) -> RowMask:
-    """Dense causal attention as a RowMask."""
-    return lambda r0, r1: causal(q_len, kv_len, device, r0, r1)[None, None]
-
-
 def a_shape_mask(
     init: Sequence[int], local: Sequence[int], q_len: int, kv_len: int, device: torch.device
 ) -> RowMask:

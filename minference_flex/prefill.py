@@ -15,7 +15,7 @@ import torch
 
 from . import _checks
 from . import exact_masks
-from .attention import fallback_threshold, vertical_slash_sparse_attention
+from .attention import dense_attention, fallback_threshold, vertical_slash_sparse_attention
 from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
 from .estimate import estimate_vertical_slash, select_block_sparse_tiles
 from .flex import a_shape_attend, block_sparse_flex
@@ -142,10 +142,12 @@ def _masked_prefill(
     v_idx, s_idx = torch.where(keep, v_idx, -1), torch.where(keep, s_idx, -1)
     rows = list(vs_heads)
     if sparse_index(q, k, v_idx, s_idx, block_size, fallback_threshold(dense_fallback)) is None:
-        mask = exact_masks.dense_rows(q_len, kv_len, q.device)
+        group = q.shape[1] // k.shape[1]
+        kv_rows = [h // group for h in rows]  # the op's fallback: dense attention of these heads
+        out[:, rows] = dense_attention(q[:, rows], k[:, kv_rows], v[:, kv_rows], scale)
     else:
         mask = exact_masks.vertical_slash_mask(v_idx[:, rows], s_idx[:, rows], q_len, kv_len, block_size)
-    out[:, rows] = exact_masks.masked_attention(q, k, v, mask, rows, scale)
+        out[:, rows] = exact_masks.masked_attention(q, k, v, mask, rows, scale)
     tiles = active()
     if tiles is not None:
         record_vertical_slash(tiles, q, k, v_idx, s_idx, vs_heads, block_size, dense_fallback)
