@@ -34,10 +34,9 @@ def run_real_demo(model_spec: str, seq_len: int | None = None, device: str | Non
     layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
     patterns = load_pattern_config(config, layers, heads, model.config._name_or_path)
     sample = tasks.sample("needle", seq_len, 10**9 + seed)
-    question = tasks.tokenizer.decode(sample.prompt[-40:], skip_special_tokens=True).split("?")[0].split(".")[-1]
     print(f"{model.config._name_or_path} on {dev.type}: {seq_len} tokens of Pride and Prejudice with one fact "
           f"hidden at {sample.depth:.0%} of it; pattern config: {config or 'default (every head VS 1000, 6096)'}")
-    print(f"  question:{question}?")
+    print(f"  question: {sample.question}")
     ids = torch.tensor([sample.prompt], device=dev)
 
     def prefill():

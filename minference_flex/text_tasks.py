@@ -132,13 +132,15 @@ def heldout_ids(tokenizer: Any, length: int, seed: int) -> list[int]:
 @dataclasses.dataclass(frozen=True)
 class TextSample:
     """prompt: token ids (`length` in all); answer: the digits to retrieve; depth: where the
-    asked needle starts, as a fraction of the prompt (None for kv)."""
+    asked needle starts, as a fraction of the prompt (None for kv); question: what the prompt
+    asks, as text."""
 
     task: str
     length: int
     prompt: list[int]
     answer: str
     depth: float | None
+    question: str = ""
 
 
 def _frame(tokenizer: Any, chat: bool) -> tuple[list[int], list[int]]:
@@ -196,7 +198,7 @@ def make_text_sample(
     body, starts = weave_needles(rng, _run(tokenizer, rng, room, "eval"), needle_ids, start, depth, length)
     prompt = head + intro + body + ask + answer_start
     assert len(prompt) == length
-    return TextSample(task, length, prompt, answer, starts[0] / length)
+    return TextSample(task, length, prompt, answer, starts[0] / length, question.strip())
 
 
 def _kv_sample(tokenizer: Any, rng: random.Random, length: int, head: list[int], tail: list[int], enc) -> TextSample:
@@ -228,7 +230,7 @@ def _kv_sample(tokenizer: Any, rng: random.Random, length: int, head: list[int],
     body += _filler(enc, pad)
     prompt = head + intro + body + ask + answer_start
     assert len(prompt) == length, (len(prompt), length)
-    return TextSample("kv", length, prompt, value, None)
+    return TextSample("kv", length, prompt, value, None, f'Key: "{key}"')
 
 
 def _filler(enc, n: int) -> list[int]:

@@ -46,6 +46,7 @@ def test_samples_have_the_exact_length_the_answer_and_the_frame(tokenizer, chat)
         assert sample.answer.isdigit()
         text = tokenizer.decode(sample.prompt)
         assert sample.answer in text, (task, sample.answer)
+        assert sample.question and sample.question in text, (task, sample.question)
         assert ("<|im_start|>assistant" in text) == chat
         assert text.rstrip().endswith(("is", 'is: "')), text[-80:]
         again = tt.make_text_sample(tokenizer, task, length, seed, chat=chat)
