@@ -7,7 +7,7 @@ attention is a masked softmax over rows of query chunks instead of the Triton ke
 outputs equal the kernel's up to rounding (tests/test_exact_masks_cpu.py); the cost is about
 that of dense attention. It is the evaluation path on a CPU, where Triton runs in its
 interpreter (about 50 s for a 1K-token pre-fill of a 30-layer model). A-shape and
-block-sparse run FlexAttention, compiled on CPU too; their masks here serve the tests.
+block-sparse run FlexAttention, compiled on CPU too.
 
 Masks follow the kernels' documented semantics (README, Kernel API); queries are the last Sq
 of the Sk positions, query i at p = Sk - Sq + i.
@@ -24,7 +24,7 @@ import torch
 #: Query rows per chunk of `masked_attention` (its scores are [B, heads, ROWS, keys] fp32).
 ROWS = 512
 
-#: A mask given by rows: mask(r0, r1) -> [B or 1, heads, r1 - r0, Sk] bool, rows r0..r1 of Sq.
+#: A mask given by rows: mask(r0, r1) -> [B, heads, r1 - r0, Sk] bool, rows r0..r1 of Sq.
 RowMask = Callable[[int, int], torch.Tensor]
 
 
@@ -33,26 +33,6 @@ def causal(q_len: int, kv_len: int, device: torch.device, r0: int = 0, r1: int |
     r1 = q_len if r1 is None else r1
     p = torch.arange(kv_len - q_len + r0, kv_len - q_len + r1, device=device)
     return torch.arange(kv_len, device=device)[None, :] <= p[:, None]
-
-
-def full(mask: RowMask, q_len: int) -> torch.Tensor:
-    """The whole [B or 1, heads, Sq, Sk] mask of a RowMask."""
-    return mask(0, q_len)
-
-
-def a_shape_mask(
-    init: Sequence[int], local: Sequence[int], q_len: int, kv_len: int, device: torch.device
-) -> RowMask:
-    """One (init, local) per head: j <= p and (j < init or p - j < local)."""
-    init_t = torch.tensor(list(init), device=device)[:, None, None]
-    local_t = torch.tensor(list(local), device=device)[:, None, None]
-    j = torch.arange(kv_len, device=device)[None, :]
-
-    def rows(r0: int, r1: int) -> torch.Tensor:
-        p = torch.arange(kv_len - q_len + r0, kv_len - q_len + r1, device=device)[:, None]
-        return ((j <= p) & ((j < init_t) | (p - j < local_t)))[None]
-
-    return rows
 
 
 def vertical_slash_mask(
@@ -86,30 +66,6 @@ def vertical_slash_mask(
     def rows(r0: int, r1: int) -> torch.Tensor:
         tile_of = torch.arange(r0, r1, device=device) // block_size
         return (bands[:, :, tile_of] | columns) & causal(q_len, kv_len, device, r0, r1)
-
-    return rows
-
-
-def block_sparse_mask(
-    tiles: torch.Tensor, count: torch.Tensor, q_len: int, kv_len: int, block_size: int = 64
-) -> RowMask:
-    """The mask of block-sparse attention from `select_block_sparse_tiles`'s (tiles [B, H, Mq,
-    W], count [B, H, Mq]): each query tile's first `count` chosen key tiles, plus the key tiles
-    holding its own positions, attended causally."""
-    bsz, heads, q_tiles, width = tiles.shape
-    device = tiles.device
-    k_tiles = math.ceil(kv_len / block_size)
-    valid = torch.arange(width, device=device) < count[..., None].long()
-    keep = torch.zeros(bsz, heads, q_tiles, k_tiles + 1, dtype=torch.bool, device=device)
-    keep.scatter_(-1, torch.where(valid, tiles.long(), k_tiles), True)
-    q_tile_of = torch.arange(q_len, device=device) // block_size
-    k_tile_of = torch.arange(kv_len, device=device) // block_size
-    own = torch.zeros(q_tiles, k_tiles + 1, dtype=torch.bool, device=device)
-    own[q_tile_of, k_tile_of[kv_len - q_len :]] = True  # the tiles of each query tile's positions
-    keep = keep | own
-
-    def rows(r0: int, r1: int) -> torch.Tensor:
-        return keep[:, :, q_tile_of[r0:r1]][..., k_tile_of] & causal(q_len, kv_len, device, r0, r1)
 
     return rows
 

@@ -21,17 +21,18 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minference_flex import reference  # noqa: E402
 from minference_flex.config import (  # noqa: E402
     A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, load_pattern_config, shipped_config_path,
 )
 from minference_flex.estimate import estimate_vertical_slash  # noqa: E402
-from minference_flex.evaluate import machine, pattern_name  # noqa: E402
+from minference_flex.evaluate import pattern_name  # noqa: E402
 from minference_flex.pretrained import load_text_model  # noqa: E402
 from minference_flex.probe import dense_forward_with_probe  # noqa: E402
 from minference_flex.text_tasks import heldout_ids  # noqa: E402
+from perf.common import machine  # noqa: E402
 
 TILE = 64
 

