@@ -224,11 +224,12 @@ def test_planted_local_columnar_and_block_heads_get_their_patterns():
     # head 0: scores grow with the key position, so the causal softmax decays ~150 tokens back
     q[0, 0, :, 0] = 1.0
     k[0, 0, :, 0] = torch.arange(seq_len) / (150 * scale)
-    # head 1: every query looks at 100 scattered key columns
+    # head 1: every query looks at 100 scattered key columns; key 0 is one of them (a sink, as
+    # in real heads), so no early row is left before its first column with diffuse attention
     look = torch.randn(dim)
     look = look / look.norm() * math.sqrt(14 / scale)
     q[0, 1] += look
-    k[0, 1, torch.randperm(seq_len)[:100]] += look
+    k[0, 1, torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(seq_len - 1)[:99]])] += look
     # head 2: each tile has one of 16 topics; queries look at the earlier tiles of theirs
     topic = torch.randint(0, 16, (seq_len // bs,)).repeat_interleave(bs)
     basis = torch.eye(dim)[:16] * math.sqrt(14 / scale)
