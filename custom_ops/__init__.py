@@ -2,7 +2,7 @@
 
 One folder per op: `index.py` (device-side work lists), `kernel.py` (Triton), `op.py`
 (torch.library registration and fake kernel). Plain PyTorch references of every pattern live
-in `minference_flex.reference`.
+in `minference_flex.ops.reference`.
 """
 
 from . import block_sparse, dense_causal, top_tiles, vertical_slash, vertical_slash_scores

@@ -11,7 +11,7 @@ long pre-fill.
 
 from custom_ops import _interpreter  # noqa: F401  (sets up Triton on CPU before anything imports it)
 
-from .attention import (
+from minference_flex.ops.attention import (
     DENSE_FALLBACK_FRACTION,
     block_sparse_attention,
     dense_attention,
@@ -19,12 +19,12 @@ from .attention import (
     streaming_forward,
     vertical_slash_sparse_attention,
 )
-from .config import HeadPattern, PatternConfigError, load_pattern_config, save_pattern_config
-from .estimate import estimate_vertical_slash, select_block_sparse_tiles, vertical_slash_counts
-from .hf import Options, compile, restore
-from .offload import HostOffloadedCache
-from .recall import attention_recall
-from .search import DEFAULT_CANDIDATES, SearchResult, search
+from minference_flex.patterns.config import HeadPattern, PatternConfigError, load_pattern_config, save_pattern_config
+from minference_flex.ops.estimate import estimate_vertical_slash, select_block_sparse_tiles, vertical_slash_counts
+from minference_flex.patch.hf import Options, compile, restore
+from minference_flex.patch.offload import HostOffloadedCache
+from minference_flex.metrics.recall import attention_recall
+from minference_flex.pattern_search.search import DEFAULT_CANDIDATES, SearchResult, search
 
 __version__ = "0.1.0"
 

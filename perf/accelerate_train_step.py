@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
-from minference_flex.layout import leave_process_group  # noqa: E402
+from minference_flex.patch.layout import leave_process_group  # noqa: E402
 
 SHAPES = {
     # hidden, layers, heads, kv heads, MLP, vocab

@@ -1,7 +1,7 @@
 """Accuracy of sparse pre-fill on the retrieval model trained here, against dense.
 
-The table of `minference_flex.evaluate` (the same code as `python -m minference_flex eval`):
-per task (minference_flex.tasks), length and method (dense, searched, searched-chunked,
+The table of `minference_flex.evaluation.evaluate` (the same code as `python -m minference_flex eval`):
+per task (minference_flex.retrieval.tasks), length and method (dense, searched, searched-chunked,
 VS (1000, 6096), VS (30, 800), block-sparse top 100, A-shape (128, 4096)), the exact-match
 accuracy over held-out samples, the fraction of dense causal 64 x 64 tiles the kernels
 computed for them, and the per-layer attention recall of each sparse method on the first
@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minference_flex.evaluate import add_arguments, run  # noqa: E402
+from minference_flex.evaluation.evaluate import add_arguments, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -49,10 +49,11 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minference_flex as mf  # noqa: E402
-import minference_flex.prefill as prefill  # noqa: E402
-from minference_flex.hf import cache_keyword  # noqa: E402
-from minference_flex.offload import HostOffloadedCache  # noqa: E402
-from minference_flex.config import shipped_config_path  # noqa: E402
+from minference_flex.patterns import get_pattern, override_estimator  # noqa: E402
+from minference_flex.patterns.vertical_slash import VERTICAL_SLASH  # noqa: E402
+from minference_flex.patch.hf import cache_keyword  # noqa: E402
+from minference_flex.patch.offload import HostOffloadedCache  # noqa: E402
+from minference_flex.patterns.config import shipped_config_path  # noqa: E402
 from perf.common import llama3_8b, machine, print_row, qwen25_7b_1m, write_json  # noqa: E402
 from perf.planted import planted_per_head  # noqa: E402
 
@@ -65,7 +66,7 @@ SHAPES = {  # model builder and the name its shipped config is found by
 @contextlib.contextmanager
 def planted_indices():
     """Structured mode: run the real estimator (its cost counts), hand the kernel planted indices."""
-    real = prefill.estimate_vertical_slash
+    real = get_pattern(VERTICAL_SLASH).estimator
 
     # kept in pinned host memory and copied in per call: a chunked pre-fill sees a new key length
     # every chunk, and holding every length's indices on the GPU would add to the peak measured
@@ -80,11 +81,8 @@ def planted_indices():
         v_idx, s_idx = planted(q.shape[0], k.shape[2], tuple(verticals), tuple(slashes))
         return v_idx.to(q.device, non_blocking=True), s_idx.to(q.device, non_blocking=True)
 
-    prefill.estimate_vertical_slash = estimate
-    try:
+    with override_estimator(VERTICAL_SLASH, estimate):
         yield
-    finally:
-        prefill.estimate_vertical_slash = real
 
 
 def _synchronize_all() -> None:

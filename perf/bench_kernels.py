@@ -106,8 +106,8 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
     del k_rep, v_rep, cudnn
     if not flex:
         return rows
-    from minference_flex.estimate import select_block_sparse_tiles
-    from minference_flex.flex import block_sparse_key_split_masks, key_split_parts
+    from minference_flex.ops.estimate import select_block_sparse_tiles
+    from minference_flex.ops.flex import block_sparse_key_split_masks, key_split_parts
 
     passes = key_split_parts(k)
 
@@ -122,7 +122,7 @@ def bench_length(seq_len, heads, kv_heads, head_dim, modes, rep_ms, vs_budgets=V
     add("block-sparse top 100 of 64", "random", t_bs, mask_ms=t_mask, passes=passes,
         kernel_tile_tflops=bs_flops / (t_bs - t_mask) / 1e9)
 
-    from minference_flex.flex import a_shape_block_mask
+    from minference_flex.ops.flex import a_shape_block_mask
 
     t_amask = median_ms(lambda: a_shape_block_mask(1, heads, seq_len, 128, 4096, q.device), rep_ms=rep_ms)
     t_a = median_ms(lambda: mf.streaming_forward(q, k, v, 128, 4096), rep_ms=rep_ms)

@@ -1,7 +1,7 @@
 """Pattern search on the Llama-3-8B shape with random weights: time and peak GPU memory.
 
 Builds LlamaForCausalLM (hidden 4096, 32 layers, 32 q / 8 kv heads, intermediate 14336,
-vocab 128256, rope_theta 500000) directly on the GPU in bf16, runs `minference_flex.search`
+vocab 128256, rope_theta 500000) directly on the GPU in bf16, runs `minference_flex.pattern_search.search`
 on the built-in synthetic prompt and writes the config and a JSON summary. Usage (on a GPU):
     python perf/bench_search.py --length 32768
 """

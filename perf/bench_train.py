@@ -49,8 +49,8 @@ from custom_ops.block_sparse import launch_block_sparse_backward, launch_block_s
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction  # noqa: E402
 from custom_ops.vertical_slash.backward import launch_vertical_slash_backward  # noqa: E402
 from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
-from minference_flex.config import load_pattern_config, shipped_config_path  # noqa: E402
-from minference_flex.estimate import select_block_sparse_tiles  # noqa: E402
+from minference_flex.patterns.config import load_pattern_config, shipped_config_path  # noqa: E402
+from minference_flex.ops.estimate import select_block_sparse_tiles  # noqa: E402
 from perf.bench_e2e import SHAPES, planted_indices  # noqa: E402
 from perf.common import machine, median_ms, print_row, print_table, write_json  # noqa: E402
 from perf.planted import planted_vertical_slash  # noqa: E402

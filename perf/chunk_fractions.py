@@ -18,9 +18,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from custom_ops.vertical_slash import build_vertical_slash_index  # noqa: E402
-from minference_flex.attention import DENSE_FALLBACK_FRACTION  # noqa: E402
+from minference_flex.ops.attention import DENSE_FALLBACK_FRACTION  # noqa: E402
 from custom_ops.vertical_slash.index import dense_tiles, head_fractions  # noqa: E402
-from minference_flex.config import VERTICAL_SLASH, load_pattern_config, shipped_config_path  # noqa: E402
+from minference_flex.patterns.config import VERTICAL_SLASH, load_pattern_config, shipped_config_path  # noqa: E402
 from perf.bench_e2e import SHAPES, layer_subset  # noqa: E402
 from perf.common import write_json  # noqa: E402
 from perf.planted import planted_per_head  # noqa: E402

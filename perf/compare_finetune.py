@@ -2,7 +2,7 @@
 
     python perf/compare_finetune.py DENSE_DIR SPARSE_DIR [--window 50] [--out perf/results/finetune.json]
 
-DENSE_DIR and SPARSE_DIR are the `--out` folders of two `python -m minference_flex.train` runs
+DENSE_DIR and SPARSE_DIR are the `--out` folders of two `python -m minference_flex.retrieval.train` runs
 with the same `--init` model and schedule, the second with `--sparse-attention`
 (perf/device_sparse_finetune.sh runs both). Printed and written as JSON:
 - loss: the mean logged training loss over windows of `--window` steps, the same steps in both
@@ -27,10 +27,10 @@ RUNS = ("dense", "sparse")
 
 
 def read_log(folder: str) -> dict:
-    """The train_log.json of a `minference_flex.train --out` folder."""
+    """The train_log.json of a `minference_flex.retrieval.train --out` folder."""
     path = os.path.join(folder, "train_log.json")
     if not os.path.isfile(path):
-        raise ValueError(f"{folder}: no train_log.json; pass the --out folder of a minference_flex.train run")
+        raise ValueError(f"{folder}: no train_log.json; pass the --out folder of a minference_flex.retrieval.train run")
     with open(path) as f:
         log = json.load(f)
     missing = [key for key in ("preset", "steps", "init", "sparse_attention") if key not in log]

@@ -2,7 +2,7 @@
 
     python perf/draw_real_heads.py --model smollm2 --length 8192 [--config F] [--heads 3:2 12:5 ...]
 
-One dense forward over held-out book text (`minference_flex.text_tasks.heldout_ids`). Per chosen
+One dense forward over held-out book text (`minference_flex.llms.text_tasks.heldout_ids`). Per chosen
 head: its causal attention pooled into 64 x 64 tiles (each query tile's mean attention mass per
 key tile, log scale), and outlined on it the tiles its pattern computes on this very input
 (the estimators' real indices: columns and diagonals, A-shape's sinks and window, block-sparse's
@@ -23,15 +23,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minference_flex import reference  # noqa: E402
-from minference_flex.config import (  # noqa: E402
+from minference_flex.ops import reference  # noqa: E402
+from minference_flex.patterns.config import (  # noqa: E402
     A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, load_pattern_config, shipped_config_path,
 )
-from minference_flex.estimate import estimate_vertical_slash  # noqa: E402
-from minference_flex.evaluate import pattern_name  # noqa: E402
-from minference_flex.pretrained import load_text_model  # noqa: E402
-from minference_flex.probe import dense_forward_with_probe  # noqa: E402
-from minference_flex.text_tasks import heldout_ids  # noqa: E402
+from minference_flex.ops.estimate import estimate_vertical_slash  # noqa: E402
+from minference_flex.evaluation.evaluate import pattern_name  # noqa: E402
+from minference_flex.llms.pretrained import load_text_model  # noqa: E402
+from minference_flex.patch.probe import dense_forward_with_probe  # noqa: E402
+from minference_flex.llms.text_tasks import heldout_ids  # noqa: E402
 from perf.common import machine  # noqa: E402
 
 TILE = 64

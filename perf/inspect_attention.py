@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minference_flex.estimate import _grouped_last_probs  # noqa: E402
-from minference_flex.probe import dense_forward_with_probe  # noqa: E402
-from minference_flex.retrieval_model import load_retrieval_model  # noqa: E402
-from minference_flex.tasks import TASKS, make_sample  # noqa: E402
+from minference_flex.ops.estimate import _grouped_last_probs  # noqa: E402
+from minference_flex.patch.probe import dense_forward_with_probe  # noqa: E402
+from minference_flex.retrieval.model import load_retrieval_model  # noqa: E402
+from minference_flex.retrieval.tasks import TASKS, make_sample  # noqa: E402
 from perf.common import machine, write_json  # noqa: E402
 
 LAST_Q, SINKS, LOCAL = 64, 4, 128

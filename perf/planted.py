@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from minference_flex.estimate import FORCED_VERTICAL, vertical_slash_counts
+from minference_flex.ops.estimate import FORCED_VERTICAL, vertical_slash_counts
 
 
 def planted_vertical_slash(

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minference_flex.config import HeadPattern, save_pattern_config  # noqa: E402
-from minference_flex.search import select_patterns  # noqa: E402
+from minference_flex.patterns.config import HeadPattern, save_pattern_config  # noqa: E402
+from minference_flex.pattern_search.search import select_patterns  # noqa: E402
 
 
 def select_by_floor(recall: torch.Tensor, cost: torch.Tensor, floor: float) -> list[int]:

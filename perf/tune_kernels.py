@@ -22,7 +22,7 @@ from custom_ops.top_tiles import top_tiles  # noqa: E402
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction  # noqa: E402
 from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
 from custom_ops.vertical_slash_scores import vertical_slash_scores  # noqa: E402
-from minference_flex.estimate import (  # noqa: E402
+from minference_flex.ops.estimate import (  # noqa: E402
     _diagonal_sums,
     _grouped_last_probs,
     _grouped_last_scores,
@@ -30,7 +30,7 @@ from minference_flex.estimate import (  # noqa: E402
     pool_tiles,
     pooled_tile_scores,
 )
-from minference_flex.flex import (  # noqa: E402
+from minference_flex.ops.flex import (  # noqa: E402
     FLEX_ALIGN,
     _compiled_flex,
     _kernel_options,
@@ -217,7 +217,7 @@ def sweep_block_sparse(q, k, v, rep, option_names=None, sweep_select=True):
             report("bs flex kernel", f"{order} {name}", ms, max_abs_diff=diff(out[:, :, :s], base[:, :, :s]) if order == "ascending" else 0.0,
                    tflops=tiles * 4 * 64 * 64 * q.shape[-1] / ms / 1e9)
     report("bs", "block_sparse_attention (whole)", median_ms(lambda: mf.block_sparse_attention(q, k, v, 100), rep_ms=rep))
-    from minference_flex.flex import a_shape_block_mask
+    from minference_flex.ops.flex import a_shape_block_mask
 
     a_mask = a_shape_block_mask(1, q.shape[1], flex_padded_length(s), 128, 4096, q.device)
     a_opts = _kernel_options(q, a_mask)
@@ -342,7 +342,7 @@ def block_sparse_key_split(q, k, v, rep, parts_list=(2, 3, 4, 6), rounds=3):
     """Block-sparse FlexAttention in one pass against one pass per range of key tiles merged
     by log-sum-exp (`flex_attend` with a list of masks), on the estimator's tiles; masks prebuilt, then
     the whole path with its mask building. Alternating rounds, as the GPU clock drifts."""
-    from minference_flex.flex import block_sparse_key_split_masks, flex_attend
+    from minference_flex.ops.flex import block_sparse_key_split_masks, flex_attend
 
     s = q.shape[2]
     scale = q.shape[-1] ** -0.5

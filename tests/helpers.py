@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from minference_flex import reference
+from minference_flex.ops import reference
 
 
 def random_qkv(batch, heads, kv_heads, seq_len, head_dim, dtype=torch.float32, device="cpu"):
@@ -86,8 +86,8 @@ def samples_the_model_answers(model, task: str, length: int, count: int = 1, tri
 
     The model's own errors (a few % for multikey: its MODEL_CARD.md) are the accuracy table's
     business; a model test checks what sparse pre-fill does to a right answer."""
-    from minference_flex.retrieval_model import answer
-    from minference_flex.tasks import exact_match, make_sample
+    from minference_flex.retrieval.model import answer
+    from minference_flex.retrieval.tasks import exact_match, make_sample
 
     found = []
     for _ in range(tries):
@@ -106,7 +106,9 @@ def smollm2_or_skip():
 
     import pytest
 
-    from minference_flex import pretrained, text_tasks
+    from minference_flex.llms import pretrained
+
+    from minference_flex.llms import text_tasks
 
     if importlib.util.find_spec("gguf") is None or not pretrained.is_real_model("smollm2") or (
         importlib.util.find_spec(text_tasks.NOVEL_PACKAGE) is None

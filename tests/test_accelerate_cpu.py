@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import minference_flex as mf
-from minference_flex.evaluate import EvalSpec, build_table
+from minference_flex.evaluation.evaluate import EvalSpec, build_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_ARGS = ["--lengths", "256", "384", "--tasks", "passkey", "needle", "kv", "--samples", "3",
@@ -88,7 +88,7 @@ def test_eval_spec_and_cli_reject_bad_arguments(capsys):
         EvalSpec(methods=("sparse",))
     with pytest.raises(ValueError, match="samples must be an int >= 1"):
         EvalSpec(samples=0)
-    from minference_flex.__main__ import main
+    from minference_flex.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["eval", "--samples", "0", "--out", "/tmp/never.json"])
@@ -150,7 +150,7 @@ def test_input_device_follows_offloaded_embeddings(tmp_path):
     import accelerate
     from accelerate.hooks import AlignDevicesHook
 
-    from minference_flex.layout import input_device
+    from minference_flex.patch.layout import input_device
 
     model = _tiny_llama()
     assert input_device(model) == torch.device("cpu")
@@ -215,7 +215,7 @@ def test_data_parallel_wrapper_is_refused_with_the_fix():
 
 
 def test_each_device_gets_its_own_flex_compile_cache():
-    from minference_flex.flex import _compiled_flex, _flex_on_blocks, per_device_copy
+    from minference_flex.ops.flex import _compiled_flex, _flex_on_blocks, per_device_copy
 
     cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
     assert _compiled_flex(cuda0) is _compiled_flex(cuda0)

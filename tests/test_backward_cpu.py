@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import minference_flex as mf
-from minference_flex import reference
-from minference_flex.estimate import select_block_sparse_tiles
+from minference_flex.ops import reference
+from minference_flex.ops.estimate import select_block_sparse_tiles
 from tests.helpers import assert_close_to_reference, assert_grads_close_to_reference, reference_grads, random_qkv
 
 SHAPES = [  # batch, heads, kv_heads, seq_len, head_dim
@@ -112,7 +112,7 @@ def test_grad_path_masks_carry_q_indices_of_the_same_blocks():
     same kv blocks as the forward masks and q-direction indices that describe those blocks."""
     from torch.nn.attention.flex_attention import _ordered_to_dense
 
-    from minference_flex import flex
+    from minference_flex.ops import flex
 
     q, k, _ = random_qkv(2, 4, 2, 777, 64)
     tiles, count = select_block_sparse_tiles(q, k, 3, 64)
@@ -396,7 +396,7 @@ def test_grads_at_the_end_of_the_keys(shape, op, nan_empty):
 
 
 def test_flex_attend_with_grads_rejects_key_range_passes():
-    from minference_flex import flex
+    from minference_flex.ops import flex
 
     q, k, v = _leaves((1, 2, 1, 256, 64))
     tiles, count = select_block_sparse_tiles(q.detach(), k.detach(), 2, 64)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import minference_flex as mf
-from minference_flex import reference
-from minference_flex.estimate import select_block_sparse_tiles
+from minference_flex.ops import reference
+from minference_flex.ops.estimate import select_block_sparse_tiles
 from tests.helpers import assert_close_to_reference
 
 # batch, heads, kv_heads, Sq, Sk, head_dim: odd lengths, offsets on and off 64-token

@@ -12,8 +12,8 @@ import transformers
 from transformers import DynamicCache
 
 import minference_flex as mf
-from minference_flex import hf
-from minference_flex.hf import cache_keyword
+from minference_flex.patch import hf
+from minference_flex.patch.hf import cache_keyword
 
 HEADS, KV_HEADS, LAYERS = 4, 2, 2
 COMMON = dict(

@@ -12,7 +12,7 @@ from perf import compare_finetune
 
 
 def _log(sparse: bool, losses: dict[int, float], ms: dict[int, tuple[int, float]], final: dict | None = None) -> dict:
-    """A training log as minference_flex.train writes it; ms: step -> (length, step_ms)."""
+    """A training log as minference_flex.retrieval.train writes it; ms: step -> (length, step_ms)."""
     steps = [{"step": s, "length": ms[s][0], "loss": loss, "step_ms": ms[s][1]} for s, loss in sorted(losses.items())]
     return {"preset": {"stages": [[4096, 100, 1], [8192, 100, 1]], "tasks": ["passkey", "multikey"], "lr": 5e-4,
                        "lm_weight": 0.5, "replay": 0.3},

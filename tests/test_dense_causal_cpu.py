@@ -9,7 +9,7 @@ import torch
 import minference_flex as mf
 from custom_ops.dense_causal import chunk_bounds, chunked_causal_attention
 from custom_ops.dense_causal.kernel import merge_two_into
-from minference_flex import reference
+from minference_flex.ops import reference
 from tests.helpers import assert_close_to_reference, random_qkv
 
 

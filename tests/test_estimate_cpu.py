@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import minference_flex as mf
-from minference_flex import reference
-from minference_flex.estimate import FORCED_SLASH, FORCED_VERTICAL
+from minference_flex.ops import reference
+from minference_flex.ops.estimate import FORCED_SLASH, FORCED_VERTICAL
 from tests.helpers import random_qkv
 
 
@@ -68,7 +68,7 @@ def test_fused_sums_match_torch(shape):
     spans the whole row)."""
     from custom_ops.vertical_slash_scores import vertical_slash_scores
     from custom_ops.vertical_slash_scores.kernel import _row_stats_launch, _sums_launch
-    from minference_flex.estimate import _diagonal_sums, _grouped_last_probs, _grouped_last_scores
+    from minference_flex.ops.estimate import _diagonal_sums, _grouped_last_probs, _grouped_last_scores
 
     b, h, hk, s, d, last_q = shape
     q, k, _ = random_qkv(b, h, hk, s, d)
@@ -92,7 +92,7 @@ def test_fused_sums_match_torch(shape):
 def test_always_kept_budgets_skip_their_scores(monkeypatch, budgets, scored):
     """A budget no larger than the always-kept set returns exactly that set; only the other
     side's scores are computed (none for (30, 100))."""
-    from minference_flex import estimate
+    from minference_flex.ops import estimate
 
     b, h, hk, s, d = 2, 4, 2, 500, 64
     q, k, _ = random_qkv(b, h, hk, s, d)
@@ -116,7 +116,7 @@ def test_always_kept_budgets_skip_their_scores(monkeypatch, budgets, scored):
 
 def test_estimators_in_head_chunks_match_whole(monkeypatch):
     """A score-buffer budget that forces one K head per chunk gives the same indices."""
-    from minference_flex import estimate
+    from minference_flex.ops import estimate
 
     q, k, _ = random_qkv(2, 6, 3, 400, 32)
     whole_vs = mf.estimate_vertical_slash(q, k, 40, 70)

@@ -9,9 +9,9 @@ import random
 import pytest
 import transformers
 
-from minference_flex import hf
-from minference_flex.config import BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern, load_pattern_config
-from minference_flex.evaluate import (
+from minference_flex.patch import hf
+from minference_flex.patterns.config import BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern, load_pattern_config
+from minference_flex.evaluation.evaluate import (
     EVERY_HEAD,
     METHODS,
     EvalSpec,
@@ -22,9 +22,9 @@ from minference_flex.evaluate import (
     run_items,
     work_items,
 )
-from minference_flex.retrieval_model import answer
-from minference_flex.tasks import TOKENIZER, make_sample
-from minference_flex.tile_count import causal_tiles
+from minference_flex.retrieval.model import answer
+from minference_flex.retrieval.tasks import TOKENIZER, make_sample
+from minference_flex.metrics.tile_count import causal_tiles
 
 HEADS, LAYERS = 4, 2
 SEARCHED = [{"0": ["vertical_and_slash", 30, 100, 0], "1": ["vertical_and_slash", 30, 200, 0],

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import minference_flex as mf
-from minference_flex import reference
-from minference_flex.estimate import select_block_sparse_tiles
+from minference_flex.ops import reference
+from minference_flex.ops.estimate import select_block_sparse_tiles
 from tests.helpers import assert_close_to_reference, random_qkv
 
 SHAPES = [  # batch, heads, kv_heads, seq_len, head_dim
@@ -85,7 +85,7 @@ def test_key_split_passes_attend_what_one_mask_does(monkeypatch, seq_len, parts)
     """The passes of `block_sparse_key_split_masks` (each over its queries and key range),
     merged by `_flex_key_split`, equal block-sparse attention; Flex itself is stood in for by
     its semantics, as Inductor's CPU template returns no log-sum-exp. Some heads inactive."""
-    from minference_flex import flex
+    from minference_flex.ops import flex
 
     monkeypatch.setattr(flex, "flex_attention", _flex_from_block_mask)
     q, k, v = random_qkv(2, 4, 2, seq_len, 64)
@@ -110,7 +110,7 @@ def test_key_split_passes_attend_what_one_mask_does(monkeypatch, seq_len, parts)
 
 
 def test_key_range_passes_on_cpu_raise():
-    from minference_flex import flex
+    from minference_flex.ops import flex
 
     q, k, v = random_qkv(1, 2, 1, 256, 64)
     tiles, count = select_block_sparse_tiles(q, k, 2, 64)

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 import minference_flex as mf
-from minference_flex.hf import cache_keyword
+from minference_flex.patch.hf import cache_keyword
 
 pytestmark = pytest.mark.gpu
 
@@ -167,7 +167,7 @@ def _launch_two(args: list[str], tmp_path) -> None:
 def test_data_parallel_eval_on_two_gpus_writes_the_one_process_table(tmp_path):
     import json
 
-    from minference_flex.__main__ import main
+    from minference_flex.cli.main import main
 
     args = ["--lengths", "2048", "--tasks", "passkey", "needle", "--samples", "4",
             "--methods", "dense", "default", "a-shape"]

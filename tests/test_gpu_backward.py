@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import minference_flex as mf
-from minference_flex import reference
+from minference_flex.ops import reference
 from tests.helpers import random_qkv, reference_grads
 
 pytestmark = pytest.mark.gpu
@@ -165,7 +165,7 @@ def test_training_step_of_a_patched_model_cuda():
 def test_grads_at_the_end_of_the_keys_cuda(op):
     """Queries at the end of the keys (a chunk of 1000 of 3001 positions, offset off a tile
     boundary). Block-sparse is checked on its own tile selection (bf16 pooled scores)."""
-    from minference_flex import flex
+    from minference_flex.ops import flex
 
     sq, sk = 1000, 3001
     q = torch.randn(2, 8, sq, 128, device="cuda", dtype=torch.bfloat16).requires_grad_()

@@ -8,8 +8,8 @@ import torch
 import transformers
 
 import minference_flex as mf
-from minference_flex.hf import cache_keyword
-from minference_flex import reference
+from minference_flex.patch.hf import cache_keyword
+from minference_flex.ops import reference
 from tests.helpers import assert_close_to_reference
 
 pytestmark = pytest.mark.gpu
@@ -100,7 +100,7 @@ def _tiny_model(layers=2):
 
 @pytest.mark.parametrize("cache", ["dynamic", "offloaded", "host"])
 def test_generate_with_prefill_chunks_goes_sparse_cuda(cache, monkeypatch):
-    from minference_flex import hf
+    from minference_flex.patch import hf
 
     calls = []
     real = hf.sparse_prefill

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import minference_flex as mf
-from minference_flex import reference
+from minference_flex.ops import reference
 from tests.helpers import assert_close_to_reference, random_qkv
 
 pytestmark = pytest.mark.gpu
@@ -44,7 +44,7 @@ def test_block_sparse_cuda(shape, dtype):
     """Pooled scores are bf16/fp16 on CUDA, so near-ties may pick other tiles than the float64
     reference: the attention is checked on the op's own selection, the selection against the
     op's own pooled scores (exact top-k, ties allowed), and those scores against float64."""
-    from minference_flex.estimate import pooled_tile_scores
+    from minference_flex.ops.estimate import pooled_tile_scores
     from tests.test_top_tiles_cpu import check_selection
 
     b, h, hk, s, d = shape
@@ -67,7 +67,7 @@ def test_block_sparse_key_split_cuda(monkeypatch, dtype):
     """The key-range passes that long sequences take (forced here by a small KEY_SPLIT_BYTES:
     2 to 3 passes), merged by log-sum-exp, against the reference on the op's own selection;
     once more inside a fullgraph compile."""
-    from minference_flex import flex
+    from minference_flex.ops import flex
 
     for b, h, hk, s, d in SHAPES:
         q, k, v = random_qkv(b, h, hk, s, d, dtype, "cuda")
@@ -120,7 +120,7 @@ def test_vertical_slash_tma_and_pointer_loads_cuda(budget, head_dim):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vertical_slash_scores_cuda(dtype):
     """The fused estimator sums equal the PyTorch softmax + sums on the same scores."""
-    from minference_flex.estimate import _diagonal_sums, _grouped_last_probs, last_query_sums
+    from minference_flex.ops.estimate import _diagonal_sums, _grouped_last_probs, last_query_sums
 
     q, k, _ = random_qkv(2, 8, 2, 3001, 128, dtype, "cuda")
     vertical, slash = last_query_sums(q, k, 64, 128**-0.5)
@@ -176,7 +176,7 @@ def test_full_budgets_equal_dense_cuda():
 
 def test_estimators_in_head_chunks_cuda(monkeypatch):
     """The chunked score buffers (used from 512K tokens on) give the same estimates on CUDA."""
-    from minference_flex import estimate
+    from minference_flex.ops import estimate
 
     q, k, _ = random_qkv(2, 8, 2, 3000, 128, torch.bfloat16, "cuda")
     whole = estimate.last_query_sums(q, k, 64, 128**-0.5)

@@ -61,9 +61,9 @@ def test_search_on_cuda_bf16_gives_a_config_that_compiles():
 def test_retrieval_model_answers_with_sparse_prefill_on_cuda():
     """The shipped model with its searched config answers passkey and multikey at 32K: of 5
     fresh samples per task that it answers with dense attention, at least 4 with sparse."""
-    from minference_flex.retrieval_model import answer, load_retrieval_model, searched_config_path, shipped_model_available
-    from minference_flex.tasks import exact_match
-    from minference_flex.tile_count import count_tiles
+    from minference_flex.retrieval.model import answer, load_retrieval_model, searched_config_path, shipped_model_available
+    from minference_flex.retrieval.tasks import exact_match
+    from minference_flex.metrics.tile_count import count_tiles
     from tests.helpers import samples_the_model_answers
 
     if not shipped_model_available():

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import minference_flex as mf
-from minference_flex import pretrained, text_tasks
-from minference_flex.tile_count import count_tiles
+from minference_flex.llms import pretrained
+from minference_flex.llms import text_tasks
+from minference_flex.metrics.tile_count import count_tiles
 
 pytestmark = pytest.mark.gpu
 

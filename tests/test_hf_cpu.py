@@ -178,7 +178,7 @@ def test_torch_compile_of_the_patched_model():
 
 
 def test_compile_takes_head_pattern_lists_as_search_returns_them():
-    from minference_flex.config import HeadPattern
+    from minference_flex.patterns.config import HeadPattern
 
     model = _model(ARCHS[0][1])
     ids = torch.randint(1, 128, (1, SEQ))

@@ -10,8 +10,8 @@ import random
 import torch
 import transformers
 
-from minference_flex.config import VERTICAL_SLASH, HeadPattern
-from minference_flex.lm_quality import lm_quality
+from minference_flex.patterns.config import VERTICAL_SLASH, HeadPattern
+from minference_flex.evaluation.lm_quality import lm_quality
 
 LLAMA = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,

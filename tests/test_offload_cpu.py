@@ -8,8 +8,8 @@ import torch
 import transformers
 
 import minference_flex as mf
-from minference_flex.hf import cache_keyword
-from minference_flex import offload
+from minference_flex.patch.hf import cache_keyword
+from minference_flex.patch import offload
 
 
 def _model(sliding_window=None):

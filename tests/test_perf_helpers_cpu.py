@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from minference_flex.estimate import FORCED_VERTICAL, vertical_slash_counts
+from minference_flex.ops.estimate import FORCED_VERTICAL, vertical_slash_counts
 from perf.planted import planted_per_head
 
 
@@ -30,19 +30,22 @@ def test_planted_per_head_respects_each_heads_budget():
 
 
 def test_structured_mode_runs_the_real_estimator_and_hands_over_planted_indices(monkeypatch):
-    import minference_flex.prefill as prefill
+    from minference_flex.patterns import get_pattern
+    from minference_flex.patterns.vertical_slash import VERTICAL_SLASH
     from perf import bench_e2e
 
     calls = []
-    real = prefill.estimate_vertical_slash
-    monkeypatch.setattr(prefill, "estimate_vertical_slash", lambda *a: calls.append(a) or real(*a))
+    pattern = get_pattern(VERTICAL_SLASH)
+    real = pattern.estimator
+    spy = lambda *a: calls.append(a) or real(*a)  # noqa: E731
+    monkeypatch.setattr(pattern, "estimator", spy)
     q, k = torch.randn(1, 4, 700, 32), torch.randn(1, 2, 700, 32)
     with bench_e2e.planted_indices():
-        v_idx, s_idx = prefill.estimate_vertical_slash(q, k, [30] * 4, [100] * 4, 64, None)
+        v_idx, s_idx = pattern.estimator(q, k, [30] * 4, [100] * 4, 64, None)
     assert len(calls) == 1, "the real estimator must run (its cost counts)"
     expected = planted_per_head(1, 700, [30] * 4, [100] * 4, "cpu")
     assert torch.equal(v_idx, expected[0]) and torch.equal(s_idx, expected[1])
-    assert prefill.estimate_vertical_slash is not None and len(calls) == 1
+    assert pattern.estimator is spy and len(calls) == 1  # restored after the block
 
 
 def test_interleaved_ratio_pairs_each_round_with_its_own_baseline(monkeypatch):
@@ -85,7 +88,7 @@ def test_launch_sweep_times_each_launch_and_names_the_ones_that_fail():
 
 def test_bench_train_model_step_finds_its_pattern_config():
     """--model-step runs the first 16 layers of the shipped Llama-3-8B-262K config."""
-    from minference_flex.config import load_pattern_config, shipped_config_path
+    from minference_flex.patterns.config import load_pattern_config, shipped_config_path
     from perf import bench_train
 
     path = shipped_config_path(bench_train.SHAPES["llama3-8b"][1])
@@ -130,8 +133,8 @@ def test_prefill_through_generate_runs_the_same_chunks_as_the_loop(monkeypatch):
 
 
 def test_real_heads_tile_view_pools_attention_and_the_patterns_tiles():
-    from minference_flex import reference
-    from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
+    from minference_flex.ops import reference
+    from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
     from perf.draw_real_heads import default_heads, pattern_mask, tile_view
 
     seq_len = random.randrange(300, 500)

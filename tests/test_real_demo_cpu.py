@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from minference_flex import pretrained, text_tasks
-from minference_flex.__main__ import main
+from minference_flex.llms import pretrained
+
+from minference_flex.llms import text_tasks
+from minference_flex.cli.main import main
 
 from tests.helpers import smollm2_or_skip  # noqa: E402
 
@@ -15,7 +17,7 @@ smollm2_or_skip()
 
 @pytest.mark.slow
 def test_demo_on_smollm2_prints_both_answers_and_the_tiles(capsys):
-    from minference_flex.real_demo import run_real_demo
+    from minference_flex.cli.real_demo import run_real_demo
 
     row = run_real_demo("smollm2", 1100, "cpu")
     out = capsys.readouterr().out

@@ -10,9 +10,10 @@ import warnings
 import pytest
 
 import minference_flex as mf
-from minference_flex import pretrained, text_tasks
-from minference_flex.config import shipped_config_path
-from minference_flex.tile_count import count_tiles
+from minference_flex.llms import pretrained
+from minference_flex.llms import text_tasks
+from minference_flex.patterns.config import shipped_config_path
+from minference_flex.metrics.tile_count import count_tiles
 
 from tests.helpers import smollm2_or_skip  # noqa: E402
 

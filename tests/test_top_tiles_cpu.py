@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from custom_ops.top_tiles import top_tiles
-from minference_flex.estimate import _top_tiles_torch
+from minference_flex.ops.estimate import _top_tiles_torch
 
 
 def check_selection(scores: torch.Tensor, tiles: torch.Tensor, count: torch.Tensor, topk: int) -> None:

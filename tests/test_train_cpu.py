@@ -13,8 +13,8 @@ import transformers
 from safetensors.torch import load_file
 
 import minference_flex as mf
-from minference_flex import checkpoint
-from minference_flex.train import PRESETS, build_model, main as train_main
+from minference_flex.retrieval import checkpoint
+from minference_flex.retrieval.train import PRESETS, build_model, main as train_main
 
 HEADS, KV_HEADS, LAYERS, SEQ = 4, 2, 2, 600
 CONFIG = transformers.LlamaConfig(
@@ -95,7 +95,7 @@ def test_small_budgets_change_the_gradients_and_keep_them_finite(name):
 
 def _count_sparse_calls(model):
     """Count sparse_prefill calls (one per layer per forward) through a wrapper."""
-    from minference_flex import hf
+    from minference_flex.patch import hf
 
     calls = [0]
     real = hf.sparse_prefill
@@ -111,7 +111,7 @@ def _count_sparse_calls(model):
 @pytest.fixture(autouse=True)
 def _restore_wrapper():
     """Undo `_count_sparse_calls` after each test."""
-    from minference_flex import hf
+    from minference_flex.patch import hf
 
     real = hf.sparse_prefill
     yield
@@ -284,7 +284,7 @@ def test_first_stage_tasks_train_alone_then_the_rest_join(tmp_path, monkeypatch)
     """With --first-stage-tasks, the first stage's batches and evals use those tasks only; from
     the second stage on every batch (replays of the first stage's length too) and eval draws
     from all the tasks."""
-    import minference_flex.train as train_module
+    import minference_flex.retrieval.train as train_module
 
     drawn, evaluated = [], []
     real_samples, real_evaluate = train_module._train_samples, train_module.evaluate

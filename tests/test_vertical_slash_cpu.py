@@ -14,7 +14,7 @@ from custom_ops.vertical_slash import (
     vertical_slash_attention_op,
     vertical_slash_sparse_attention_op,
 )
-from minference_flex import reference
+from minference_flex.ops import reference
 from tests.helpers import assert_close_to_reference, random_qkv
 
 CASES = [  # batch, heads, kv_heads, seq_len, head_dim, n_vertical, n_slash

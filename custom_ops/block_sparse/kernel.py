@@ -1,6 +1,6 @@
 """Triton kernels of block-sparse attention for training: forward with log-sum-exp, backward.
 
-They walk the tiles of `minference_flex.estimate.select_block_sparse_tiles`. The queries are
+They walk the tiles of `minference_flex.ops.estimate.select_block_sparse_tiles`. The queries are
 the last Sq of the Sk key positions (q_offset = Sk - Sq); query tile m holds q rows
 [m*bs, (m+1)*bs) and attends
 - its `count` chosen key tiles, every one wholly before its first position (no mask);
@@ -8,7 +8,7 @@ the last Sq of the Sk key positions (q_offset = Sk - Sq); query tile m holds q r
   a multiple of bs, n0 + 1 (causal mask).
 These are the tiles FlexAttention computes from `flex.block_sparse_block_mask`, at the
 estimator's 64-key tiles: Inductor's FlexAttention backward on H100 takes only 128 x 128
-mask blocks at head_dim 128 (`minference_flex.flex`), which would compute up to 4x the area.
+mask blocks at head_dim 128 (`minference_flex.ops.flex`), which would compute up to 4x the area.
 
 - `_block_sparse_fwd`: one program per (query tile, batch * query head), online softmax in
   fp32; stores the output and each row's log-sum-exp (log2 units).

@@ -5,7 +5,7 @@
   which its autograd saves.
 - `minference_flex::block_sparse_attention_backward`: the Triton backward (`kernel`).
 
-What `minference_flex.flex.block_sparse_flex` runs on CUDA when gradients are needed; the
+What `minference_flex.ops.flex.block_sparse_flex` runs on CUDA when gradients are needed; the
 inference path stays on FlexAttention.
 """
 

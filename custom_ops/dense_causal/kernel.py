@@ -4,7 +4,7 @@ One program per (block of rows, batch x head). Reads both outputs and log-sum-ex
 writes the merged rows straight into a slice of the caller's output, so a chunk of rows costs
 one read of each part and one write (256K tokens, 32 heads, D=128, half the rows: 1.1 ms on
 H100). FlexAttention's key-range passes merge inside their compiled graph instead
-(`minference_flex.flex.merge_by_lse`, which Inductor fuses).
+(`minference_flex.ops.flex.merge_by_lse`, which Inductor fuses).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def sparse_index(
     dense_above: float,
 ) -> VerticalSlashIndex | None:
     """The kernel's index, or None when the pattern goes dense (see the op's docstring); what
-    the op runs, so callers that count its work (`minference_flex.tile_count`) see its choice."""
+    the op runs, so callers that count its work (`minference_flex.metrics.tile_count`) see its choice."""
     q_len, seq_len = q.shape[2], k.shape[2]
     nblocks = math.ceil(q_len / block_size)
     sorted_idx = sort_indices(v_idx, s_idx, seq_len, block_size, q_len)

@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from .config import HeadPattern
-from .search import calibration_ids
-from .tile_count import count_tiles
+from minference_flex.patterns.config import HeadPattern
+from minference_flex.pattern_search.search import calibration_ids
+from minference_flex.metrics.tile_count import count_tiles
 
 #: Default KL bound (nats, mean over prompts and positions).
 KL_TOLERANCE = 0.05
@@ -120,8 +120,8 @@ def refine_by_logits(
             shortest prompt's length, so every prompt runs sparse).
         exact_masks: `Options.exact_masks` for the sparse forwards (CPU runs).
     """
-    from .hf import compile as compile_model
-    from .hf import restore
+    from minference_flex.patch.hf import compile as compile_model
+    from minference_flex.patch.hf import restore
 
     if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
         raise ValueError(f"positions must be an int >= 1, got {positions!r}")

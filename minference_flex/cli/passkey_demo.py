@@ -12,12 +12,12 @@ from collections import Counter
 
 import torch
 
-from .config import load_pattern_config
-from .demo import timed
-from .hf import compile as compile_model, restore
-from .retrieval_model import answer, load_retrieval_model, searched_config_path, trained_length
-from .tasks import TOKENIZER, exact_match, make_sample
-from .tile_count import count_tiles
+from minference_flex.patterns.config import load_pattern_config
+from minference_flex.cli.demo import timed
+from minference_flex.patch.hf import compile as compile_model, restore
+from minference_flex.retrieval.model import answer, load_retrieval_model, searched_config_path, trained_length
+from minference_flex.retrieval.tasks import TOKENIZER, exact_match, make_sample
+from minference_flex.metrics.tile_count import count_tiles
 
 
 def _prefill(model, ids: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -15,12 +15,13 @@ import warnings
 from importlib import resources
 from typing import NamedTuple, Union
 
-VERTICAL_SLASH = "vertical_and_slash"
-A_SHAPE = "stream_llm"
-BLOCK_SPARSE = "block_sparse"
+from minference_flex.patterns.a_shape import A_SHAPE
+from minference_flex.patterns.base import get_pattern, registered
+from minference_flex.patterns.block_sparse import BLOCK_SPARSE, BLOCK_SPARSE_TOPK  # noqa: F401  (re-exported)
+from minference_flex.patterns.vertical_slash import VERTICAL_SLASH
+
+#: Config names of MInference's three patterns (`registered()` lists every registered one).
 PATTERNS = (VERTICAL_SLASH, A_SHAPE, BLOCK_SPARSE)
-#: Tiles block-sparse heads keep, as MInference does.
-BLOCK_SPARSE_TOPK = 100
 #: What every head of a model without a shipped config gets (MInference's default).
 DEFAULT_PATTERN = (VERTICAL_SLASH, 1000, 6096)
 SEARCH_COMMAND = "python -m minference_flex search --model PATH --out config.json"
@@ -68,15 +69,16 @@ def _parse_head(raw: object, where: str) -> HeadPattern:
     if not isinstance(raw, (list, tuple)) or len(raw) < 3:
         raise PatternConfigError(f"{where}: expected [pattern, a, b, score], got {raw!r}")
     kind, a, b = raw[0], raw[1], raw[2]
-    if kind not in PATTERNS:
-        raise PatternConfigError(f"{where}: unknown pattern {kind!r}; expected one of {', '.join(PATTERNS)}")
+    if kind not in registered():
+        raise PatternConfigError(f"{where}: unknown pattern {kind!r}; expected one of {', '.join(registered())}")
     for name, value in (("a", a), ("b", b)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise PatternConfigError(f"{where}: budget {name} must be an integer, got {value!r}")
         if value < 0:
             raise PatternConfigError(f"{where}: budget {name} must be >= 0, got {value}")
-    if kind == A_SHAPE and a + b == 0:
-        raise PatternConfigError(f"{where}: stream_llm with 0 sink tokens and a 0 local window attends nothing")
+    problem = get_pattern(kind).check_budgets(a, b)
+    if problem:
+        raise PatternConfigError(f"{where}: {problem}")
     return HeadPattern(kind, a, b)
 
 

@@ -33,7 +33,7 @@ import random
 import re
 from typing import Any
 
-from .tasks import weave_needles
+from minference_flex.retrieval.tasks import weave_needles
 
 TEXT_TASKS = ("passkey", "needle", "multikey", "kv")
 NOVEL_PACKAGE = "guidellm"
@@ -277,7 +277,7 @@ class TextTaskSet:
         """The model's greedy continuation of the prompt (`answer_tokens` new tokens), decoded."""
         import torch
 
-        from .layout import input_device
+        from minference_flex.patch.layout import input_device
 
         ids = torch.tensor([sample.prompt], device=input_device(model))
         chunking = {} if chunk is None else {"prefill_chunk_size": chunk}

@@ -15,7 +15,7 @@ import torch
 from custom_ops.top_tiles import top_tiles
 from custom_ops.vertical_slash_scores import vertical_slash_scores
 
-from . import _checks
+from minference_flex.ops import checks
 
 #: Keys that `estimate_vertical_slash` always keeps as columns (attention sinks).
 FORCED_VERTICAL = 30
@@ -167,14 +167,14 @@ def estimate_vertical_slash(
     offset's slash score is the sum along the diagonal p - j = offset. The first 30 keys and
     the offsets 0..99 are always kept; the rest are the top-k scores per query head.
     """
-    _checks.check_qkv(q, k, k)
+    checks.check_qkv(q, k, k)
     q, k = q.detach(), k.detach()
     heads, seq_len = q.shape[1], k.shape[2]
-    verticals = _checks.check_budgets("vertical_size", vertical_size, heads)
-    slashes = _checks.check_budgets("slash_size", slash_size, heads)
-    last_q = _checks.check_nonnegative_int("last_q", last_q, minimum=1)
+    verticals = checks.check_budgets("vertical_size", vertical_size, heads)
+    slashes = checks.check_budgets("slash_size", slash_size, heads)
+    last_q = checks.check_nonnegative_int("last_q", last_q, minimum=1)
     last_q = _at_most(last_q, q.shape[2])
-    scale = q.shape[-1] ** -0.5 if scale is None else _checks.check_scale(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else checks.check_scale(scale)
     counts = [vertical_slash_counts(seq_len, a, b) for a, b in zip(verticals, slashes)]
     nv = max(c[0] for c in counts)
     ns = max(c[1] for c in counts)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .attention import (
+from minference_flex.ops.attention import (
     block_sparse_attention,
     dense_attention,
     dynamic_vertical_slash_attention,

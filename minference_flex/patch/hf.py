@@ -10,11 +10,11 @@ queries are the last q_len of the kv_len cached positions. Everything else (shor
 short chunks, decode steps) runs dense: `minference_flex::dense_causal_attention` for a
 no-grad call (cuDNN row chunks past 32K tokens), else SDPA. A layer whose sliding window cuts
 keys runs that window (A-shape without sinks) instead of either; soft-capping and attention
-sinks, which no kernel here implements, raise. Inside `tile_count.count_tiles` every call
-records the tiles it computed.
+sinks, which no kernel here implements, raise. Every call emits its
+`patterns.events.AttentionCall` (what `metrics.tile_count.count_tiles` counts).
 
 Training: a forward in training mode with autograd recording runs the same sparse patterns
-(every op has a backward; see `minference_flex.attention`), unless `Options.sparse_training`
+(every op has a backward; see `minference_flex.ops.attention`), unless `Options.sparse_training`
 is False, which sends it dense (SDPA). Every pattern keeps each row's diagonal or first key
 (the estimator always keeps offsets 0..99 and keys 0..29, block-sparse the diagonal tile,
 A-shape budgets are never both 0), so no loss sees a row without keys. Dropout is not
@@ -33,10 +33,12 @@ import torch
 
 from custom_ops.dense_causal import MASK_ELEMENTS, dense_causal_attention_op
 
-from . import _checks, layout
-from .config import A_SHAPE, ConfigSource, PatternConfig, load_pattern_config
-from .prefill import LayerPlan, sparse_prefill
-from .tile_count import active, record_dense
+from minference_flex.ops import checks
+
+from minference_flex.patch import layout
+from minference_flex.patterns.config import A_SHAPE, ConfigSource, PatternConfig, load_pattern_config
+from minference_flex.patterns.prefill import LayerPlan, sparse_prefill
+from minference_flex.patterns import events
 
 ATTENTION_NAME = "minference_flex"
 _PLAN_ATTR = "_minference_flex_plan"
@@ -61,7 +63,7 @@ class Options:
     sparse_training: a training forward (module in training mode, autograd recording) runs
         the sparse patterns, differentiably; False runs it dense (SDPA).
     exact_masks: vertical-slash heads attend through their exact mask, built from the same
-        indices, instead of the Triton kernel (`minference_flex.exact_masks`): the kernel's
+        indices, instead of the Triton kernel (`minference_flex.ops.exact_masks`): the kernel's
         outputs up to rounding, at about dense cost; the evaluation path on a CPU, where Triton
         runs in its interpreter. A-shape and block-sparse run FlexAttention either way.
     """
@@ -76,11 +78,11 @@ class Options:
     exact_masks: bool = False
 
     def __post_init__(self) -> None:
-        _checks.check_nonnegative_int("min_sparse_len", self.min_sparse_len, minimum=1)
-        _checks.check_nonnegative_int("min_chunk_len", self.min_chunk_len, minimum=1)
-        _checks.check_nonnegative_int("starting_layer", self.starting_layer)
-        _checks.check_nonnegative_int("last_q", self.last_q, minimum=1)
-        _checks.check_block_size(self.block_size)
+        checks.check_nonnegative_int("min_sparse_len", self.min_sparse_len, minimum=1)
+        checks.check_nonnegative_int("min_chunk_len", self.min_chunk_len, minimum=1)
+        checks.check_nonnegative_int("starting_layer", self.starting_layer)
+        checks.check_nonnegative_int("last_q", self.last_q, minimum=1)
+        checks.check_block_size(self.block_size)
         for name in ("dense_fallback", "sparse_training", "exact_masks"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -121,9 +123,8 @@ def _dense(
     """Dense causal attention for any q_len <= kv_len (queries are the last q_len positions):
     the dense op for a no-grad call without padding, else SDPA."""
     q_len, kv_len = query.shape[2], key.shape[2]
-    tiles = active()
-    if tiles is not None:
-        record_dense(tiles, query.shape[0], query.shape[1], q_len, kv_len)
+    if events.listening():
+        events.emit(events.AttentionCall(events.DENSE, query, key, tuple(range(query.shape[1]))))
     gqa = query.shape[1] != key.shape[1]
     if padding is None and q_len > 1 and not torch.is_grad_enabled():
         # the op runs long prompts and chunks in row chunks of cuDNN calls (faster), with no
@@ -253,7 +254,7 @@ def minference_attention(
         raise ValueError(
             f"minference_flex attention of layer {module.layer_idx} got query on {query.device}, key on "
             f"{key.device}, value on {value.device}: keep each attention module on one device (see "
-            f"minference_flex.layout)"
+            f"minference_flex.patch.layout)"
         )
     if plan is not None and len(plan.kinds) != query.shape[1]:
         raise ValueError(
@@ -334,7 +335,7 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
     `accelerate.dispatch_model`, CPU or disk offload included) runs each layer's patterns on
     the device its attention executes on. Raises ValueError for tensor parallelism and for
     a device map that splits one layer's attention, TypeError for a DDP/FSDP wrapper (see
-    `minference_flex.layout`).
+    `minference_flex.patch.layout`).
     """
     try:
         opts = Options(**options)

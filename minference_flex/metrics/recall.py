@@ -25,15 +25,13 @@ import torch
 
 from custom_ops.vertical_slash import build_vertical_slash_index, head_fractions
 
-from . import _checks
-from .attention import DENSE_FALLBACK_FRACTION
-from .config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, PATTERNS, VERTICAL_SLASH, HeadPattern
-from .estimate import (
-    FORCED_SLASH,
-    FORCED_VERTICAL,
+from minference_flex.ops import checks
+from minference_flex.ops.attention import DENSE_FALLBACK_FRACTION
+from minference_flex.patterns.base import get_pattern, registered
+from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, PATTERNS, VERTICAL_SLASH, HeadPattern
+from minference_flex.ops.estimate import (
     estimate_vertical_slash,
     select_block_sparse_tiles,
-    vertical_slash_counts,
 )
 
 #: Elements of one [group heads x sampled rows x key chunk] fp32 score block (128 MiB).
@@ -47,9 +45,9 @@ def sample_query_tiles(seq_len: int, block_size: int = 64, num_tiles: int = 32) 
     tiles evenly spaced with stride M / num_tiles counted back from the last (possibly partial)
     tile, which is always included. Deterministic.
     """
-    _checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
-    _checks.check_nonnegative_int("block_size", block_size, minimum=1)
-    _checks.check_nonnegative_int("num_tiles", num_tiles, minimum=1)
+    checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
+    checks.check_nonnegative_int("block_size", block_size, minimum=1)
+    checks.check_nonnegative_int("num_tiles", num_tiles, minimum=1)
     nblocks = math.ceil(seq_len / block_size)
     if nblocks <= num_tiles:
         return list(range(nblocks))
@@ -167,8 +165,8 @@ def vertical_slash_cost(
         raise ValueError(
             f"v_idx and s_idx must be [B, H, N] with the same B, H, got {tuple(v_idx.shape)} and {tuple(s_idx.shape)}"
         )
-    _checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
-    _checks.check_nonnegative_int("block_size", block_size, minimum=1)
+    checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
+    checks.check_nonnegative_int("block_size", block_size, minimum=1)
     index = build_vertical_slash_index(v_idx, s_idx, seq_len, block_size)
     per_head = head_fractions(index, block_size)
     return torch.where(per_head > dense_above, 1.0, per_head).float()
@@ -299,14 +297,14 @@ def candidate_scores(
     `DENSE_FALLBACK_FRACTION`. A-shape and block-sparse: `pattern_cost` (the same for every
     head and input).
     """
-    _checks.check_qkv(q, k, k)
+    checks.check_qkv(q, k, k)
     bsz, heads, seq_len, _ = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
-    _checks.check_block_size(block_size)
-    _checks.check_nonnegative_int("num_tiles", num_tiles, minimum=1)
-    _checks.check_nonnegative_int("last_q", last_q, minimum=1)
-    _checks.check_nonnegative_int("block_topk", block_topk, minimum=1)
+    checks.check_block_size(block_size)
+    checks.check_nonnegative_int("num_tiles", num_tiles, minimum=1)
+    checks.check_nonnegative_int("last_q", last_q, minimum=1)
+    checks.check_nonnegative_int("block_topk", block_topk, minimum=1)
     if len(head_patterns) != heads:
         raise ValueError(f"head_patterns must have one entry per query head ({heads}), got {len(head_patterns)}")
     widths = {len(p) for p in head_patterns}
@@ -377,68 +375,13 @@ def attention_recall(
     return scores.recall[..., 0]
 
 
-def _a_shape_tiles(m: int, init: int, local: int, block_size: int) -> int:
-    sink = min(math.ceil(init / block_size), m + 1)
-    if local <= 0:
-        return sink
-    first_local = max(0, (m * block_size - local + 1) // block_size)
-    return (m - first_local + 1) + min(sink, first_local)
-
-
-def _vertical_slash_tiles(m: int, nv: int, ns: int, seq_len: int, block_size: int) -> float:
-    end = (m + 1) * block_size
-    forced_s = min(FORCED_SLASH, ns)
-    spread_s = ns - forced_s
-    forced_distances = min(forced_s + block_size - 1, end) if forced_s else 0  # one run 1..s+bs-1
-    # random bands of width bs at density spread_s / (S - forced_s) cover this share of distances
-    spread_cover = 1.0 - math.exp(-spread_s * block_size / max(seq_len - forced_s, 1))
-    spread_distances = spread_cover * min(max(end - forced_s - block_size + 1, 0), seq_len - forced_s)
-    band_chunks = min(math.ceil((forced_distances + spread_distances) / block_size), m + 1)
-    forced_v = min(FORCED_VERTICAL, nv)
-    spread_v = nv - forced_v
-    columns = min(forced_v, end) + spread_v * min(max(end - forced_v, 0), seq_len - forced_v) / max(
-        seq_len - forced_v, 1
-    )
-    column_tiles = min(math.ceil(columns / block_size), m + 1)
-    if m * block_size + 2 <= forced_s:  # a forced offset in (e - bs, e)
-        clamped = 1.0
-    else:
-        clamped = min(1.0, spread_s * (block_size - 1) / max(seq_len - forced_s, 1)) if end > forced_s else 0.0
-    return band_chunks + column_tiles + clamped
-
-
 def pattern_cost(pattern: HeadPattern, seq_len: int, block_size: int = 64) -> float:
-    """Analytical kernel cost: the kernel's bs x bs tiles over the M(M+1)/2 dense causal tiles.
-
-    Needs only the budgets and the length. For A-shape it is the exact tile count of the mask,
-    for block-sparse an upper bound by one tile on each query tile m >= BLOCK_SPARSE_TOPK whose
-    diagonal tile is itself among its top-k (kept once), and `candidate_scores` uses it for both. For vertical-slash
-    it is an estimate for when no data is at hand: with q and k, `vertical_slash_cost` gives the
-    kernel-exact figure (on structured attention often far below this worst case).
-
-    Per query tile m (M = ceil(S/bs) tiles, e = (m+1)*bs):
-    - A-shape (init, local): the tiles n <= m holding a sink key (n < ceil(init/bs)) or a key of
-      the local window of some row (n >= floor((m*bs - local + 1)/bs)).
-    - block-sparse: min(BLOCK_SPARSE_TOPK, m) + 1 (the top-k tiles plus the diagonal).
-    - vertical-slash (a, b), budgets clamped as `vertical_slash_counts` does to (NV, NS):
-      ceil(band distances below e / bs) + ceil(columns below e / bs) + 1 clamped tile where a
-      band is clamped. The forced offsets 0..99 cover distances 1..99+bs; the other NS - 100
-      offsets are taken as uniformly random over the sequence (the estimator's scattered case,
-      on random input), so their bands cover an expected 1 - exp(-(NS - 100) bs / (S - 100))
-      of the distances beyond; the NV - 30 columns are spread evenly; band chunks capped at
-      m + 1. A fraction above DENSE_FALLBACK_FRACTION costs 1.0: the op then runs dense attention.
-    """
-    if not isinstance(pattern, HeadPattern) or pattern.kind not in PATTERNS:
-        raise TypeError(f"pattern must be a HeadPattern with kind in {PATTERNS}, got {pattern!r}")
-    _checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
-    _checks.check_nonnegative_int("block_size", block_size, minimum=1)
-    nblocks = math.ceil(seq_len / block_size)
-    dense = nblocks * (nblocks + 1) / 2
-    if pattern.kind == A_SHAPE:
-        tiles = sum(_a_shape_tiles(m, pattern.a, pattern.b, block_size) for m in range(nblocks))
-        return tiles / dense
-    if pattern.kind == BLOCK_SPARSE:
-        return sum(min(BLOCK_SPARSE_TOPK, m) + 1 for m in range(nblocks)) / dense
-    nv, ns = vertical_slash_counts(seq_len, pattern.a, pattern.b)
-    frac = sum(_vertical_slash_tiles(m, nv, ns, seq_len, block_size) for m in range(nblocks)) / dense
-    return 1.0 if frac > DENSE_FALLBACK_FRACTION else frac
+    """Analytical kernel cost: the pattern's bs x bs tiles over the M(M+1)/2 dense causal tiles,
+    from the budgets and the length alone (each pattern's `cost`: exact for A-shape, an upper
+    bound for block-sparse, an estimate for random input for vertical-slash, where
+    `vertical_slash_cost` gives the kernel-exact figure from q and k)."""
+    if not isinstance(pattern, HeadPattern) or pattern.kind not in registered():
+        raise TypeError(f"pattern must be a HeadPattern with kind in {registered()}, got {pattern!r}")
+    checks.check_nonnegative_int("seq_len", seq_len, minimum=1)
+    checks.check_nonnegative_int("block_size", block_size, minimum=1)
+    return get_pattern(pattern.kind).cost(pattern.a, pattern.b, seq_len, block_size)

@@ -1,6 +1,6 @@
-"""The small retrieval model trained here (`minference_flex.train`) that ships with the package.
+"""The small retrieval model trained here (`minference_flex.retrieval.train`) that ships with the package.
 
-It answers the tasks of `minference_flex.tasks` with the built-in word tokenizer; the demo and
+It answers the tasks of `minference_flex.retrieval.tasks` with the built-in word tokenizer; the demo and
 `perf/bench_accuracy.py` run on it. `MODEL_DIR` holds its safetensors, config, model card,
 training log and a pattern config searched for it (`pattern_config.json`), once trained.
 """
@@ -11,9 +11,9 @@ import os
 
 import torch
 
-from .tasks import TASKS
+from minference_flex.retrieval.tasks import TASKS
 
-MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "retrieval_llama")
+MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "retrieval_llama")
 PATTERN_CONFIG = "pattern_config.json"
 
 
@@ -31,7 +31,7 @@ def load_retrieval_model(path: str | None = None, device: str | torch.device = "
     if not shipped_model_available(path):
         raise FileNotFoundError(
             f"no trained retrieval model in {path}: train one with "
-            f"`python -m minference_flex.train --out {path}` (on a GPU: about 8 minutes)"
+            f"`python -m minference_flex.retrieval.train --out {path}` (on a GPU: about 8 minutes)"
         )
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -63,8 +63,8 @@ def answer(model, sample, chunk: int | None = None) -> list[int]:
 
     chunk: pre-fill the prompt in chunks of this many tokens over the KV cache (generate's
     `prefill_chunk_size`; a prompt of at most `chunk` tokens is one call); None: one call."""
-    from .layout import input_device
-    from .tasks import TOKENIZER
+    from minference_flex.patch.layout import input_device
+    from minference_flex.retrieval.tasks import TOKENIZER
 
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk must be a positive int of tokens (or None: no chunking), got {chunk!r}")
@@ -85,12 +85,12 @@ class _RetrievalTasks:
     tasks = TASKS
 
     def sample(self, task: str, length: int, seed: int, depth: float | None = None):
-        from .tasks import make_sample
+        from minference_flex.retrieval.tasks import make_sample
 
         return make_sample(task, length, seed, depth)
 
     def correct(self, model, sample, chunk: int | None = None) -> bool:
-        from .tasks import exact_match
+        from minference_flex.retrieval.tasks import exact_match
 
         return exact_match(answer(model, sample, chunk), sample.answer)
 

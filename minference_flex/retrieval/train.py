@@ -1,14 +1,14 @@
 """Train the small retrieval model that the demo and the accuracy benchmark run on.
 
 A Llama-architecture model (GQA, RoPE with a long-context base) learns the tasks of
-`minference_flex.tasks` (passkey, needle, multi-key needle, key-value retrieval) with the loss on
+`minference_flex.retrieval.tasks` (passkey, needle, multi-key needle, key-value retrieval) with the loss on
 the answer digits only, over a curriculum of growing lengths. Usage:
 
-    python -m minference_flex.train --out DIR [--preset gpu|cpu|long] [--max-minutes M] [--resume CKPT]
+    python -m minference_flex.retrieval.train --out DIR [--preset gpu|cpu|long] [--max-minutes M] [--resume CKPT]
 
 The schedule (the preset's stages, or `--stages`) is fixed; `--max-minutes` is the budget of
 this call. When the schedule is done or the budget is spent, DIR gets a checkpoint
-(`minference_flex.checkpoint`: the model as safetensors, the optimizer state in shards of at
+(`minference_flex.retrieval.checkpoint`: the model as safetensors, the optimizer state in shards of at
 most 16 MiB, `train_state.json`, `train_log.json`), and `--resume DIR` continues it where it
 stopped: same weights, optimizer state, schedule position and RNG states, so a schedule run in
 several calls ends with the weights of one run. The log covers every call. `--time-shares`
@@ -21,7 +21,7 @@ default the one searched for the `--init` model, else MInference's default). `--
 fine-tunes a saved model (the shipped one: minference_flex/models/retrieval_llama) instead of
 training from scratch, e.g. at long lengths:
 
-    python -m minference_flex.train --init minference_flex/models/retrieval_llama --sparse-attention \
+    python -m minference_flex.retrieval.train --init minference_flex/models/retrieval_llama --sparse-attention \
         --stages 8192:200:2 16384:100:1 --out DIR
 
 Every `--eval-every` steps it greedy-decodes `--eval-samples` held-out samples per task
@@ -44,9 +44,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from . import checkpoint
-from .retrieval_model import answer
-from .tasks import TASKS, TOKENIZER, Sample, exact_match, make_sample
+from minference_flex.retrieval import checkpoint
+from minference_flex.retrieval.model import answer
+from minference_flex.retrieval.tasks import TASKS, TOKENIZER, Sample, exact_match, make_sample
 
 #: Held-out evaluation seeds start here; training draws seeds below it.
 EVAL_SEED_BASE = 10**9
@@ -107,7 +107,7 @@ PRESETS = {
     # key only (perf/RESULTS.md, "Accuracy")
     "gpu": Preset(tasks=("passkey", "needle"),
                   stages=[(128, 2000, 64), (512, 2500, 32), (2048, 1000, 8), (8192, 300, 2), (16384, 200, 1)]),
-    # the shipped model: `python -m minference_flex.train --out DIR --preset cpu --max-minutes 30
+    # the shipped model: `python -m minference_flex.retrieval.train --out DIR --preset cpu --max-minutes 30
     # --eval-every 250 --eval-samples 10` (19 min on 2 CPU cores)
     "cpu": Preset(hidden=128, layers=4, heads=2, kv_heads=1, intermediate=384, lr=3e-3,
                   tasks=("passkey", "needle"), stages=[(128, 500, 32), (512, 250, 8), (2048, 100, 2)]),
@@ -279,7 +279,7 @@ def _compile_sparse(model, sparse_attention: str, init: str | None, min_sparse_l
     default); returns the config path (None: the default)."""
     import minference_flex as mf
 
-    from .retrieval_model import searched_config_path
+    from minference_flex.retrieval.model import searched_config_path
 
     config = sparse_attention
     if config == "auto":
@@ -328,7 +328,7 @@ def train(preset: Preset, out_dir: str, device: str, budget: Budget, eval_every:
           min_sparse_len: int = 1024, resume: str | None = None) -> dict:
     """Train (with `init`, fine-tune the model saved there; with `resume`, continue the
     checkpoint saved there) on the preset's curriculum until the schedule is done or `budget`
-    is spent, then save a checkpoint (`minference_flex.checkpoint`) in out_dir. With
+    is spent, then save a checkpoint (`minference_flex.retrieval.checkpoint`) in out_dir. With
     `sparse_attention` (a pattern config path, or "auto": the config searched for `init`, else
     MInference's default) every forward of at least `min_sparse_len` tokens runs the sparse
     patterns. Returns the log, which covers every call of the schedule."""
@@ -435,7 +435,7 @@ def _base_preset(args, device: str) -> Preset:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minference_flex.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m minference_flex.retrieval.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory for the checkpoint (model, optimizer, log)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,

@@ -1,6 +1,6 @@
 """Accuracy of sparse pre-fill against dense on the retrieval model, on one process or many.
 
-The table: per length, task (`minference_flex.tasks`) and method, the exact-match accuracy over
+The table: per length, task (`minference_flex.retrieval.tasks`) and method, the exact-match accuracy over
 held-out samples (seeds 10**9 + i); the tile fraction: of the dense causal 64 x 64 tiles, the
 share the attention kernels computed while answering those samples (`tile_count`: computed
 tiles summed over layers, heads, samples, pre-fill and decode calls, over the causal tiles
@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .config import (
+from minference_flex.patterns.config import (
     A_SHAPE,
     BLOCK_SPARSE,
     BLOCK_SPARSE_TOPK,
@@ -58,15 +58,15 @@ from .config import (
     load_pattern_config,
     shipped_config_path,
 )
-from .hf import compile as compile_model, restore
-from .layout import leave_process_group
-from .probe import dense_forward_with_probe
-from .recall import attention_recall
-from .pretrained import KNOWN_MODELS, is_real_model, load_text_model
-from .retrieval_model import RETRIEVAL_TASKS, load_retrieval_model, searched_config_path
-from .tasks import TASKS
-from .task_set import TaskSet
-from .tile_count import count_tiles
+from minference_flex.patch.hf import compile as compile_model, restore
+from minference_flex.patch.layout import leave_process_group
+from minference_flex.patch.probe import dense_forward_with_probe
+from minference_flex.metrics.recall import attention_recall
+from minference_flex.llms.pretrained import KNOWN_MODELS, is_real_model, load_text_model
+from minference_flex.retrieval.model import RETRIEVAL_TASKS, load_retrieval_model, searched_config_path
+from minference_flex.retrieval.tasks import TASKS
+from minference_flex.evaluation.task_set import TaskSet
+from minference_flex.metrics.tile_count import count_tiles
 
 #: Methods that run one pattern on every head (block-sparse budgets are unused: it keeps
 #: the top BLOCK_SPARSE_TOPK tiles).
@@ -361,7 +361,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--model", default=None,
                         help="the shipped retrieval model (default) or a directory saved by train; or a real LLM: "
                         "a short name (" + ", ".join(KNOWN_MODELS) + "), a .gguf file or a folder with one, whose "
-                        "tasks hide the needles in a real novel (minference_flex.text_tasks)")
+                        "tasks hide the needles in a real novel (minference_flex.llms.text_tasks)")
     parser.add_argument("--searched", default=None,
                         help="searched pattern config (default: the one saved next to the model)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384])
@@ -381,7 +381,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--no-recall", action="store_true", help="skip the per-layer attention recall")
     parser.add_argument("--lm-positions", type=int, default=None, metavar="P",
                         help="real LLMs: also perplexity and KL(dense || method) on held-out book text of the "
-                        "longest length, over its last P positions (minference_flex.lm_quality)")
+                        "longest length, over its last P positions (minference_flex.evaluation.lm_quality)")
     parser.add_argument("--lm-texts", type=int, default=4, help="held-out texts for --lm-positions (default 4)")
     parser.add_argument("--exact-masks", action="store_true",
                         help="vertical-slash heads attend through their exact masks instead of the Triton kernel "
@@ -408,7 +408,7 @@ def run(parser: Any, args: Any) -> dict:
     real = args.model is not None and is_real_model(args.model)
     if args.model is not None and not real and not os.path.isfile(os.path.join(args.model, "config.json")):
         parser.error(f"--model {args.model}: no saved model there (config.json missing); pass a directory "
-                     f"written by save_pretrained or python -m minference_flex.train, a .gguf file, or one of "
+                     f"written by save_pretrained or python -m minference_flex.retrieval.train, a .gguf file, or one of "
                      f"{', '.join(KNOWN_MODELS)}")
     if args.lm_positions is not None and not real:
         parser.error("--lm-positions measures perplexity on real text: it needs a real LLM as --model "
@@ -482,8 +482,8 @@ def _lm_rows(
 ) -> list[dict]:
     """Perplexity and KL(dense || method) of each method on `texts` held-out book texts of the
     longest length (`lm_quality`); printed, and returned with "S" added."""
-    from .lm_quality import lm_quality
-    from .text_tasks import heldout_ids
+    from minference_flex.evaluation.lm_quality import lm_quality
+    from minference_flex.llms.text_tasks import heldout_ids
 
     length = max(spec.lengths)
     device = next(model.parameters()).device

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from .hf import compile as compile_model, restore
-from .refine import mean_kl, next_token_log_probs
-from .tile_count import count_tiles
+from minference_flex.patch.hf import compile as compile_model, restore
+from minference_flex.pattern_search.refine import mean_kl, next_token_log_probs
+from minference_flex.metrics.tile_count import count_tiles
 
 #: Positions at the end of each text that are scored.
 LM_POSITIONS = 1024

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from .hf import Options, _attend, _dense, _padding_only_mask
+from minference_flex.patch.hf import Options, _attend, _dense, _padding_only_mask
 
 PROBE_NAME = "minference_flex_probe"
 

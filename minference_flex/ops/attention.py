@@ -32,9 +32,9 @@ from custom_ops.vertical_slash import (
     vertical_slash_sparse_attention_with_lse_op,
 )
 
-from . import _checks
-from .estimate import estimate_vertical_slash, select_block_sparse_tiles
-from .flex import a_shape_attend, block_sparse_flex
+from minference_flex.ops import checks
+from minference_flex.ops.estimate import estimate_vertical_slash, select_block_sparse_tiles
+from minference_flex.ops.flex import a_shape_attend, block_sparse_flex
 
 #: Above this fraction of dense causal key tiles, vertical-slash runs dense attention instead
 #: (counted from the sorted indices: `custom_ops.vertical_slash.index.sorted_head_fractions`).
@@ -51,7 +51,7 @@ def fallback_threshold(dense_fallback: bool) -> float:
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
-    return q.shape[-1] ** -0.5 if scale is None else _checks.check_scale(scale)
+    return q.shape[-1] ** -0.5 if scale is None else checks.check_scale(scale)
 
 
 def dense_attention(
@@ -61,7 +61,7 @@ def dense_attention(
     On CUDA past `CHUNK_ROWS` (32K) rows or for Sq < Sk, row chunks of cuDNN calls merged by
     log-sum-exp (faster than one call: cuDNN's causal kernel slows past 64K); else SDPA
     (`custom_ops.dense_causal`)."""
-    _checks.check_qkv(q, k, v)
+    checks.check_qkv(q, k, v)
     return dense_causal_attention_op(q, k, v, _scale(q, scale))
 
 
@@ -82,9 +82,9 @@ def streaming_forward(
         scale: softmax scale, default 1/sqrt(D).
     Returns: [B, H, Sq, D]. Runs FlexAttention with a BlockMask built from a closed form.
     """
-    _checks.check_qkv(q, k, v)
-    init_num = _checks.check_nonnegative_int("init_num", init_num)
-    local_window_num = _checks.check_nonnegative_int("local_window_num", local_window_num)
+    checks.check_qkv(q, k, v)
+    init_num = checks.check_nonnegative_int("init_num", init_num)
+    local_window_num = checks.check_nonnegative_int("local_window_num", local_window_num)
     return a_shape_attend(q, k, v, init_num, local_window_num, _scale(q, scale))
 
 
@@ -112,9 +112,9 @@ def block_sparse_attention(
     on CUDA, where one kv head's K and V outgrow L2 (`flex.KEY_SPLIT_BYTES`), in passes over
     ranges of key tiles merged by log-sum-exp (`flex.block_sparse_flex`).
     """
-    _checks.check_qkv(q, k, v)
-    topk = _checks.check_nonnegative_int("topk", topk, minimum=1)
-    block_size = _checks.check_block_size(block_size)
+    checks.check_qkv(q, k, v)
+    topk = checks.check_nonnegative_int("topk", topk, minimum=1)
+    block_size = checks.check_block_size(block_size)
     tiles, count = select_block_sparse_tiles(q, k, topk, block_size)
     return block_sparse_flex(q, k, v, tiles, count, block_size, _scale(q, scale))
 
@@ -151,10 +151,10 @@ def vertical_slash_sparse_attention(
     Returns: [B, H, Sq, D]. Runs the `minference_flex::vertical_slash_sparse_attention` op
     (index conversion and Triton kernel).
     """
-    _checks.check_qkv(q, k, v)
-    _checks.check_index("v_idx", v_idx, q)
-    _checks.check_index("s_idx", s_idx, q)
-    block_size = _checks.check_block_size(block_size)
+    checks.check_qkv(q, k, v)
+    checks.check_index("v_idx", v_idx, q)
+    checks.check_index("s_idx", s_idx, q)
+    block_size = checks.check_block_size(block_size)
     if not isinstance(dense_fallback, bool):
         raise TypeError(f"dense_fallback must be a bool, got {dense_fallback!r}")
     args = (q, k, v, v_idx, s_idx, block_size, _scale(q, scale), fallback_threshold(dense_fallback))

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .config import (
+from minference_flex.patterns.config import (
     A_SHAPE,
     BLOCK_SPARSE,
     VERTICAL_SLASH,
@@ -39,10 +39,10 @@ from .config import (
     _parse_head,
     save_pattern_config,
 )
-from . import layout
-from .hf import attention_model_shape
-from .probe import dense_forward_with_probe
-from .recall import candidate_scores
+from minference_flex.patch import layout
+from minference_flex.patch.hf import attention_model_shape
+from minference_flex.patch.probe import dense_forward_with_probe
+from minference_flex.metrics.recall import candidate_scores
 
 #: MInference's search space: its five vertical-slash budgets, two A-shapes and block-sparse.
 DEFAULT_CANDIDATES: tuple[HeadPattern, ...] = (
@@ -102,7 +102,7 @@ MIN_CALIBRATION_TILES = 4
 
 #: Chosen recall under which `SearchResult.summary` warns: recall is a rough guide to accuracy
 #: (perf/RESULTS.md, "Accuracy"), so low-recall heads are worth a check against the model's
-#: predictions (`minference_flex.refine`).
+#: predictions (`minference_flex.pattern_search.refine`).
 LOW_RECALL = 0.95
 
 

@@ -1,6 +1,6 @@
 """What an accuracy evaluation needs from a family of tasks: make a sample, score a model on it.
 
-`minference_flex.evaluate` and the demo run over a `TaskSet`: the retrieval model's
+`minference_flex.evaluation.evaluate` and the demo run over a `TaskSet`: the retrieval model's
 (`retrieval_model.RETRIEVAL_TASKS`, word-level synthetic haystacks) or a real LLM's
 (`text_tasks.TextTaskSet`, needles in a real novel with the model's own tokenizer).
 """

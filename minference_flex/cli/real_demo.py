@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from .config import load_pattern_config, shipped_config_path
-from .demo import timed
-from .hf import compile as compile_model, restore
-from .pretrained import known_model, load_text_model
-from .text_tasks import is_correct
-from .tile_count import count_tiles
+from minference_flex.patterns.config import load_pattern_config, shipped_config_path
+from minference_flex.cli.demo import timed
+from minference_flex.patch.hf import compile as compile_model, restore
+from minference_flex.llms.pretrained import known_model, load_text_model
+from minference_flex.llms.text_tasks import is_correct
+from minference_flex.metrics.tile_count import count_tiles
 
 
 def run_real_demo(model_spec: str, seq_len: int | None = None, device: str | None = None,

@@ -164,7 +164,7 @@ def is_real_model(spec: str) -> bool:
 def load_text_model(spec: str, device: str | torch.device = "cpu") -> tuple[Any, Any]:
     """(model, its `text_tasks.TextTaskSet`) for a real LLM: chat prompts for the instruct
     models among `KNOWN_MODELS`, and for any other whose tokenizer has a chat template."""
-    from .text_tasks import TextTaskSet
+    from minference_flex.llms.text_tasks import TextTaskSet
 
     model, tokenizer = load_pretrained(spec, device)
     if tokenizer is None:

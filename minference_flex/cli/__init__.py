@@ -1,0 +1,1 @@
+"""The `python -m minference_flex` commands (search, eval, demo) and the demos."""
