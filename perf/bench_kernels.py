@@ -22,7 +22,15 @@ from custom_ops.vertical_slash import (  # noqa: E402
     computed_fraction,
     vertical_slash_attention,
 )
-from perf.common import machine, median_ms, print_table, sdpa_dense, write_json  # noqa: E402
+from perf.common import (  # noqa: E402
+    add_shape_arguments,
+    machine,
+    median_ms,
+    print_table,
+    sdpa_dense,
+    vs_budgets,
+    write_json,
+)
 from perf.planted import planted_vertical_slash  # noqa: E402
 
 VS_BUDGETS = [(3500, 100), (30, 800), (1000, 6096)]
@@ -136,15 +144,7 @@ KERNEL_COLUMNS = ["S", "pattern", "mode", "ms", "x_cudnn", "x_cudnn_interleaved"
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072, 262144])
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--modes", nargs="+", default=["random", "structured"])
-    parser.add_argument("--rep-ms", type=float, default=1000)
-    parser.add_argument("--vs-budgets", nargs="*", default=[f"{a},{b}" for a, b in VS_BUDGETS],
-                        help="vertical-slash budgets as NV,NS (none: skip vertical-slash)")
-    parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
+    add_shape_arguments(parser, [32768, 131072, 262144], VS_BUDGETS)
     parser.add_argument("--interleave-rounds", type=int, default=5,
                         help="rounds of back-to-back timing against cuDNN for figures >= 0.9 of it (0: off)")
     parser.add_argument("--out", default="perf/results/kernels.json")
@@ -156,9 +156,8 @@ def main(argv=None):
     rows = []
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for seq_len in args.lengths:
-        budgets = [tuple(int(x) for x in b.split(",")) for b in args.vs_budgets]
         rows += bench_length(seq_len, args.heads, args.kv_heads, args.head_dim, args.modes, args.rep_ms,
-                             budgets, not args.no_flex, args.interleave_rounds)
+                             vs_budgets(args), not args.no_flex, args.interleave_rounds)
         torch.cuda.empty_cache()
         print_table([r for r in rows if r["S"] == seq_len], KERNEL_COLUMNS)
         write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})  # after each length

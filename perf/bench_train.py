@@ -52,7 +52,15 @@ from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
 from minference_flex.patterns.config import load_pattern_config, shipped_config_path  # noqa: E402
 from minference_flex.ops.estimate import select_block_sparse_tiles  # noqa: E402
 from perf.bench_e2e import SHAPES, planted_indices  # noqa: E402
-from perf.common import machine, median_ms, print_row, print_table, write_json  # noqa: E402
+from perf.common import (  # noqa: E402
+    add_shape_arguments,
+    machine,
+    median_ms,
+    print_row,
+    print_table,
+    vs_budgets,
+    write_json,
+)
 from perf.planted import planted_vertical_slash  # noqa: E402
 
 VS_BUDGETS = [(3500, 100), (30, 800)]
@@ -272,15 +280,7 @@ TRAIN_COLUMNS = ["S", "pattern", "mode", "ms", "x_cudnn", "goal", "fwd_ms", "bwd
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[131072])
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--modes", nargs="+", default=["random", "structured"])
-    parser.add_argument("--rep-ms", type=float, default=1000)
-    parser.add_argument("--vs-budgets", nargs="*", default=[f"{a},{b}" for a, b in VS_BUDGETS],
-                        help="vertical-slash budgets as NV,NS (none: skip vertical-slash)")
-    parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
+    add_shape_arguments(parser, [131072], VS_BUDGETS)
     parser.add_argument("--launch-sweep", action="store_true",
                         help="also time the backward kernels alone at each (num_warps, num_stages) of "
                         f"{LAUNCHES} (bwd_launch_sweep_ms)")
@@ -305,7 +305,7 @@ def main(argv=None):
         rows = bench_model_step(args.lengths, args.repeats, args.loss_tokens, args.min_sparse_len)
         write_json(args.out, {"machine": info, "args": vars(args), "rows": rows})
         return
-    budgets = [tuple(int(x) for x in b.split(",")) for b in args.vs_budgets]
+    budgets = vs_budgets(args)
     rows = []
 
     def on_row(row):  # printed and written as measured: a run cut short keeps its rows

@@ -1,12 +1,28 @@
-"""Shared benchmark helpers: machine line, median timing, dense baselines, JSON output."""
+"""Shared benchmark helpers: machine line, result file names, shape options, median timing,
+dense baselines, JSON output."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
+import re
+import subprocess
 
 import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit(repo: str = REPO_ROOT) -> str:
+    """The short (7-digit) commit checked out in `repo`, or "nogit" outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "-C", repo, "rev-parse", "--short=7", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "nogit"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "nogit"
 
 
 def machine() -> dict:
@@ -16,11 +32,44 @@ def machine() -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     return {
         "date": datetime.date.today().isoformat(),
+        "commit": git_commit(),
         "gpu": gpu,
         "torch": torch.__version__,
         "triton": triton.__version__,
         "transformers": transformers.__version__,
     }
+
+
+def result_name(suite: str, date: str, commit: str, gpu: str, tag: str | None = None, ext: str = ".json") -> str:
+    """The file name of a benchmark result: `SUITE_DATE_COMMIT_GPU[_TAG].json`, the GPU name with
+    each run of characters other than letters, digits and dots turned into one "-", e.g.
+    result_name("e2e", "2026-12-07", "63b5c04", "NVIDIA H100 80GB HBM3") ==
+    "e2e_2026-12-07_63b5c04_NVIDIA-H100-80GB-HBM3.json". `tag` names one of several files of a
+    suite (ext "" for a folder)."""
+    parts = [suite, date, commit, re.sub(r"[^A-Za-z0-9.]+", "-", gpu).strip("-") or "cpu"]
+    if tag:
+        parts.append(tag)
+    return "_".join(parts) + ext
+
+
+def add_shape_arguments(parser, lengths: list[int], vs_budgets: list[tuple[int, int]]) -> None:
+    """The attention shape and pattern options that the kernel benchmarks share (bench_kernels,
+    bench_train): sequence lengths, heads, KV heads, head dim, modes, timing, the
+    vertical-slash budgets (`vs_budgets(args)` parses them) and --no-flex."""
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(lengths))
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--modes", nargs="+", default=["random", "structured"])
+    parser.add_argument("--rep-ms", type=float, default=1000)
+    parser.add_argument("--vs-budgets", nargs="*", default=[f"{a},{b}" for a, b in vs_budgets],
+                        help="vertical-slash budgets as NV,NS (none: skip vertical-slash)")
+    parser.add_argument("--no-flex", action="store_true", help="skip block-sparse and A-shape")
+
+
+def vs_budgets(args) -> list[tuple[int, int]]:
+    """The (NV, NS) pairs of --vs-budgets (`add_shape_arguments`)."""
+    return [tuple(int(x) for x in b.split(",")) for b in args.vs_budgets]
 
 
 def median_ms(fn, warmup_ms: float = 200, rep_ms: float = 1000) -> float:

@@ -4,7 +4,7 @@
 
 DENSE_DIR and SPARSE_DIR are the `--out` folders of two `python -m minference_flex.retrieval.train` runs
 with the same `--init` model and schedule, the second with `--sparse-attention`
-(perf/device_sparse_finetune.sh runs both). Printed and written as JSON:
+(`python -m perf finetune` runs both, then this). Printed and written as JSON:
 - loss: the mean logged training loss over windows of `--window` steps, the same steps in both
   runs (the logs hold every 10th step's loss);
 - step time: the median over the logged windows of milliseconds per step, per prompt length;

@@ -415,8 +415,8 @@ def dense_chunks(q, k, v, rep, chunk_list=(8192, 16384, 32768, 65536), rounds=2)
     del k_rep, v_rep
 
 
-def main():
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq-len", type=int, default=131072)
     parser.add_argument("--only", nargs="+", default=["estimate", "vs", "bs"])
     parser.add_argument("--rep-ms", type=float, default=300)
@@ -436,7 +436,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=None,
                         help="alternating rounds of dense_chunks (default 2) / bs_split (default 3)")
     parser.add_argument("--out", default="")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     s = args.seq_len
     print(machine())
     torch.manual_seed(0)

@@ -150,8 +150,10 @@ def test_eval_spec_rejects_bad_sweeps_and_chunks():
         EvalSpec(chunk=8)
 
 
-def test_bench_accuracy_writes_the_table_with_tile_fractions_and_the_sweep(tmp_path, searched, capsys):
-    from perf import bench_accuracy
+def test_eval_command_writes_the_table_with_tile_fractions_and_the_sweep(tmp_path, searched, capsys):
+    """`python -m minference_flex eval` (run in process) writes the table and the sweep, and
+    names bad options."""
+    from minference_flex.cli.main import main as cli
 
     model_dir = tmp_path / "model"
     _tiny_retrieval_llama().save_pretrained(model_dir)
@@ -159,9 +161,8 @@ def test_bench_accuracy_writes_the_table_with_tile_fractions_and_the_sweep(tmp_p
     args = ["--model", str(model_dir), "--searched", searched, "--lengths", "256", "--tasks", "passkey",
             "--samples", "1", "--methods", "dense", "searched-chunked", "a-shape", "--chunk", "128",
             "--no-recall", "--device", "cpu", "--out", str(out)]
-    payload = bench_accuracy.main([*args, "--niah-depths", "0", "100", "--niah-samples", "1"])
+    assert cli(["eval", *args, "--niah-depths", "0", "100", "--niah-samples", "1"]) == 0
     written = json.loads(out.read_text())
-    assert written["rows"] == payload["rows"] and written["niah"] == payload["niah"]
     names = ["dense", METHODS["searched-chunked"], METHODS["a-shape"]]
     assert [r["method"] for r in written["rows"]] == names
     assert written["rows"][0]["tile_fraction"] == 1.0 and all(r["tile_fraction"] > 0 for r in written["rows"])
@@ -171,5 +172,5 @@ def test_bench_accuracy_writes_the_table_with_tile_fractions_and_the_sweep(tmp_p
                          (["--chunk", "8"], "--chunk must be an int >= 64 tokens"),
                          (["--model", str(tmp_path)], "no saved model there (config.json missing)")):
         with pytest.raises(SystemExit):
-            bench_accuracy.main([*args, *bad])
+            cli(["eval", *args, *bad])
         assert message in capsys.readouterr().err

@@ -96,7 +96,7 @@ def test_bench_train_model_step_finds_its_pattern_config():
 
 
 def test_repeated_skip_lists_add_up():
-    # perf/device_chunked.sh passes --skip twice; when the second list replaced the first, the
+    # the chunked suite (python -m perf chunked) passes --skip twice; when the second list replaced the first, the
     # memory runs ran transformers' flex_attention mode instead of minference_flex's
     from perf import bench_e2e
 

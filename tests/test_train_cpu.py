@@ -1,5 +1,5 @@
 """Training on CPU (fp32): parameter gradients through a patched tiny Hugging Face model, and
-the training script's checkpoints (resumed runs, file sizes)."""
+the training script's checkpoints (resumed runs, optimizer shards)."""
 
 from __future__ import annotations
 
@@ -267,17 +267,41 @@ def test_optimizer_shards_merge_back_and_respect_their_limit():
     assert all(torch.equal(merged["state"][i][k], v) for i, e in state["state"].items() for k, v in e.items())
 
 
-def test_long_preset_checkpoint_fits_a_device_call(tmp_path):
-    """The long preset's checkpoint: at most 8 files of at most 16 MiB (what one device call
-    brings back), the model under 20 MB."""
+@pytest.mark.parametrize("max_shard_bytes", [None, 64 * 1024])
+def test_checkpoint_shards_follow_max_shard_bytes_and_load_back(tmp_path, max_shard_bytes):
+    """The long preset's checkpoint: the optimizer state in one file by default; with
+    max_shard_bytes, in shards of at most that many tensor bytes each (a parameter whose state
+    alone is larger in a shard of its own). `load` gives back the same state either way."""
     model = build_model(PRESETS["long"])
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randint(0, 50, (1, 64)), labels=torch.randint(0, 50, (1, 64))).loss.backward()
     opt.step()
-    paths = checkpoint.save(str(tmp_path), model, opt.state_dict(), {}, {})
-    sizes = {os.path.basename(p): os.path.getsize(p) for p in paths}
-    assert len(sizes) <= 8 and max(sizes.values()) <= 16 * 2**20, sizes
-    assert sizes["model.safetensors"] < 20e6 and "optimizer-00.pt" in sizes
+    state = opt.state_dict()
+    paths = checkpoint.save(str(tmp_path), model, state, {"seed": 0}, {"steps": []}, max_shard_bytes=max_shard_bytes)
+    shards = sorted(os.path.basename(p) for p in paths if os.path.basename(p).startswith("optimizer-"))
+    if max_shard_bytes is None:
+        assert shards == ["optimizer-00.pt"]
+    else:
+        assert len(shards) > 1
+        for name in shards:
+            entries = torch.load(tmp_path / name)["state"].values()
+            nbytes = sum(t.numel() * t.element_size() for e in entries for t in e.values())
+            assert nbytes <= max_shard_bytes or len(entries) == 1
+    loaded, train_state, log = checkpoint.load(str(tmp_path))
+    assert train_state == {"seed": 0, "optimizer_shards": len(shards)} and log == {"steps": []}
+    assert loaded["param_groups"] == state["param_groups"] and loaded["state"].keys() == state["state"].keys()
+    assert all(torch.equal(loaded["state"][i][k], v) for i, e in state["state"].items() for k, v in e.items())
+
+
+def test_max_shard_mb_splits_the_optimizer_and_resume_reads_the_shards(tmp_path):
+    """--max-shard-mb: shards of the optimizer state; a resumed run without it reads them and
+    writes one file again (the stale shards removed)."""
+    train_main(["--out", str(tmp_path), *SCHEDULE, *EVALS, "--max-steps", "2", "--max-shard-mb", "0.01"])
+    shards = _state(tmp_path)["optimizer_shards"]
+    assert shards > 1 and len(list(tmp_path.glob("optimizer-*.pt"))) == shards
+    train_main(["--out", str(tmp_path), "--resume", str(tmp_path), *EVALS, "--max-steps", "2"])
+    assert _state(tmp_path)["progress"]["step"] == 4 and _state(tmp_path)["optimizer_shards"] == 1
+    assert [f.name for f in tmp_path.glob("optimizer-*.pt")] == ["optimizer-00.pt"]
 
 
 def test_first_stage_tasks_train_alone_then_the_rest_join(tmp_path, monkeypatch):
@@ -351,6 +375,7 @@ def test_shape_options_set_the_model(tmp_path, capsys):
     (["--eval-samples", "0"], "--eval-samples must be >= 1"),
     (["--device", "gpu"], "--device gpu: not a device"),
     (["--stages", "10:1:1"], "LENGTH >= 64 tokens"),
+    (["--max-shard-mb", "0"], "--max-shard-mb must be a finite number > 0"),
 ])
 def test_bad_training_options_are_named(args, words, capsys):
     """Each was ignored (--lr 0 trained at the preset's rate), accepted (NaN) or ended in a

@@ -1,11 +1,14 @@
-"""Training checkpoints in files small enough for one device call to bring back (16 MiB each).
+"""Training checkpoints: the model, the optimizer state, where the schedule stands.
 
 A checkpoint directory (written by `save`, read by `load`) holds:
 - the model as `save_pretrained` writes it: config.json, generation_config.json and
   model.safetensors (the fp32 master weights);
-- `optimizer-00.pt`, `optimizer-01.pt`, ...: the optimizer's state dict (AdamW: fp32 moments
-  and step counts per parameter), split by parameter into shards of at most `SHARD_BYTES` of
-  tensor data; shard 0 also holds the param groups. Absent once the schedule is done;
+- `optimizer-00.pt`: the optimizer's state dict (AdamW: fp32 moments and step counts per
+  parameter), in one file by default; with `save(..., max_shard_bytes=N)` split by parameter
+  into `optimizer-00.pt`, `optimizer-01.pt`, ... of at most N bytes of tensor data each (a
+  parameter whose state alone is larger gets a file of its own), for storage or transfers that
+  limit file sizes. Shard 0 also holds the param groups; `load` reads either. Absent once the
+  schedule is done;
 - `train_state.json`: where the schedule stands, with the RNG states (`capture_rng`);
 - `train_log.json`: the training log of every call so far.
 """
@@ -20,22 +23,20 @@ import random
 
 import torch
 
-#: Most tensor bytes per optimizer shard: under 16 MiB with room for the pickle framing.
-SHARD_BYTES = 15 * 2**20
 STATE_FILE = "train_state.json"
 LOG_FILE = "train_log.json"
 _SHARD = "optimizer-{:02d}.pt"
 
 
-def shard_optimizer_state(state: dict, limit: int = SHARD_BYTES) -> list[dict]:
+def shard_optimizer_state(state: dict, limit: int | None = None) -> list[dict]:
     """Split an optimizer `state_dict()` into shards by parameter, in parameter order, each
     holding at most `limit` bytes of tensors (a parameter whose state alone is larger gets a
-    shard of its own). Shard 0 also holds "param_groups"."""
+    shard of its own); None: one shard. Shard 0 also holds "param_groups"."""
     shards: list[dict] = [{"state": {}}]
     size = 0
     for index, entry in state["state"].items():
         nbytes = sum(t.numel() * t.element_size() for t in entry.values() if torch.is_tensor(t))
-        if size and size + nbytes > limit:
+        if limit is not None and size and size + nbytes > limit:
             shards.append({"state": {}})
             size = 0
         shards[-1]["state"][index] = entry
@@ -74,16 +75,20 @@ def restore_rng(rng: random.Random, saved: dict) -> None:
         torch.cuda.set_rng_state_all([decode(s) for s in saved["cuda"]])
 
 
-def save(out_dir: str, model, optimizer_state: dict | None, train_state: dict, log: dict) -> list[str]:
+def save(out_dir: str, model, optimizer_state: dict | None, train_state: dict, log: dict,
+         max_shard_bytes: int | None = None) -> list[str]:
     """Write a checkpoint (see the module docstring) to `out_dir`; no optimizer shards when
-    `optimizer_state` is None. Shards of an earlier checkpoint there are removed. Returns the
-    paths written."""
+    `optimizer_state` is None. The optimizer state goes into one file, or with `max_shard_bytes`
+    into shards of at most that many bytes of tensor data each. Shards of an earlier checkpoint
+    there are removed. Returns the paths written."""
+    if max_shard_bytes is not None and max_shard_bytes < 1:
+        raise ValueError(f"max_shard_bytes must be None or >= 1, got {max_shard_bytes}")
     os.makedirs(out_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(out_dir, "optimizer-*.pt")):
         os.remove(stale)
     model.save_pretrained(out_dir)
     paths = [os.path.join(out_dir, name) for name in ("config.json", "generation_config.json", "model.safetensors")]
-    shards = [] if optimizer_state is None else shard_optimizer_state(optimizer_state)
+    shards = [] if optimizer_state is None else shard_optimizer_state(optimizer_state, max_shard_bytes)
     for i, shard in enumerate(shards):
         paths.append(os.path.join(out_dir, _SHARD.format(i)))
         torch.save(shard, paths[-1])

@@ -8,8 +8,9 @@ the answer digits only, over a curriculum of growing lengths. Usage:
 
 The schedule (the preset's stages, or `--stages`) is fixed; `--max-minutes` is the budget of
 this call. When the schedule is done or the budget is spent, DIR gets a checkpoint
-(`minference_flex.retrieval.checkpoint`: the model as safetensors, the optimizer state in shards of at
-most 16 MiB, `train_state.json`, `train_log.json`), and `--resume DIR` continues it where it
+(`minference_flex.retrieval.checkpoint`: the model as safetensors, the optimizer state in one file, or
+with `--max-shard-mb N` in shards of at most N MiB, `train_state.json`, `train_log.json`), and
+`--resume DIR` continues it where it
 stopped: same weights, optimizer state, schedule position and RNG states, so a schedule run in
 several calls ends with the weights of one run. The log covers every call. `--time-shares`
 instead fits the whole schedule into one call: each stage ends at its share of the budget.
@@ -27,7 +28,7 @@ training from scratch, e.g. at long lengths:
 Every `--eval-every` steps it greedy-decodes `--eval-samples` held-out samples per task
 (seeds disjoint from training) at the current stage's length and logs exact-match accuracy;
 when the schedule is done, at every stage's length. The full accuracy table is
-`perf/bench_accuracy.py`'s.
+`python -m minference_flex eval`'s.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ PRESETS = {
     # --eval-every 250 --eval-samples 10` (19 min on 2 CPU cores)
     "cpu": Preset(hidden=128, layers=4, heads=2, kv_heads=1, intermediate=384, lr=3e-3,
                   tasks=("passkey", "needle"), stages=[(128, 500, 32), (512, 250, 8), (2048, 100, 2)]),
-    # aimed at 64K, trained in resumed device calls (perf/device_train_retrieval.sh). The cpu
+    # aimed at 64K (`python -m perf retrieval-model` runs it). The cpu
     # preset's shape, which formed its retrieval heads within 300 steps at 128 tokens (0.8M
     # params), with RoPE base 1e7 (above the ~2e6 bound that "Base of RoPE Bounds Context Length"
     # gives for 64K). Tasks passkey, needle and multikey (kv left out: its 6-digit keys need
@@ -325,13 +326,14 @@ def _train_step(model, opt, rng: random.Random, preset: Preset, stage: int, devi
 
 def train(preset: Preset, out_dir: str, device: str, budget: Budget, eval_every: int, eval_samples: int,
           seed: int = 0, init: str | None = None, sparse_attention: str | None = None,
-          min_sparse_len: int = 1024, resume: str | None = None) -> dict:
+          min_sparse_len: int = 1024, resume: str | None = None, max_shard_bytes: int | None = None) -> dict:
     """Train (with `init`, fine-tune the model saved there; with `resume`, continue the
     checkpoint saved there) on the preset's curriculum until the schedule is done or `budget`
     is spent, then save a checkpoint (`minference_flex.retrieval.checkpoint`) in out_dir. With
     `sparse_attention` (a pattern config path, or "auto": the config searched for `init`, else
     MInference's default) every forward of at least `min_sparse_len` tokens runs the sparse
-    patterns. Returns the log, which covers every call of the schedule."""
+    patterns. The checkpoint's optimizer state is one file, or with `max_shard_bytes` shards of
+    at most that many bytes of tensors. Returns the log, which covers every call of the schedule."""
     start = time.time()
     rng = random.Random(seed)
     if resume is None:
@@ -405,7 +407,7 @@ def train(preset: Preset, out_dir: str, device: str, budget: Budget, eval_every:
         mf.restore(model)
     state = {"preset": asdict(preset), "seed": seed, "progress": asdict(progress), "done": done,
              "rng": checkpoint.capture_rng(rng)}
-    _save(out_dir, model, None if done else opt.state_dict(), state, log)
+    _save(out_dir, model, None if done else opt.state_dict(), state, log, max_shard_bytes)
     return log
 
 
@@ -419,10 +421,11 @@ def _final_evals(model, preset: Preset, samples: int, autocast) -> dict[int, dic
     return final
 
 
-def _save(out_dir: str, model, optimizer_state: dict | None, state: dict, log: dict) -> None:
+def _save(out_dir: str, model, optimizer_state: dict | None, state: dict, log: dict,
+          max_shard_bytes: int | None = None) -> None:
     """Write the checkpoint and print each file's size."""
     model.generation_config.pad_token_id = TOKENIZER.pad_id
-    for path in checkpoint.save(out_dir, model, optimizer_state, state, log):
+    for path in checkpoint.save(out_dir, model, optimizer_state, state, log, max_shard_bytes):
         print(f"wrote {path} ({os.path.getsize(path) / 2**20:.2f} MiB)", file=sys.stderr)
 
 
@@ -448,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="end each stage at its share of --max-minutes (in proportion to its steps), "
                              "skipping its steps left, so one call reaches the last stage")
     parser.add_argument("--resume", default=None, metavar="DIR", help="continue the checkpoint saved in DIR")
+    parser.add_argument("--max-shard-mb", type=float, default=None, metavar="MB",
+                        help="split the checkpoint's optimizer state into files of at most MB MiB of tensors "
+                             "(default: one file)")
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--eval-samples", type=int, default=20,
                         help="held-out samples per task and length (at the stage's length during training)")
@@ -521,13 +527,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-minutes must be > 0, got {args.max_minutes}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.max_shard_mb is not None and not (math.isfinite(args.max_shard_mb) and args.max_shard_mb > 0):
+        parser.error(f"--max-shard-mb must be a finite number > 0, got {args.max_shard_mb}")
     if args.min_sparse_len < 1:
         parser.error(f"--min-sparse-len must be >= 1, got {args.min_sparse_len}")
     if args.init is not None and not os.path.exists(os.path.join(args.init, "config.json")):
         parser.error(f"--init {args.init}: no saved model there (config.json missing)")
     budget = Budget(args.max_minutes, args.max_steps, args.time_shares)
     train(preset, args.out, device, budget, args.eval_every, args.eval_samples, args.seed,
-          args.init, args.sparse_attention, args.min_sparse_len, args.resume)
+          args.init, args.sparse_attention, args.min_sparse_len, args.resume,
+          None if args.max_shard_mb is None else max(1, int(args.max_shard_mb * 2**20)))
     return 0
 
 
