@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minference_flex.ops.estimate import _grouped_last_probs  # noqa: E402
+from minference_flex.ops.estimate import grouped_last_probs  # noqa: E402
 from minference_flex.patch.probe import dense_forward_with_probe  # noqa: E402
 from minference_flex.retrieval.model import load_retrieval_model  # noqa: E402
 from minference_flex.retrieval.tasks import TASKS, make_sample  # noqa: E402
@@ -39,7 +39,7 @@ def attention_shares(q: torch.Tensor, k: torch.Tensor, scale: float, needle: tor
     seq_len = q.shape[2]
     rows = torch.arange(seq_len - LAST_Q, seq_len, device=q.device)
     keys = torch.arange(seq_len, device=q.device)
-    probs = _grouped_last_probs(q, k, LAST_Q, scale)[0]  # [H, LAST_Q, S], the estimator's softmax
+    probs = grouped_last_probs(q, k, LAST_Q, scale)[0]  # [H, LAST_Q, S], the estimator's softmax
     gap = rows[:, None] - keys[None, :]
     sink = keys[None, :] < SINKS
     local = (gap < LOCAL) & ~sink

@@ -24,7 +24,7 @@ from custom_ops.vertical_slash.kernel import launch_vertical_slash  # noqa: E402
 from custom_ops.vertical_slash_scores import vertical_slash_scores  # noqa: E402
 from minference_flex.ops.estimate import (  # noqa: E402
     _diagonal_sums,
-    _grouped_last_probs,
+    grouped_last_probs,
     _grouped_last_scores,
     _top_tiles_torch,
     pool_tiles,
@@ -57,7 +57,7 @@ def estimate_breakdown(q, k, rep):
     scale = q.shape[-1] ** -0.5
 
     def old():
-        probs = _grouped_last_probs(q, k, 64, scale)
+        probs = grouped_last_probs(q, k, 64, scale)
         return probs.sum(-2), _diagonal_sums(probs)
 
     def fused():

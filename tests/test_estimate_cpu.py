@@ -68,12 +68,12 @@ def test_fused_sums_match_torch(shape):
     spans the whole row)."""
     from custom_ops.vertical_slash_scores import vertical_slash_scores
     from custom_ops.vertical_slash_scores.kernel import _row_stats_launch, _sums_launch
-    from minference_flex.ops.estimate import _diagonal_sums, _grouped_last_probs, _grouped_last_scores
+    from minference_flex.ops.estimate import _diagonal_sums, grouped_last_probs, _grouped_last_scores
 
     b, h, hk, s, d, last_q = shape
     q, k, _ = random_qkv(b, h, hk, s, d)
     scores = _grouped_last_scores(q, k, last_q, d**-0.5)
-    probs = _grouped_last_probs(q, k, last_q, d**-0.5)
+    probs = grouped_last_probs(q, k, last_q, d**-0.5)
     for vertical, slash in (vertical_slash_scores(scores), _sums_launch(scores, *_row_stats_launch(scores, 128))):
         torch.testing.assert_close(vertical, probs.sum(-2), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(slash, _diagonal_sums(probs), rtol=1e-5, atol=1e-6)

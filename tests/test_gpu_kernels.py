@@ -120,11 +120,11 @@ def test_vertical_slash_tma_and_pointer_loads_cuda(budget, head_dim):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vertical_slash_scores_cuda(dtype):
     """The fused estimator sums equal the PyTorch softmax + sums on the same scores."""
-    from minference_flex.ops.estimate import _diagonal_sums, _grouped_last_probs, last_query_sums
+    from minference_flex.ops.estimate import _diagonal_sums, grouped_last_probs, last_query_sums
 
     q, k, _ = random_qkv(2, 8, 2, 3001, 128, dtype, "cuda")
     vertical, slash = last_query_sums(q, k, 64, 128**-0.5)
-    probs = _grouped_last_probs(q, k, 64, 128**-0.5)
+    probs = grouped_last_probs(q, k, 64, 128**-0.5)
     torch.testing.assert_close(vertical, probs.sum(-2), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(slash, _diagonal_sums(probs), rtol=1e-5, atol=1e-6)
     columns_only = last_query_sums(q, k, 64, 128**-0.5, columns=True, diagonals=False)

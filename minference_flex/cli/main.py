@@ -17,7 +17,7 @@ import sys
 
 
 def _add_search(commands) -> argparse.ArgumentParser:
-    from minference_flex.pattern_search.search import CANDIDATE_SPEC_HELP
+    from minference_flex.pattern_search.search import candidate_spec_help
 
     search = commands.add_parser(
         "search",
@@ -37,7 +37,7 @@ def _add_search(commands) -> argparse.ArgumentParser:
                         "default: for a model with a tokenizer, the calibration region of the book that the "
                         "real-text tasks never use (minference_flex.llms.text_tasks); else a built-in synthetic prompt")
     search.add_argument("--budget", action="append", default=None, metavar="SPEC",
-                        help=f"a candidate pattern, repeatable: {CANDIDATE_SPEC_HELP} (default: MInference's set)")
+                        help=f"a candidate pattern, repeatable: {candidate_spec_help()} (default: MInference's set)")
     search.add_argument("--tolerance", type=float, default=0.02,
                         help="recall a head may give up for a cheaper pattern (default 0.02)")
     search.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompt (default 0)")
@@ -176,7 +176,7 @@ def _write_tables(result, path: str, argv_text: str) -> None:
     """The search's per-candidate tables as JSON (`SearchResult` fields, with the machine)."""
     import dataclasses
 
-    from minference_flex.evaluation.evaluate import machine
+    from minference_flex.metrics.machine import machine
 
     tables = dataclasses.asdict(result)
     tables["config"] = [[list(p) for p in layer] for layer in result.config]

@@ -66,6 +66,7 @@ from minference_flex.llms.pretrained import KNOWN_MODELS, is_real_model, load_te
 from minference_flex.retrieval.model import RETRIEVAL_TASKS, load_retrieval_model, searched_config_path
 from minference_flex.retrieval.tasks import TASKS
 from minference_flex.evaluation.task_set import TaskSet
+from minference_flex.metrics.machine import machine
 from minference_flex.metrics.tile_count import count_tiles
 
 #: Methods that run one pattern on every head (block-sparse budgets are unused: it keeps
@@ -357,7 +358,7 @@ def evaluate(
 
 
 def add_arguments(parser: Any) -> None:
-    """The eval options (shared by `python -m minference_flex eval` and perf/bench_accuracy.py)."""
+    """The eval options (of `python -m minference_flex eval`)."""
     parser.add_argument("--model", default=None,
                         help="the shipped retrieval model (default) or a directory saved by train; or a real LLM: "
                         "a short name (" + ", ".join(KNOWN_MODELS) + "), a .gguf file or a folder with one, whose "
@@ -497,16 +498,3 @@ def _lm_rows(
     for r in rows:
         print(f"{r['method']} | {r['perplexity']:.3f} | {r['kl_vs_dense']:.5f} | {_fraction(r['tile_fraction'])}")
     return rows
-
-
-def machine() -> dict:
-    """Date, GPU (or processor) and library versions of this run, for a result's JSON."""
-    import datetime
-    import platform
-
-    import transformers
-    import triton
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    return {"date": datetime.date.today().isoformat(), "gpu": gpu, "torch": torch.__version__,
-            "triton": triton.__version__, "transformers": transformers.__version__}

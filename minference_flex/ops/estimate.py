@@ -56,7 +56,7 @@ def _grouped_last_scores(
     return torch.matmul(q_last, k.transpose(-1, -2)).view(bsz, heads, last_q, seq_len)
 
 
-def _grouped_last_probs(
+def grouped_last_probs(
     q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
 ) -> torch.Tensor:
     """Causal softmax in fp32 of the last `last_q` queries against all keys: [B, H, last_q, S]."""
@@ -112,7 +112,7 @@ def _last_query_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if q.is_cuda:
         return vertical_slash_scores(_grouped_last_scores(q, k, last_q, scale), columns, diagonals)
-    probs = _grouped_last_probs(q, k, last_q, scale)
+    probs = grouped_last_probs(q, k, last_q, scale)
     empty = probs.new_empty(*probs.shape[:2], 0)
     return probs.sum(-2) if columns else empty, _diagonal_sums(probs) if diagonals else empty
 

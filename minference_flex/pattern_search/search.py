@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from minference_flex.patterns.base import get_pattern, registered
 from minference_flex.patterns.config import (
     A_SHAPE,
     BLOCK_SPARSE,
@@ -56,26 +57,26 @@ DEFAULT_CANDIDATES: tuple[HeadPattern, ...] = (
     HeadPattern(BLOCK_SPARSE, 0, 0),
 )
 
-_KIND_ALIASES = {
-    "vs": VERTICAL_SLASH, VERTICAL_SLASH: VERTICAL_SLASH,
-    "a": A_SHAPE, "a-shape": A_SHAPE, A_SHAPE: A_SHAPE,
-    "bs": BLOCK_SPARSE, BLOCK_SPARSE: BLOCK_SPARSE,
-}
-CANDIDATE_SPEC_HELP = "vs:VERTICAL,SLASH (e.g. vs:1000,6096), a:SINK,LOCAL (e.g. a:128,4096) or bs"
+def candidate_spec_help() -> str:
+    """How to write a candidate of each registered pattern."""
+    specs = [get_pattern(name).spec_help or name for name in registered()]
+    return ", ".join(specs[:-1]) + " or " + specs[-1] if len(specs) > 1 else specs[0]
 
 
 def parse_candidate(spec: str) -> HeadPattern:
-    """A candidate from text: 'vs:1000,6096', 'a:128,4096', 'bs' (full pattern names work too)."""
+    """A candidate from text: 'vs:1000,6096', 'a:128,4096', 'bs' (full pattern names work too;
+    each registered pattern's `aliases`)."""
     match = re.fullmatch(r"\s*([a-z_-]+)\s*(?::\s*(\d+)\s*,\s*(\d+)\s*)?", spec.lower())
-    kind = _KIND_ALIASES.get(match.group(1)) if match else None
+    by_alias = {alias: name for name in registered() for alias in (name, *get_pattern(name).aliases)}
+    kind = by_alias.get(match.group(1)) if match else None
     if kind is None:
-        raise ValueError(f"cannot read candidate {spec!r}; expected {CANDIDATE_SPEC_HELP}")
-    if kind == BLOCK_SPARSE:
+        raise ValueError(f"cannot read candidate {spec!r}; expected {candidate_spec_help()}")
+    if not get_pattern(kind).takes_budgets:
         if match.group(2) is not None:
-            raise ValueError(f"candidate {spec!r}: block-sparse takes no budgets (top 100 tiles), write 'bs'")
-        return HeadPattern(BLOCK_SPARSE, 0, 0)
+            raise ValueError(f"candidate {spec!r}: {kind} takes no budgets, write {get_pattern(kind).spec_help.split()[0]!r}")
+        return HeadPattern(kind, 0, 0)
     if match.group(2) is None:
-        raise ValueError(f"candidate {spec!r}: {kind} needs two budgets; expected {CANDIDATE_SPEC_HELP}")
+        raise ValueError(f"candidate {spec!r}: {kind} needs two budgets; expected {candidate_spec_help()}")
     return _parse_head([kind, int(match.group(2)), int(match.group(3))], f"candidate {spec!r}")
 
 

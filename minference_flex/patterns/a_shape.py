@@ -21,6 +21,8 @@ class AShape(SparsePattern):
     name = A_SHAPE
     label = "A-shape"
     budget_names = ("sink tokens", "local window")
+    aliases = ("a", "a-shape")
+    spec_help = "a:SINK,LOCAL (e.g. a:128,4096)"
 
     def check_budgets(self, a: int, b: int) -> str | None:
         if a + b == 0:

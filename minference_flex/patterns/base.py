@@ -49,6 +49,12 @@ class SparsePattern:
     label: ClassVar[str]
     #: What the config's two numbers mean, e.g. ("vertical size", "slash size").
     budget_names: ClassVar[tuple[str, str]]
+    #: Short names in candidate specs (`search --budget vs:1000,6096`); the config name works too.
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: False where the config's two numbers are ignored (the spec is then the alias alone).
+    takes_budgets: ClassVar[bool] = True
+    #: How to write a candidate, e.g. "vs:VERTICAL,SLASH (e.g. vs:1000,6096)".
+    spec_help: ClassVar[str] = ""
 
     def check_budgets(self, a: int, b: int) -> str | None:
         """A message naming what is wrong with these (non-negative integer) budgets, or None."""

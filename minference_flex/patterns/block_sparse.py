@@ -26,6 +26,9 @@ class BlockSparse(SparsePattern):
     name = BLOCK_SPARSE
     label = "BS"
     budget_names = ("ignored", "ignored")
+    aliases = ("bs",)
+    takes_budgets = False
+    spec_help = "bs (the top 100 tiles)"
 
     def __init__(self, topk: int = BLOCK_SPARSE_TOPK) -> None:
         #: Key tiles each query tile keeps besides its own.

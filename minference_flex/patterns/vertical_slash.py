@@ -40,6 +40,8 @@ class VerticalSlash(SparsePattern):
     name = VERTICAL_SLASH
     label = "VS"
     budget_names = ("vertical size", "slash size")
+    aliases = ("vs",)
+    spec_help = "vs:VERTICAL,SLASH (e.g. vs:1000,6096)"
 
     def __init__(self) -> None:
         #: estimator(q, k, verticals, slashes, last_q, scale) -> (v_idx [B, H, NV], s_idx [B, H, NS]);

@@ -1,7 +1,7 @@
 """The small retrieval model trained here (`minference_flex.retrieval.train`) that ships with the package.
 
 It answers the tasks of `minference_flex.retrieval.tasks` with the built-in word tokenizer; the demo and
-`perf/bench_accuracy.py` run on it. `MODEL_DIR` holds its safetensors, config, model card,
+`python -m minference_flex eval` run on it. `MODEL_DIR` holds its safetensors, config, model card,
 training log and a pattern config searched for it (`pattern_config.json`), once trained.
 """
 
