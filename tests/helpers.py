@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import torch
 
 from minference_flex.ops import reference
+
+#: The repository checkout the tests run from.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def random_qkv(batch, heads, kv_heads, seq_len, head_dim, dtype=torch.float32, device="cpu"):

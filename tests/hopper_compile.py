@@ -3,7 +3,7 @@
 The CPU suite runs the kernels under TRITON_INTERPRET=1, which does not type-check them the
 way the GPU compiler does (a loop-carried variable changing shape passes the interpreter and
 fails to compile). This compiles each kernel, with the constexpr variants the launchers use,
-down to a cubin. Run in a process where TRITON_INTERPRET=0 (tests/test_kernels_compile_cpu.py):
+down to a cubin. Run in a process where TRITON_INTERPRET=0 (tests/ops/test_kernels_compile_cpu.py):
     TRITON_INTERPRET=0 python -m tests.hopper_compile
 """
 

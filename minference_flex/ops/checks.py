@@ -14,8 +14,9 @@ import numbers
 
 import torch
 
-_CUDA_DTYPES = (torch.float16, torch.bfloat16)
-_CPU_DTYPES = (torch.float32, torch.float16)
+#: Dtypes the kernels take on a CUDA device and on the CPU.
+CUDA_DTYPES = (torch.float16, torch.bfloat16)
+CPU_DTYPES = (torch.float32, torch.float16)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -63,7 +64,7 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             f"q, k and v must have one dtype, got {q.dtype}, {k.dtype} and {v.dtype}; cast them with "
             f".to(q.dtype)"
         )
-    allowed = _CUDA_DTYPES if q.device.type == "cuda" else _CPU_DTYPES
+    allowed = CUDA_DTYPES if q.device.type == "cuda" else CPU_DTYPES
     if q.dtype not in allowed:
         names = ", ".join(str(d) for d in allowed)
         raise TypeError(f"q, k and v on {q.device.type} must be one of {names}, got {q.dtype}")

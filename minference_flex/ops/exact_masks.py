@@ -4,7 +4,7 @@ through such a mask.
 `Options(exact_masks=True)` runs a patched model's vertical-slash heads this way: the same
 estimate, the same indices, the op's own dense fallback and the same tiles counted, but the
 attention is a masked softmax over rows of query chunks instead of the Triton kernel. The
-outputs equal the kernel's up to rounding (tests/test_exact_masks_cpu.py); the cost is about
+outputs equal the kernel's up to rounding (tests/ops/test_exact_masks_cpu.py); the cost is about
 that of dense attention. It is the evaluation path on a CPU, where Triton runs in its
 interpreter (about 50 s for a 1K-token pre-fill of a 30-layer model). A-shape and
 block-sparse run FlexAttention, compiled on CPU too.

@@ -34,7 +34,6 @@ import torch
 from custom_ops.dense_causal import MASK_ELEMENTS, dense_causal_attention_op
 
 from minference_flex.ops import checks
-
 from minference_flex.patch import layout
 from minference_flex.patterns.config import A_SHAPE, ConfigSource, PatternConfig, load_pattern_config
 from minference_flex.patterns.prefill import LayerPlan, sparse_prefill
@@ -364,6 +363,7 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
             f"minference_flex's patterns are the causal pre-fill of decoder LMs: use it on a causal LM"
         )
     layout.check_attention_on_one_device(modules)
+    _check_cpu_dtype(model)
     if opts.starting_layer >= num_layers:
         warnings.warn(f"minference_flex: starting_layer={opts.starting_layer} but the model has {num_layers} layers: "
                       f"every layer stays dense", stacklevel=2)
@@ -383,6 +383,18 @@ def compile(model: Any, pattern_config: ConfigSource = None, **options: Any) -> 
     setattr(model, _STATE_ATTR, state)
     model.set_attn_implementation(ATTENTION_NAME)
     return model
+
+
+def _check_cpu_dtype(model: Any) -> None:
+    """Refuse at compile what can never run: a model on the CPU in a dtype the CPU kernels lack,
+    on a machine without CUDA (with CUDA it may still move to the GPU before its first forward)."""
+    if torch.cuda.is_available():
+        return
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.dtype not in checks.CPU_DTYPES and param.dtype.is_floating_point:
+        names = ", ".join(str(d) for d in checks.CPU_DTYPES)
+        raise TypeError(f"minference_flex.compile: the model is {param.dtype} on the CPU, and this machine has no "
+                        f"CUDA GPU; the CPU kernels run {names}: load it with dtype=torch.float32 or call model.float()")
 
 
 def cache_keyword(model: Any) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from minference_flex.patterns import vertical_slash  # noqa: F401, I001
 from minference_flex.patterns import a_shape  # noqa: F401
 from minference_flex.patterns import block_sparse  # noqa: F401
-from minference_flex.patterns.base import GroupInputs, SparsePattern, get_pattern, register, registered
+from minference_flex.patterns.base import GroupInputs, SparsePattern, get_pattern, register, registered, unregister
 
 
 @contextlib.contextmanager
@@ -33,4 +33,4 @@ def override_estimator(name: str, estimator: Callable[..., Any]) -> Iterator[Non
         pattern.estimator = previous
 
 
-__all__ = ["GroupInputs", "SparsePattern", "get_pattern", "override_estimator", "register", "registered"]
+__all__ = ["GroupInputs", "SparsePattern", "get_pattern", "override_estimator", "register", "registered", "unregister"]

@@ -92,6 +92,12 @@ def register(pattern: SparsePattern) -> SparsePattern:
     return pattern
 
 
+def unregister(name: str) -> None:
+    """Remove a registered pattern kind (a pattern tried in a notebook, a test's own)."""
+    get_pattern(name)
+    del _REGISTRY[name]
+
+
 def registered() -> tuple[str, ...]:
     """Config names of the registered patterns, in registration order."""
     return tuple(_REGISTRY)

@@ -13,14 +13,12 @@ import transformers
 from safetensors.torch import load_file
 
 import minference_flex as mf
+from tests.models import tiny_llama_config
 from minference_flex.retrieval import checkpoint
 from minference_flex.retrieval.train import PRESETS, build_model, main as train_main
 
 HEADS, KV_HEADS, LAYERS, SEQ = 4, 2, 2, 600
-CONFIG = transformers.LlamaConfig(
-    vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
-    num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=4096,
-)
+CONFIG = tiny_llama_config(num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS)
 
 
 def _model(**overrides):

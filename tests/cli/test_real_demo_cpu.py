@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from minference_flex.llms import pretrained
-
-from minference_flex.llms import text_tasks
 from minference_flex.cli.main import main
 
 from tests.helpers import smollm2_or_skip  # noqa: E402

@@ -1,6 +1,6 @@
 """GPU checks of every op's gradients in bf16 against float64 autograd of masked attention,
 bounded by dense bf16 SDPA's own backward error on the same mask; and a training step of a
-patched tiny Llama. Run: pytest -m gpu tests/test_gpu_backward.py."""
+patched tiny Llama. Run: pytest -m gpu tests/ops/test_gpu_backward.py."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_streaming_forward_grads_cuda(shape):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_block_sparse_grads_cuda(shape):
     """Checked on the op's own tile selection (bf16 pooled scores may break ties otherwise)."""
-    from tests.test_gpu_kernels import _mask_of_selection
+    from tests.ops.test_gpu_kernels import _mask_of_selection
 
     q, k, v = _leaves(shape)
     out = mf.block_sparse_attention(q, k, v, topk=5)

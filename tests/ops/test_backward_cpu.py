@@ -134,8 +134,8 @@ def test_grad_path_masks_carry_q_indices_of_the_same_blocks():
         assert torch.equal(full, _ordered_to_dense(grad.full_kv_num_blocks, grad.full_kv_indices, nkv).bool())
 
 
-# vertical-slash: the forward's cases (tests/test_vertical_slash_cpu.py), through the Triton backward
-from tests.test_vertical_slash_cpu import CASES, _indices  # noqa: E402
+# vertical-slash: the forward's cases (tests/ops/test_vertical_slash_cpu.py), through the Triton backward
+from tests.ops.test_vertical_slash_cpu import CASES, _indices  # noqa: E402
 
 
 @pytest.mark.parametrize("case", CASES)

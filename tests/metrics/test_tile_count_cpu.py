@@ -21,7 +21,7 @@ from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLAS
 from minference_flex.patterns.prefill import LayerPlan, sparse_prefill
 from minference_flex.metrics.tile_count import TILE, causal_tiles, count_tiles
 
-from .helpers import random_qkv
+from tests.helpers import random_qkv
 
 
 def _tiles_touched(mask: torch.Tensor) -> torch.Tensor:

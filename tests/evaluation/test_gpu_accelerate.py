@@ -11,6 +11,7 @@ import transformers
 
 import minference_flex as mf
 from minference_flex.patch.hf import cache_keyword
+from tests.helpers import REPO_ROOT  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -152,7 +153,7 @@ def _launch_two(args: list[str], tmp_path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = REPO_ROOT
     env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

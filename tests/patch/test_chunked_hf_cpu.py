@@ -3,7 +3,6 @@ chunk long enough runs the sparse patterns over the KV cache."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -13,13 +12,9 @@ from transformers import DynamicCache
 
 import minference_flex as mf
 from minference_flex.patch import hf
+from tests.models import COMMON, LAYERS, MIXED, tiny_model, uniform
 from minference_flex.patch.hf import cache_keyword
 
-HEADS, KV_HEADS, LAYERS = 4, 2, 2
-COMMON = dict(
-    vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
-    num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=4096,
-)
 CONFIGS = {
     "llama": transformers.LlamaConfig(**COMMON, rope_theta=500000.0),
     "qwen2": transformers.Qwen2Config(**COMMON),
@@ -28,19 +23,9 @@ OPTIONS = dict(min_sparse_len=256, min_chunk_len=64)
 
 
 def _model(name):
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(copy.deepcopy(CONFIGS[name])).eval()
+    return tiny_model(CONFIGS[name])
 
 
-def _uniform(kind, a, b):
-    return [{str(h): [kind, a, b, 0] for h in range(HEADS)} for _ in range(LAYERS)]
-
-
-MIXED = [
-    {"0": ["vertical_and_slash", 30, 100, 0], "1": ["vertical_and_slash", 60, 120, 0],
-     "2": ["stream_llm", 4, 64, 0], "3": ["block_sparse", 0, 0, 0]}
-    for _ in range(LAYERS)
-]
 
 
 @pytest.fixture
@@ -72,7 +57,7 @@ def test_chunked_loop_with_full_budgets_equals_dense_and_runs_sparse(name, spars
     ids = torch.randint(1, 128, (1, 600))
     with torch.no_grad():
         dense = model(ids).logits
-    mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
+    mf.compile(model, uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
     chunked, _ = _chunked_logits(model, ids, 192)
     torch.testing.assert_close(chunked, dense, rtol=1e-4, atol=1e-4)
     # chunks from kv_len 256 on went sparse, each layer once: (192, 384), (192, 576), (24, 600) is short
@@ -98,7 +83,7 @@ def test_generate_with_prefill_chunks_equals_dense_with_full_budgets(sparse_call
     ids = torch.randint(1, 128, (1, 600))
     with torch.no_grad():
         want = model.generate(ids, max_new_tokens=6, do_sample=False)
-        mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
+        mf.compile(model, uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
         got = model.generate(ids, max_new_tokens=6, do_sample=False, prefill_chunk_size=200)
     assert torch.equal(got, want)
     assert (200, 400) in sparse_calls and (200, 600) in sparse_calls
@@ -109,11 +94,11 @@ def test_second_prompt_on_a_cached_context(sparse_calls):
     document, question = torch.randint(1, 128, (1, 500)), torch.randint(1, 128, (1, 200))
     with torch.no_grad():
         dense = model(torch.cat([document, question], 1)).logits[:, 500:]
-    mf.compile(model, _uniform("block_sparse", 0, 0), **OPTIONS)
+    mf.compile(model, uniform("block_sparse", 0, 0), **OPTIONS)
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
         model(document, **{cache_keyword(model): cache}, use_cache=True)
-        mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
+        mf.compile(model, uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
         second = model(question, **{cache_keyword(model): cache}, use_cache=True).logits
     assert (200, 700) in sparse_calls
     # the document went through block-sparse (not dense), the question through full budgets
@@ -121,7 +106,7 @@ def test_second_prompt_on_a_cached_context(sparse_calls):
     assert second.shape == dense.shape
     with torch.no_grad():
         mf.restore(model)
-        mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
+        mf.compile(model, uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
         cache = DynamicCache(config=model.config)
         model(document, **{cache_keyword(model): cache}, use_cache=True)
         exact = model(question, **{cache_keyword(model): cache}, use_cache=True).logits
@@ -137,7 +122,7 @@ def test_left_padded_batch_in_chunks_runs_each_row_alone(sparse_calls):
     ids = torch.cat([long, torch.cat([torch.zeros(1, 150, dtype=torch.long), short], 1)])
     mask = torch.ones_like(ids)
     mask[1, :150] = 0
-    mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
+    mf.compile(model, uniform("vertical_and_slash", 10**6, 10**6), dense_fallback=False, **OPTIONS)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         for a in range(0, 600, 200):
@@ -150,13 +135,13 @@ def test_left_padded_batch_in_chunks_runs_each_row_alone(sparse_calls):
 
 def test_min_chunk_len_is_validated():
     with pytest.raises(ValueError, match="min_chunk_len"):
-        mf.compile(_model("llama"), _uniform("block_sparse", 0, 0), min_chunk_len=0)
+        mf.compile(_model("llama"), uniform("block_sparse", 0, 0), min_chunk_len=0)
 
 
 def test_cache_keyword_is_the_one_the_installed_transformers_takes_without_warning():
     """A patched (and a torch.compile-wrapped) model's forward and generate take the cache by
     `cache_keyword` with no deprecation warning, in every transformers 5.x."""
-    model = mf.compile(_model("llama"), _uniform("vertical_and_slash", 30, 100), **OPTIONS)
+    model = mf.compile(_model("llama"), uniform("vertical_and_slash", 30, 100), **OPTIONS)
     ids = torch.randint(1, 128, (1, 300))
     assert cache_keyword(torch.compile(model)) == cache_keyword(model)
     with warnings.catch_warnings():

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 import minference_flex as mf
+from minference_flex.patch import hf
 from minference_flex.evaluation.evaluate import EvalSpec, build_table
+from tests.helpers import REPO_ROOT  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = REPO_ROOT
 EVAL_ARGS = ["--lengths", "256", "384", "--tasks", "passkey", "needle", "kv", "--samples", "3",
              "--methods", "dense", "default", "--device", "cpu"]
 
@@ -205,7 +207,7 @@ def test_heads_sliced_after_compile_are_refused_at_run_time():
     q = torch.randn(1, HEADS // 2, SEQ, 32)
     k = v = torch.randn(1, 1, SEQ, 32)
     with pytest.raises(ValueError, match="got 2 query heads but its pattern config has 4"):
-        mf.hf.minference_attention(attention, q, k, v, None)
+        hf.minference_attention(attention, q, k, v, None)
 
 
 def test_data_parallel_wrapper_is_refused_with_the_fix():

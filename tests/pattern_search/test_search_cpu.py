@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import sys
 
 import pytest
 import torch
-import transformers
 
 import minference_flex as mf
+from tests.models import tiny_llama_config, tiny_model
 from custom_ops.vertical_slash import build_vertical_slash_index, computed_fraction
 from minference_flex.ops.attention import DENSE_FALLBACK_FRACTION
 from minference_flex.ops import reference
@@ -29,16 +28,12 @@ VS = lambda a, b: HeadPattern(VERTICAL_SLASH, a, b)  # noqa: E731
 A = lambda a, b: HeadPattern(A_SHAPE, a, b)  # noqa: E731
 BS = HeadPattern(BLOCK_SPARSE, 0, 0)
 
-LLAMA = transformers.LlamaConfig(
-    vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=500000.0,
-)
+LLAMA = tiny_llama_config(rope_theta=500000.0)
 SMALL = [A(16, 128), VS(30, 100), VS(64, 200), BS]
 
 
 def _model():
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(copy.deepcopy(LLAMA)).eval()
+    return tiny_model(LLAMA)
 
 
 def _reference_recall(q, k, masks, rows, scale):

@@ -11,7 +11,6 @@ import re
 import pytest
 
 from minference_flex.llms import pretrained
-
 from minference_flex.llms import text_tasks as tt
 
 from tests.helpers import smollm2_or_skip  # noqa: E402

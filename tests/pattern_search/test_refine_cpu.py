@@ -3,15 +3,14 @@ to dense and really computes fewer tiles (CPU, tiny random models)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 
 import pytest
 import torch
-import transformers
 
 import minference_flex as mf
+from tests.models import tiny_llama_config, tiny_model
 from minference_flex.cli.main import main
 from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLASH, HeadPattern
 from minference_flex.pattern_search.refine import mean_kl, refine_by_logits
@@ -21,13 +20,11 @@ from minference_flex.metrics.tile_count import count_tiles
 CANDIDATES = [HeadPattern(VERTICAL_SLASH, 1000, 6096), HeadPattern(A_SHAPE, 64, 128), HeadPattern(BLOCK_SPARSE, 0, 0)]
 # a larger initial spread than transformers' default: peaked attention, so a sparse pattern
 # visibly moves the logits
-LLAMA = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                 initializer_range=0.3)
+LLAMA = tiny_llama_config(hidden_size=64, intermediate_size=128, initializer_range=0.3)
 
 
 def _model():
-    return transformers.AutoModelForCausalLM.from_config(copy.deepcopy(LLAMA)).eval()
+    return tiny_model(LLAMA, seed=random.randrange(2**31))
 
 
 def _prompts(n=2, length=None):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -10,12 +9,12 @@ import torch
 import transformers
 
 import minference_flex as mf
+from minference_flex.patch.hf import cache_keyword
+from minference_flex.patterns.config import shipped_config_path
 
-HEADS, KV_HEADS, LAYERS, SEQ = 4, 2, 2, 600
-COMMON = dict(
-    vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
-    num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=4096,
-)
+from tests.models import COMMON, HEADS, LAYERS, MIXED, tiny_model, uniform
+
+SEQ = 600
 
 
 def _configs():
@@ -33,29 +32,15 @@ def _configs():
 ARCHS = _configs()
 
 
-def _model(config):
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config)).eval()
-
-
-def _uniform(kind, a, b):
-    return [{str(h): [kind, a, b, 0] for h in range(HEADS)} for _ in range(LAYERS)]
-
-
-MIXED = [
-    {"0": ["vertical_and_slash", 30, 100, 0], "1": ["vertical_and_slash", 60, 120, 0],
-     "2": ["stream_llm", 4, 64, 0], "3": ["block_sparse", 0, 0, 0]}
-    for _ in range(LAYERS)
-]
 
 
 @pytest.mark.parametrize("name, config", ARCHS, ids=[n for n, _ in ARCHS])
 def test_full_budgets_equal_unpatched_and_small_budgets_go_sparse(name, config):
-    model = _model(config)
+    model = tiny_model(config)
     ids = torch.randint(1, 128, (1, SEQ))
     with torch.no_grad():
         dense = model(ids).logits
-        mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), min_sparse_len=256, dense_fallback=False)
+        mf.compile(model, uniform("vertical_and_slash", 10**6, 10**6), min_sparse_len=256, dense_fallback=False)
         full = model(ids).logits
         torch.testing.assert_close(full, dense, rtol=1e-4, atol=1e-4)
         mf.compile(model, MIXED, min_sparse_len=256)
@@ -68,17 +53,17 @@ def test_full_budgets_equal_unpatched_and_small_budgets_go_sparse(name, config):
 
 def test_decode_steps_match_unpatched_given_the_same_cache():
     name, config = ARCHS[0]
-    model = _model(config)
+    model = tiny_model(config)
     ids = torch.randint(1, 128, (1, 400))
     with torch.no_grad():
         reference = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-        mf.compile(model, _uniform("vertical_and_slash", 10**6, 10**6), min_sparse_len=256, dense_fallback=False)
+        mf.compile(model, uniform("vertical_and_slash", 10**6, 10**6), min_sparse_len=256, dense_fallback=False)
         patched = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert torch.equal(patched, reference)
 
 
-def test_short_prompts_stay_dense_and_restore_gives_back_the_model():
-    model = _model(ARCHS[0][1])
+def test_short_prompts_stay_dense_and_restore_gives_back_thetiny_model():
+    model = tiny_model(ARCHS[0][1])
     ids = torch.randint(1, 128, (2, 100))
     with torch.no_grad():
         dense = model(ids).logits
@@ -91,7 +76,7 @@ def test_short_prompts_stay_dense_and_restore_gives_back_the_model():
 
 
 def test_padded_batch_attends_no_padded_key():
-    model = _model(ARCHS[0][1])
+    model = tiny_model(ARCHS[0][1])
     mf.compile(model, MIXED, min_sparse_len=256)
     ids = torch.randint(1, 128, (2, SEQ))
     mask = torch.ones(2, SEQ, dtype=torch.long)
@@ -103,7 +88,7 @@ def test_padded_batch_attends_no_padded_key():
 
 
 def test_config_file_and_from_pretrained(tmp_path):
-    model = _model(ARCHS[0][1])
+    model = tiny_model(ARCHS[0][1])
     model.save_pretrained(tmp_path / "model")
     path = tmp_path / "patterns.json"
     path.write_text(json.dumps(MIXED))
@@ -116,7 +101,7 @@ def test_config_file_and_from_pretrained(tmp_path):
 
 
 def test_unknown_model_gets_default_and_a_warning_naming_search():
-    model = _model(ARCHS[0][1])
+    model = tiny_model(ARCHS[0][1])
     with pytest.warns(UserWarning, match="minference_flex search"):
         mf.compile(model)
     plan = model.model.layers[0].self_attn._minference_flex_plan
@@ -124,10 +109,10 @@ def test_unknown_model_gets_default_and_a_warning_naming_search():
 
 
 def test_shipped_config_found_by_name():
-    assert mf.config.shipped_config_path("gradientai/Llama-3-8B-Instruct-262k").endswith(
+    assert shipped_config_path("gradientai/Llama-3-8B-Instruct-262k").endswith(
         "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json"
     )
-    assert mf.config.shipped_config_path("/models/llama-3-8b-instruct-262k") is not None
+    assert shipped_config_path("/models/llama-3-8b-instruct-262k") is not None
     config = mf.load_pattern_config(None, 32, 32, "gradientai/Llama-3-8B-Instruct-262k")
     assert len(config) == 32 and config[0][0].kind == "vertical_and_slash"
 
@@ -135,23 +120,23 @@ def test_shipped_config_found_by_name():
 @pytest.mark.parametrize(
     "config, words",
     [
-        (_uniform("vertical_and_slash", 1, 1)[:1], "has 1 layers but the model has 2"),
+        (uniform("vertical_and_slash", 1, 1)[:1], "has 1 layers but the model has 2"),
         ([{"0": ["vertical_and_slash", 1, 1, 0]}] * LAYERS, "has 1 heads but the model has 4"),
-        (_uniform("diagonal", 1, 1), "unknown pattern 'diagonal'"),
-        (_uniform("vertical_and_slash", -1, 100), "must be >= 0"),
-        (_uniform("stream_llm", 0, 0), "attends nothing"),
+        (uniform("diagonal", 1, 1), "unknown pattern 'diagonal'"),
+        (uniform("vertical_and_slash", -1, 100), "must be >= 0"),
+        (uniform("stream_llm", 0, 0), "attends nothing"),
         ("/no/such/file.json", "not found"),
         ("/", "is a directory"),
     ],
 )
 def test_bad_configs_are_named(config, words):
-    model = _model(ARCHS[0][1])
+    model = tiny_model(ARCHS[0][1])
     with pytest.raises(mf.PatternConfigError, match=words):
         mf.compile(model, config)
 
 
 def test_bad_options_are_named():
-    model = _model(ARCHS[0][1])
+    model = tiny_model(ARCHS[0][1])
     with pytest.raises(TypeError, match="options are"):
         mf.compile(model, MIXED, min_sparse_length=5)
     with pytest.raises(ValueError, match="min_sparse_len"):
@@ -160,12 +145,12 @@ def test_bad_options_are_named():
         mf.compile(model, MIXED, starting_layer=LAYERS)
 
 
-def test_torch_compile_of_the_patched_model():
+def test_torch_compile_of_the_patchedtiny_model():
     """Vertical-slash layers (estimator, index, Triton op, dense-fallback cond) compile with
-    fullgraph on CPU. Mixed layers are compiled on the GPU (tests/test_gpu_models.py):
+    fullgraph on CPU. Mixed layers are compiled on the GPU (tests/patch/test_gpu_models.py):
     Inductor's CPU FlexAttention template cannot fuse the epilogues a whole model adds."""
-    model = _model(ARCHS[0][1])
-    mf.compile(model, _uniform("vertical_and_slash", 30, 100), min_sparse_len=256)
+    model = tiny_model(ARCHS[0][1])
+    mf.compile(model, uniform("vertical_and_slash", 30, 100), min_sparse_len=256)
     ids = torch.randint(1, 128, (1, 384))
     with torch.no_grad():
         eager = model(ids, use_cache=False).logits
@@ -180,7 +165,7 @@ def test_torch_compile_of_the_patched_model():
 def test_compile_takes_head_pattern_lists_as_search_returns_them():
     from minference_flex.patterns.config import HeadPattern
 
-    model = _model(ARCHS[0][1])
+    model = tiny_model(ARCHS[0][1])
     ids = torch.randint(1, 128, (1, SEQ))
     as_lists = [[HeadPattern(*MIXED[0][str(h)][:3]) for h in range(HEADS)] for _ in range(LAYERS)]
     with torch.no_grad():
@@ -200,7 +185,7 @@ def _windowed_configs():
         # Qwen2: a window on the layers from max_window_layers on (layer 1 here); layer 0 runs
         # its patterns, with budgets that cover every key
         ("qwen2", transformers.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=48, max_window_layers=1),
-         _uniform("vertical_and_slash", 10**6, 10**6)),
+         uniform("vertical_and_slash", 10**6, 10**6)),
     ]
 
 
@@ -208,7 +193,7 @@ def _windowed_configs():
 def test_sliding_window_layers_keep_their_window(name, config, patterns):
     """A layer whose sliding window cuts keys runs its own window attention (whole prompts,
     padded batches and chunks over a cache alike), not the patterns or causal attention."""
-    model = _model(config)
+    model = tiny_model(config)
     model.config._attn_implementation = "eager"  # the reference applies the window itself
     ids = torch.randint(1, 128, (2, 300))
     padding = torch.ones_like(ids)
@@ -218,7 +203,7 @@ def test_sliding_window_layers_keep_their_window(name, config, patterns):
         mf.compile(model, patterns, min_sparse_len=128, min_chunk_len=64, dense_fallback=False)
         got, got_padded = model(ids).logits, model(ids, attention_mask=padding).logits
         cache = transformers.DynamicCache(config=model.config)
-        chunks = [model(ids[:, a:a + 100], **{mf.hf.cache_keyword(model): cache}, use_cache=True).logits
+        chunks = [model(ids[:, a:a + 100], **{cache_keyword(model): cache}, use_cache=True).logits
                   for a in range(0, 300, 100)]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_padded[0], want_padded[0], rtol=1e-4, atol=1e-4)
@@ -228,12 +213,12 @@ def test_sliding_window_layers_keep_their_window(name, config, patterns):
 
 def test_attention_features_the_kernels_lack_are_refused():
     gemma2 = transformers.Gemma2Config(**COMMON, head_dim=32, attn_logit_softcapping=50.0)
-    model = mf.compile(_model(gemma2), min_sparse_len=128)
+    model = mf.compile(tiny_model(gemma2), min_sparse_len=128)
     with pytest.raises(ValueError, match="soft-capping"), torch.no_grad():
         model(torch.randint(1, 128, (1, 50)))
     if hasattr(transformers, "GptOssConfig"):
         gpt_oss = transformers.GptOssConfig(**COMMON, head_dim=32, num_local_experts=2, num_experts_per_tok=1)
-        model = mf.compile(_model(gpt_oss), min_sparse_len=128)
+        model = mf.compile(tiny_model(gpt_oss), min_sparse_len=128)
         with pytest.raises(ValueError, match="attention sinks"), torch.no_grad():
             model(torch.randint(1, 128, (1, 50)))
     bert = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -258,10 +243,21 @@ def test_save_pattern_config_writes_only_what_load_reads_back(tmp_path):
 
 
 def test_inputs_the_model_path_cannot_run_are_named():
-    model = mf.compile(_model(ARCHS[0][1]), MIXED, min_sparse_len=64)
+    model = mf.compile(tiny_model(ARCHS[0][1]), MIXED, min_sparse_len=64)
     ids = torch.randint(1, 128, (1, 120))
     with pytest.raises(ValueError, match="4-D mask"), torch.no_grad():
         model(ids, attention_mask=torch.ones(1, 1, 120, 120, dtype=torch.bool))
-    doubled = mf.compile(_model(ARCHS[0][1]).double(), _uniform("block_sparse", 0, 0), min_sparse_len=64)
+    doubled = mf.compile(tiny_model(ARCHS[0][1]).double(), uniform("block_sparse", 0, 0), min_sparse_len=64)
     with pytest.raises(TypeError, match="float64"), torch.no_grad():
         doubled(ids)
+
+
+def test_a_bf16_model_on_a_cpu_only_machine_is_refused_at_compile(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = tiny_model(ARCHS[0][1]).to(torch.bfloat16)
+    with pytest.raises(TypeError, match=r"bfloat16 on the CPU.*model.float\(\)"):
+        mf.compile(model, MIXED, min_sparse_len=256)
+    mf.compile(model.float(), MIXED, min_sparse_len=256)  # what the message says works
+    ids = torch.randint(1, 128, (1, SEQ))
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()

@@ -40,7 +40,7 @@ def test_the_shipped_config_is_found_by_the_models_name(smollm2):
 @pytest.mark.slow
 def test_sparse_prefill_keeps_held_out_passkey_answers(smollm2):
     """One sample through the kernels (the vertical-slash one interpreted: ~1 min), three more
-    through the exact-mask path, which the kernels equal (tests/test_exact_masks_cpu.py)."""
+    through the exact-mask path, which the kernels equal (tests/ops/test_exact_masks_cpu.py)."""
     model, tasks = smollm2
     samples = []
     for _ in range(10):  # held-out samples the model answers densely (its own errors are the table's business)

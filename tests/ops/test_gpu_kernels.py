@@ -45,7 +45,7 @@ def test_block_sparse_cuda(shape, dtype):
     reference: the attention is checked on the op's own selection, the selection against the
     op's own pooled scores (exact top-k, ties allowed), and those scores against float64."""
     from minference_flex.ops.estimate import pooled_tile_scores
-    from tests.test_top_tiles_cpu import check_selection
+    from tests.ops.test_top_tiles_cpu import check_selection
 
     b, h, hk, s, d = shape
     q, k, v = random_qkv(b, h, hk, s, d, dtype, "cuda")
@@ -138,7 +138,7 @@ def test_vertical_slash_scores_cuda(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_top_tiles_cuda(dtype):
     """The radix top-k keeps the same score multiset as torch.topk, ascending, ties included."""
-    from tests.test_top_tiles_cpu import check_selection
+    from tests.ops.test_top_tiles_cpu import check_selection
 
     scores = (torch.randn(2, 3, 300, 300, device="cuda") * 4).round().div(4).to(dtype)
     from custom_ops.top_tiles import top_tiles

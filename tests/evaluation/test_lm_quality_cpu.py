@@ -3,23 +3,20 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 
 import torch
-import transformers
 
+from tests.models import tiny_llama_config, tiny_model
 from minference_flex.patterns.config import VERTICAL_SLASH, HeadPattern
 from minference_flex.evaluation.lm_quality import lm_quality
 
-LLAMA = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                 initializer_range=0.3)
+LLAMA = tiny_llama_config(vocab_size=96, hidden_size=64, intermediate_size=128, initializer_range=0.3)
 
 
 def test_perplexity_and_kl_match_a_direct_computation():
-    model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(LLAMA)).eval()
+    model = tiny_model(LLAMA, seed=random.randrange(2**31))
     length, positions = random.randrange(700, 900), random.choice([16, 33])
     texts = [torch.randint(0, 96, (1, length)) for _ in range(2)]
     tight = [[HeadPattern(VERTICAL_SLASH, 30, 64)] * 4 for _ in range(2)]
