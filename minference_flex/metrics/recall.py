@@ -16,6 +16,7 @@ A-shape and block-sparse: `pattern_cost`, which depends only on the budgets and 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +28,10 @@ from custom_ops.vertical_slash import build_vertical_slash_index, head_fractions
 
 from minference_flex.ops import checks
 from minference_flex.ops.attention import DENSE_FALLBACK_FRACTION
-from minference_flex.patterns.base import get_pattern, registered
-from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, PATTERNS, VERTICAL_SLASH, HeadPattern
+from minference_flex.patterns.base import GroupInputs, get_pattern, registered
+from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
 from minference_flex.ops.estimate import (
     estimate_vertical_slash,
-    select_block_sparse_tiles,
 )
 
 #: Elements of one [group heads x sampled rows x key chunk] fp32 score block (128 MiB).
@@ -83,7 +83,8 @@ class _SlotMasks:
     Heads of another kind are empty in each part, so the slot's mask is the union of parts:
     a_init, a_local [H] (A-shape; 0 elsewhere); vs_cols [B, H, S] column keys, vs_cover
     [B, H, M*bs + 1] distances u = e - j covered by the bands, vs_clamped [B, H, T] tiles with a
-    band clamped to keys [0, bs); bs_keep [B, H, T, M] kept key tiles (diagonal included).
+    band clamped to keys [0, bs); tile_keep [B, H, T, M] kept key tiles of the patterns that keep
+    whole tiles (block-sparse and any registered one with `tile_keep`; diagonal included).
     """
 
     a_init: torch.Tensor | None = None
@@ -91,7 +92,7 @@ class _SlotMasks:
     vs_cols: torch.Tensor | None = None
     vs_cover: torch.Tensor | None = None
     vs_clamped: torch.Tensor | None = None
-    bs_keep: torch.Tensor | None = None
+    tile_keep: torch.Tensor | None = None
 
 
 def _vertical_slash_parts(
@@ -127,18 +128,6 @@ def _vertical_slash_parts(
     hi = below[..., ends.clamp(max=seq_len)]
     lo = below[..., (ends - block_size + 1).clamp(max=seq_len)]
     return cols[..., :seq_len], cover, hi > lo
-
-
-def _block_sparse_keep(tiles_idx: torch.Tensor, tiles: list[int]) -> torch.Tensor:
-    """Kept key tiles [B, H, T, M] of the sampled query tiles from `select_block_sparse_tiles`."""
-    nblocks = tiles_idx.shape[2]
-    sampled = torch.tensor(tiles, device=tiles_idx.device)
-    chosen = tiles_idx[:, :, sampled].long()  # padding entries are M: dropped below
-    keep = torch.zeros(*chosen.shape[:-1], nblocks + 1, dtype=torch.bool, device=chosen.device)
-    keep.scatter_(-1, chosen, True)
-    keep = keep[..., :nblocks].contiguous()
-    keep[:, :, torch.arange(len(tiles), device=keep.device), sampled] = True
-    return keep
 
 
 def vertical_slash_cost(
@@ -196,7 +185,11 @@ def _build_slots(
     others from `pattern_cost`."""
     heads, seq_len = q.shape[1], q.shape[2]
     device = q.device
-    bs_tiles = None
+    tile_keeps: dict[tuple, torch.Tensor] = {}
+    tile_patterns = {name: get_pattern(name) for name in registered()}
+    if block_topk != tile_patterns[BLOCK_SPARSE].topk:
+        tile_patterns[BLOCK_SPARSE] = copy.copy(tile_patterns[BLOCK_SPARSE])
+        tile_patterns[BLOCK_SPARSE].topk = block_topk
     slots = []
     analytical: dict[HeadPattern, float] = {}
     for c in range(len(head_patterns[0])):
@@ -225,12 +218,16 @@ def _build_slots(
             slot.vs_cols, slot.vs_cover, slot.vs_clamped = _vertical_slash_parts(
                 v_idx, s_idx, seq_len, block_size, rows.tiles
             )
-        if BLOCK_SPARSE in kinds:
-            if bs_tiles is None:
-                bs_tiles = select_block_sparse_tiles(q, k, block_topk, block_size)[0]
-            keep = _block_sparse_keep(bs_tiles, rows.tiles)
-            is_bs = torch.tensor([p.kind == BLOCK_SPARSE for p in pats], device=device)
-            slot.bs_keep = keep & is_bs[None, :, None, None]
+        for kind in sorted(kinds - {A_SHAPE, VERTICAL_SLASH}):  # patterns that keep whole tiles
+            group = GroupInputs(tuple(h for h, p in enumerate(pats) if p.kind == kind),
+                                tuple(p.a if p.kind == kind else 0 for p in pats),
+                                tuple(p.b if p.kind == kind else 0 for p in pats), scale, last_q, block_size)
+            key = (kind, group.a, group.b)
+            if key not in tile_keeps:  # e.g. block-sparse: one selection serves every slot
+                tile_keeps[key] = tile_patterns[kind].tile_keep(q, k, group, rows.tiles)
+            on = torch.tensor([p.kind == kind for p in pats], device=device)[None, :, None, None]
+            keep = tile_keeps[key] & on
+            slot.tile_keep = keep if slot.tile_keep is None else slot.tile_keep | keep
         slots.append(slot)
     return slots
 
@@ -258,8 +255,8 @@ def _chunk_mask(
         union(slot.vs_cols[b, heads][:, None, start : start + keys.shape[0]] | cover[:, dist])
         clamped = slot.vs_clamped[b, heads][:, rows.tile_slot]
         union(clamped[:, :, None] & (keys < block_size)[None, None, :])
-    if slot.bs_keep is not None:
-        keep = slot.bs_keep[b, heads][:, rows.tile_slot]
+    if slot.tile_keep is not None:
+        keep = slot.tile_keep[b, heads][:, rows.tile_slot]
         union(keep.index_select(-1, keys // block_size))
     return mask
 
@@ -312,8 +309,8 @@ def candidate_scores(
         raise ValueError(f"every head needs the same number (>= 1) of candidate patterns, got {sorted(widths)}")
     for h, pats in enumerate(head_patterns):
         for c, p in enumerate(pats):
-            if not isinstance(p, HeadPattern) or p.kind not in PATTERNS:
-                raise TypeError(f"head_patterns[{h}][{c}] must be a HeadPattern with kind in {PATTERNS}, got {p!r}")
+            if not isinstance(p, HeadPattern) or p.kind not in registered():
+                raise TypeError(f"head_patterns[{h}][{c}] must be a HeadPattern with kind in {registered()}, got {p!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     ncand = len(head_patterns[0])
     rows = _sampled_rows(seq_len, block_size, num_tiles, q.device)

@@ -72,6 +72,13 @@ class SparsePattern:
         """64 x 64 tiles the call computed for its heads, summed over the batch."""
         raise NotImplementedError
 
+    def tile_keep(self, q: torch.Tensor, k: torch.Tensor, group: GroupInputs, tiles: list[int]) -> torch.Tensor:
+        """For the search's recall: [B, H, T, M] bool, the key tiles (of `group.block_size`) that
+        each sampled query tile in `tiles` (ascending) attends, on the group's heads (q, k
+        [B, H(kv), S, D], a whole prompt). Patterns that keep whole tiles implement it;
+        vertical-slash and A-shape have their own exact paths in `metrics.recall`."""
+        raise NotImplementedError(f"pattern {self.name!r} cannot be scored by the search: implement tile_keep")
+
     def cost(self, a: int, b: int, seq_len: int, block_size: int = 64) -> float:
         """Tiles the pattern computes with these budgets at this length, as a fraction of the
         M(M+1)/2 dense causal tiles (M = ceil(S / bs)); analytical, needs no data."""

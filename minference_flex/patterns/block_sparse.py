@@ -43,6 +43,19 @@ class BlockSparse(SparsePattern):
         out = block_sparse_flex(q, k, v, chosen, count, group.block_size, group.scale, on)
         return out, {"count": count}
 
+    def tile_keep(self, q, k, group: GroupInputs, tiles: list[int]) -> torch.Tensor:
+        """The chosen tiles plus the diagonal tile of each sampled query tile (every head: the
+        caller keeps the group's)."""
+        chosen = self.estimator(q, k, self.topk, group.block_size)[0]
+        nblocks = chosen.shape[2]
+        sampled = torch.tensor(tiles, device=chosen.device)
+        picked = chosen[:, :, sampled].long()  # padding entries are M: dropped below
+        keep = torch.zeros(*picked.shape[:-1], nblocks + 1, dtype=torch.bool, device=chosen.device)
+        keep.scatter_(-1, picked, True)
+        keep = keep[..., :nblocks].contiguous()
+        keep[:, :, torch.arange(len(tiles), device=keep.device), sampled] = True
+        return keep
+
     def tiles(self, call: AttentionCall) -> int:
         """The chosen tiles plus each query tile's own: chosen tiles lie below its first own tile
         n0 = m + (Sk - Sq) // bs, and its own tiles run from n0 to its causal end (1 or 2), so

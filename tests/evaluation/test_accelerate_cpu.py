@@ -35,6 +35,7 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_process_eval_writes_the_one_process_table(tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     _run([sys.executable, "-m", "minference_flex", "eval", *EVAL_ARGS, "--out", str(one)])
@@ -53,6 +54,7 @@ def test_two_process_eval_writes_the_one_process_table(tmp_path):
     assert len(set(accuracy.values())) > 1, "tasks of different accuracy make a mixed-up gather visible"
 
 
+@pytest.mark.slow
 def test_ddp_training_step_of_a_patched_model_runs_in_two_processes(tmp_path):
     out = tmp_path / "ddp.json"
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -28,6 +28,7 @@ def smollm2():
         pytest.skip(str(exc))
 
 
+@pytest.mark.slow
 def test_the_shipped_config_is_found_by_the_models_name(smollm2):
     model, _ = smollm2
     assert model.config._name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -192,6 +192,7 @@ def test_a_patched_model_records_every_layer_of_its_prefill():
     mf.restore(model)
 
 
+@pytest.mark.slow
 def test_a_compiled_model_records_nothing_and_does_not_recompile():
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)

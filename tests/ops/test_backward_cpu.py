@@ -148,6 +148,7 @@ def test_vertical_slash_grads(case, nan_empty):
     assert_grads_close_to_reference(grads, q, k, v, reference.vertical_slash_mask(v_idx, s_idx, s), grad_out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_bands", [False, True])
 def test_vertical_slash_grads_on_every_band_kind(on_bands, nan_empty):
     """Pieces near the diagonal, whole and reaching below a clamped tile, packed distances,
@@ -203,6 +204,7 @@ def test_vertical_slash_dense_fallback_grads():
     assert_grads_close_to_reference(grads, q, k, v, reference.causal_mask(640), grad_out)
 
 
+@pytest.mark.slow
 def test_vertical_slash_ops_without_a_saved_lse_recompute_it():
     """The plain op and the kernel-alone op differentiate too (their backward recomputes the
     log-sum-exp): same gradients as the op that saves it."""
@@ -226,6 +228,7 @@ def test_vertical_slash_ops_without_a_saved_lse_recompute_it():
         torch.testing.assert_close(c, a, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_vertical_slash_opcheck_with_autograd():
     from custom_ops.vertical_slash import (
         build_vertical_slash_index,

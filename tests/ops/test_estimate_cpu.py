@@ -61,7 +61,8 @@ def test_structured_heads_are_found():
     assert 150 in s_idx.flatten().tolist()
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 2, 333, 64, 64), (1, 2, 1, 500, 32, 100), (1, 1, 1, 40, 16, 40)])
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(2, 2, 1, 333, 64, 64), (1, 2, 1, 500, 32, 100), (1, 1, 1, 40, 16, 40)])
 def test_fused_sums_match_torch(shape):
     """The Triton estimator sums (CUDA's path, run here interpreted) equal the PyTorch path:
     through the op (CPU step sizes) and with CUDA's steps (2 rows x 2048 keys: one key block

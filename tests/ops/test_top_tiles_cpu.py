@@ -45,16 +45,17 @@ def test_top_tiles_matches_topk(dtype, shape_topk):
     check_selection(scores, *_top_tiles_torch(scores, topk), topk)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_top_tiles_in_chunks(dtype):
     """Rows longer than the kernel's chunk: histograms, counts, ties and slots carry across
     chunks (16-bit keys: 2 passes, 32-bit: 4)."""
     from custom_ops.top_tiles.kernel import launch_top_tiles
 
-    scores = ((torch.randn(1, 2, 75, 75) * 3).round() / 3).to(dtype)
+    scores = ((torch.randn(1, 2, 40, 40) * 3).round() / 3).to(dtype)
     scores[..., 2] = -0.0
-    for topk in (3, 20, 80):
-        check_selection(scores, *launch_top_tiles(scores, topk, chunk=16), topk)
+    for topk in (3, 20, 50):  # up to 5 chunks of 8 per row
+        check_selection(scores, *launch_top_tiles(scores, topk, chunk=8), topk)
 
 
 def test_top_tiles_rejects_other_dtypes():

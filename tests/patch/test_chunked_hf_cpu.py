@@ -89,6 +89,7 @@ def test_generate_with_prefill_chunks_equals_dense_with_full_budgets(sparse_call
     assert (200, 400) in sparse_calls and (200, 600) in sparse_calls
 
 
+@pytest.mark.slow
 def test_second_prompt_on_a_cached_context(sparse_calls):
     model = _model("llama")
     document, question = torch.randint(1, 128, (1, 500)), torch.randint(1, 128, (1, 200))
@@ -113,6 +114,7 @@ def test_second_prompt_on_a_cached_context(sparse_calls):
     torch.testing.assert_close(exact, dense, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_left_padded_batch_in_chunks_runs_each_row_alone(sparse_calls):
     model = _model("llama")
     long, short = torch.randint(1, 128, (1, 600)), torch.randint(1, 128, (1, 450))

@@ -34,7 +34,11 @@ ARCHS = _configs()
 
 
 
-@pytest.mark.parametrize("name, config", ARCHS, ids=[n for n, _ in ARCHS])
+# Llama in the quick run; the other architectures in the full one
+ARCH_PARAMS = [pytest.param(n, c, id=n, marks=() if n == "llama" else pytest.mark.slow) for n, c in ARCHS]
+
+
+@pytest.mark.parametrize("name, config", ARCH_PARAMS)
 def test_full_budgets_equal_unpatched_and_small_budgets_go_sparse(name, config):
     model = tiny_model(config)
     ids = torch.randint(1, 128, (1, SEQ))
@@ -62,7 +66,7 @@ def test_decode_steps_match_unpatched_given_the_same_cache():
     assert torch.equal(patched, reference)
 
 
-def test_short_prompts_stay_dense_and_restore_gives_back_thetiny_model():
+def test_short_prompts_stay_dense_and_restore_gives_back_the_model():
     model = tiny_model(ARCHS[0][1])
     ids = torch.randint(1, 128, (2, 100))
     with torch.no_grad():
@@ -145,7 +149,8 @@ def test_bad_options_are_named():
         mf.compile(model, MIXED, starting_layer=LAYERS)
 
 
-def test_torch_compile_of_the_patchedtiny_model():
+@pytest.mark.slow
+def test_torch_compile_of_the_patched_model():
     """Vertical-slash layers (estimator, index, Triton op, dense-fallback cond) compile with
     fullgraph on CPU. Mixed layers are compiled on the GPU (tests/patch/test_gpu_models.py):
     Inductor's CPU FlexAttention template cannot fuse the epilogues a whole model adds."""
@@ -242,12 +247,19 @@ def test_save_pattern_config_writes_only_what_load_reads_back(tmp_path):
         mf.load_pattern_config(binary, LAYERS, HEADS)
 
 
-def test_inputs_the_model_path_cannot_run_are_named():
+def test_inputs_the_model_path_cannot_run_are_named(monkeypatch):
     model = mf.compile(tiny_model(ARCHS[0][1]), MIXED, min_sparse_len=64)
     ids = torch.randint(1, 128, (1, 120))
     with pytest.raises(ValueError, match="4-D mask"), torch.no_grad():
         model(ids, attention_mask=torch.ones(1, 1, 120, 120, dtype=torch.bool))
+    # a float64 model on the CPU: refused at compile without CUDA, at its first sparse forward with
+    # (it could still have moved to the GPU)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TypeError, match="float64 on the CPU"):
+        mf.compile(tiny_model(ARCHS[0][1]).double(), uniform("block_sparse", 0, 0), min_sparse_len=64)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     doubled = mf.compile(tiny_model(ARCHS[0][1]).double(), uniform("block_sparse", 0, 0), min_sparse_len=64)
+    monkeypatch.undo()
     with pytest.raises(TypeError, match="float64"), torch.no_grad():
         doubled(ids)
 

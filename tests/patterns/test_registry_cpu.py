@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from minference_flex.metrics.recall import pattern_cost
+from minference_flex.metrics.recall import candidate_scores, pattern_cost
 from minference_flex.metrics.tile_count import causal_tiles, count_tiles
 from minference_flex.ops import reference
 from minference_flex.ops.flex import a_shape_attend
@@ -93,6 +93,9 @@ def test_a_new_pattern_is_read_from_configs_and_written_as_a_candidate(local_pat
     assert parse_candidate("lw:0,128") == HeadPattern(LOCAL, 0, 128)
     assert parse_candidate("local_window:0,128") == HeadPattern(LOCAL, 0, 128)
     assert pattern_cost(HeadPattern(LOCAL, 0, 128), 4096) == pattern_cost(HeadPattern(A_SHAPE, 0, 128), 4096)
+    q, k, _ = random_qkv(1, 2, 1, 256, 16)
+    with pytest.raises(NotImplementedError, match="'local_window' cannot be scored by the search: implement tile_keep"):
+        candidate_scores(q, k, [[HeadPattern(LOCAL, 0, 64)]] * 2, with_cost=False)
     unregister(LOCAL)
     with pytest.raises(ValueError, match="unknown pattern 'local_window'"):
         parse_pattern_config([layer], 1, 2)

@@ -44,6 +44,7 @@ def test_searched_config_gives_the_dense_answers():
     assert sparse == dense, [TOKENIZER.decode(a) for a in sparse + dense]
 
 
+@pytest.mark.slow
 def test_answers_passkey_and_multikey_through_sparse_patterns():
     """Vertical-slash (30, 128) on every head: the retrieval heads must find the needle among
     the estimated columns (multikey: the asked one of four) while about half the causal

@@ -147,6 +147,7 @@ def test_training_cli_rejects_bad_stages(tmp_path, capsys):
     assert "--stages wants LENGTH:STEPS:BATCH" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_script_fine_tunes_through_the_sparse_patterns(tmp_path, monkeypatch):
     """--init a saved model, --sparse-attention CONFIG: every training forward of >= 128
     tokens runs the sparse patterns (counted), losses stay finite, the saved model is plain."""

@@ -63,6 +63,7 @@ def _max_rel_diff(a, b):
     return max(((a[n] - b[n]).abs().max() / b[n].abs().max().clamp(min=1e-12)).item() for n in b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FULL))
 def test_full_budgets_give_the_unpatched_gradients(name):
     model = _model()
@@ -76,6 +77,7 @@ def test_full_budgets_give_the_unpatched_gradients(name):
     assert _max_rel_diff(patched, dense) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SMALL))
 def test_small_budgets_change_the_gradients_and_keep_them_finite(name):
     model = _model()
@@ -116,6 +118,7 @@ def _restore_wrapper():
     hf.sparse_prefill = real
 
 
+@pytest.mark.slow
 def test_eval_and_no_grad_forwards_are_unchanged_by_sparse_training():
     model = _model().eval()
     ids = torch.randint(1, 128, (1, SEQ))
@@ -143,6 +146,7 @@ def test_bad_sparse_training_option_is_named():
         mf.compile(_model(), SMALL["mixed"], sparse_training="yes")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mixed"])
 def test_gradient_checkpointing_gives_the_same_gradients(name):
     model = _model()
@@ -155,6 +159,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
     assert _max_rel_diff(checkpointed, plain) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vertical_slash", "mixed"])
 def test_compiled_training_step_gives_the_eager_gradients_without_recompiling(name):
     """torch.compile(model) (fullgraph: no graph break anywhere in the forward, attention
@@ -173,6 +178,7 @@ def test_compiled_training_step_gives_the_eager_gradients_without_recompiling(na
     assert dict(torch._dynamo.utils.counters["stats"]) == before, "the second step recompiled"
 
 
+@pytest.mark.slow
 def test_padded_batch_trains_like_the_unpatched_model():
     """A left-padded batch (each row's real tokens run alone) with full budgets: the loss on
     the real tokens gives the unpatched model's parameter gradients."""
