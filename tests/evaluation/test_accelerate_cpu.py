@@ -17,6 +17,7 @@ import minference_flex as mf
 from minference_flex.patch import hf
 from minference_flex.evaluation.evaluate import EvalSpec, build_table
 from tests.helpers import REPO_ROOT  # noqa: E402
+from tests.models import tiny_llama_config  # noqa: E402
 
 REPO = REPO_ROOT
 EVAL_ARGS = ["--lengths", "256", "384", "--tasks", "passkey", "needle", "kv", "--samples", "3",
@@ -108,10 +109,7 @@ HEADS, LAYERS, SEQ = 4, 2, 384
 def _tiny_llama():
     import transformers
 
-    config = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=4096,
-    )
+    config = tiny_llama_config(num_hidden_layers=LAYERS, num_attention_heads=HEADS)
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 

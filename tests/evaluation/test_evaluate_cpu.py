@@ -25,6 +25,7 @@ from minference_flex.evaluation.evaluate import (
 from minference_flex.retrieval.model import answer
 from minference_flex.retrieval.tasks import TOKENIZER, make_sample
 from minference_flex.metrics.tile_count import causal_tiles
+from tests.models import tiny_llama_config  # noqa: E402
 
 HEADS, LAYERS = 4, 2
 SEARCHED = [{"0": ["vertical_and_slash", 30, 100, 0], "1": ["vertical_and_slash", 30, 200, 0],
@@ -33,10 +34,9 @@ SEARCHED = [{"0": ["vertical_and_slash", 30, 100, 0], "1": ["vertical_and_slash"
 
 def _tiny_retrieval_llama():
     """A random model over the tasks' vocabulary that never stops early (no EOS)."""
-    config = transformers.LlamaConfig(
+    config = tiny_llama_config(
         vocab_size=len(TOKENIZER), hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=TOKENIZER.bos_id, eos_token_id=None, pad_token_id=TOKENIZER.pad_id,
+        num_attention_heads=HEADS, bos_token_id=TOKENIZER.bos_id, eos_token_id=None, pad_token_id=TOKENIZER.pad_id,
     )
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 

@@ -12,6 +12,7 @@ import transformers
 import minference_flex as mf
 from minference_flex.patch.hf import cache_keyword
 from tests.helpers import REPO_ROOT  # noqa: E402
+from tests.models import tiny_llama_config  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -26,10 +27,8 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two C
 
 def _cpu_model():
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=512, intermediate_size=1024, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=16384,
-    )
+    config = tiny_llama_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=LAYERS,
+                               num_attention_heads=HEADS, max_position_embeddings=16384)
     return transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16).eval()
 
 

@@ -22,6 +22,7 @@ from minference_flex.patterns.prefill import LayerPlan, sparse_prefill
 from minference_flex.metrics.tile_count import TILE, causal_tiles, count_tiles
 
 from tests.helpers import random_qkv
+from tests.models import tiny_llama_config  # noqa: E402
 
 
 def _tiles_touched(mask: torch.Tensor) -> torch.Tensor:
@@ -167,8 +168,8 @@ def test_a_patched_model_records_every_layer_of_its_prefill():
     """Layer 0: vertical-slash with full budgets (the op falls back to dense); layer 1:
     block-sparse (top 100 >= the 8 tiles of 512 tokens: all of them); layer 2: two A-shape
     and two block-sparse heads."""
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    config = tiny_llama_config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                               max_position_embeddings=2048)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     init, local = random.randrange(0, 100), random.randrange(1, 200)
     patterns = [
@@ -194,8 +195,8 @@ def test_a_patched_model_records_every_layer_of_its_prefill():
 
 @pytest.mark.slow
 def test_a_compiled_model_records_nothing_and_does_not_recompile():
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    config = tiny_llama_config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               max_position_embeddings=2048)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     mf.compile(model, [[HeadPattern(VERTICAL_SLASH, 30, 100)] * 4] * 2, min_sparse_len=256)
     compiled = torch.compile(model, fullgraph=True)

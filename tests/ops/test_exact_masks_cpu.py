@@ -4,12 +4,10 @@ vertical-slash kernel in Triton's interpreter)."""
 
 from __future__ import annotations
 
-import copy
 import random
 
 import pytest
 import torch
-import transformers
 
 import minference_flex as mf
 from minference_flex.ops import exact_masks
@@ -18,6 +16,7 @@ from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, VERTICAL_SLAS
 from minference_flex.patterns.prefill import LayerPlan, sparse_prefill
 from minference_flex.metrics.tile_count import count_tiles
 from tests.helpers import random_qkv
+from tests.models import tiny_llama_config, tiny_model  # noqa: E402
 
 
 @pytest.mark.parametrize("q_len, kv_len, bs", [(333, 333, 64), (130, 517, 64), (257, 257, 32), (64, 1000, 128)])
@@ -55,9 +54,7 @@ def test_dense_fallback_is_the_ops_own_decision():
 
 
 def test_a_patched_model_with_exact_masks_matches_its_kernels():
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
-    model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config)).eval()
+    model = tiny_model(tiny_llama_config(hidden_size=64, intermediate_size=128), seed=random.randrange(2**31))
     patterns = [[HeadPattern(VERTICAL_SLASH, 30, 100), HeadPattern(A_SHAPE, 16, 128),
                  HeadPattern(BLOCK_SPARSE, 0, 0), HeadPattern(VERTICAL_SLASH, 64, 200)]] * 2
     ids = torch.randint(0, 128, (1, random.randrange(520, 700)))

@@ -10,6 +10,7 @@ import torch
 import minference_flex as mf
 from minference_flex.ops import reference
 from tests.helpers import random_qkv, reference_grads
+from tests.models import tiny_llama_config  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -132,10 +133,7 @@ def test_training_step_of_a_patched_model_cuda():
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
-    )
+    config = tiny_llama_config(hidden_size=512, intermediate_size=1024, max_position_embeddings=16384)
     model = transformers.AutoModelForCausalLM.from_config(config).to("cuda", torch.bfloat16).train()
     ids = torch.randint(1, 128, (1, 4099), device="cuda")
 

@@ -7,22 +7,16 @@ import torch
 import transformers
 
 import minference_flex as mf
+from tests.models import tiny_llama_config  # noqa: E402
+from tests.models import MIXED  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-MIXED = [
-    {"0": ["vertical_and_slash", 30, 100, 0], "1": ["vertical_and_slash", 60, 120, 0],
-     "2": ["stream_llm", 4, 64, 0], "3": ["block_sparse", 0, 0, 0]}
-    for _ in range(2)
-]
 
 
 def _model():
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
-    )
+    config = tiny_llama_config(hidden_size=512, intermediate_size=1024, max_position_embeddings=16384)
     return transformers.AutoModelForCausalLM.from_config(config).to("cuda", torch.bfloat16).eval()
 
 

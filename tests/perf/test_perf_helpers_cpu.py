@@ -8,6 +8,7 @@ import torch
 
 from minference_flex.ops.estimate import FORCED_VERTICAL, vertical_slash_counts
 from perf.planted import planted_per_head
+from tests.models import tiny_llama_config  # noqa: E402
 
 
 def test_planted_per_head_respects_each_heads_budget():
@@ -117,8 +118,8 @@ def test_prefill_through_generate_runs_the_same_chunks_as_the_loop(monkeypatch):
     from perf import bench_e2e
 
     monkeypatch.setattr(bench_e2e, "peaks_per_gpu", lambda: [0.0])
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    config = tiny_llama_config(vocab_size=64, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                               num_key_value_heads=1, max_position_embeddings=512)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     mf.compile(model, min_sparse_len=64)
