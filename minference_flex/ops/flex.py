@@ -93,21 +93,37 @@ def _poison_rows(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 # Per device: masks are built on q's device and cached with the device in their key, and each
 # device compiles its own copy of the flex functions, so a model spread over several GPUs by a
 # device map does not share one recompile budget between them.
-def per_device_copy(fn, device: torch.device):
-    """`fn` with a code object of its own for `device`. Dynamo keeps its compiled variants and
-    its recompile budget (`recompile_limit`, 8 by default) per code object, whatever wraps it;
-    a model whose layers sit on several devices would otherwise spend one budget on every
-    device's variants, and past it FlexAttention runs eagerly (S x S scores)."""
+def per_device_copy(fn, device: torch.device, tag: str = ""):
+    """`fn` with a code object of its own for `device` (and `tag`). Dynamo keeps its compiled
+    variants and its recompile budget (`recompile_limit`, 8 by default) per code object,
+    whatever wraps it; a model whose layers sit on several devices, or whose patterns use
+    several mask_mods (each a guard on its code object), would otherwise spend one budget on
+    all of them, and past it FlexAttention runs eagerly (S x S scores)."""
     device = torch.device(device)
-    code = fn.__code__.replace(co_name=f"{fn.__name__}_{device.type}{device.index if device.index is not None else ''}")
+    suffix = f"{device.type}{device.index if device.index is not None else ''}{'_' + tag if tag else ''}"
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{suffix}")
     copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
     return functools.update_wrapper(copy, fn)
 
 
 @functools.cache
-def _compiled_flex(device: torch.device = torch.device("cuda", 0)):
-    """`_flex_on_blocks` compiled for the tensors of `device` (a compile cache per device)."""
-    return torch.compile(per_device_copy(_flex_on_blocks, device))
+def _compiled_flex(device: torch.device = torch.device("cuda", 0), variant: tuple = ()):
+    """`_flex_on_blocks` compiled for the tensors of `device` and one `variant` (`_variant`: the
+    mask_mod's code, dtype, head_dim, heads, mask block, grad mode, kernel options). Each
+    variant has a compile cache of its own, in which only lengths vary (dynamic after the first
+    change), so a long-lived process with many models, dtypes and patterns never meets Dynamo's
+    recompile limit."""
+    tag = "_".join(str(part) for part in variant).replace(".", "_").replace(" ", "")
+    return torch.compile(per_device_copy(_flex_on_blocks, device, tag[:120]))
+
+
+def _variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, options: dict | None) -> tuple:
+    """What a compiled FlexAttention call specialises on besides lengths (a hashable key)."""
+    code = getattr(getattr(block_mask, "mask_mod", None), "__code__", None)
+    mask = f"{code.co_name}{code.co_firstlineno}" if code is not None else "nomask"
+    opts = tuple(sorted(options.items())) if options else ()
+    return (mask, str(q.dtype).removeprefix("torch."), q.shape[-1], q.shape[1], k.shape[1],
+            *block_mask.BLOCK_SIZE, int(needs_grad(q, k, v)), *(f"{n}{value}" for n, value in opts))
 
 
 def _run_compiled(fn, *args):
@@ -194,12 +210,15 @@ def flex_attend(
     k, v = (_pad_rows(t, flex_padded_length(k.shape[2])) for t in (k, v))
     if q.is_cuda:  # Inductor's CPU flex template reads the sizes of the unviewed buffer
         q, k, v = (t.contiguous().unflatten(2, (-1, FLEX_ALIGN)) for t in (q, k, v))
+    else:  # one layout for every caller: Dynamo guards on strides, and each layout would recompile
+        q, k, v = (t.contiguous() for t in (q, k, v))
     compiling = torch.compiler.is_compiling()
     if not q.is_cuda and not compiling:
         v = _poison_values(k, v)
     if len(masks) == 1:
         args = (q, k, v, masks[0], scale, enable_gqa, options)
-        out = _flex_on_blocks(*args) if compiling else _run_compiled(_compiled_flex(q.device), *args)
+        out = _flex_on_blocks(*args) if compiling else _run_compiled(
+            _compiled_flex(q.device, _variant(q, k, v, masks[0], options)), *args)
     else:
         args = (q, k, v, masks, scale, enable_gqa, options)
         out = _flex_key_split(*args) if compiling else _run_compiled(_compiled_flex_key_split(q.device), *args)
