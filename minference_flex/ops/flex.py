@@ -107,23 +107,18 @@ def per_device_copy(fn, device: torch.device, tag: str = ""):
 
 
 @functools.cache
-def _compiled_flex(device: torch.device = torch.device("cuda", 0), variant: tuple = ()):
-    """`_flex_on_blocks` compiled for the tensors of `device` and one `variant` (`_variant`: the
-    mask_mod's code, dtype, head_dim, heads, mask block, grad mode, kernel options). Each
-    variant has a compile cache of its own, in which only lengths vary (dynamic after the first
-    change), so a long-lived process with many models, dtypes and patterns never meets Dynamo's
-    recompile limit."""
-    tag = "_".join(str(part) for part in variant).replace(".", "_").replace(" ", "")
-    return torch.compile(per_device_copy(_flex_on_blocks, device, tag[:120]))
+def _compiled_flex(device: torch.device = torch.device("cuda", 0), mask_kind: str = ""):
+    """`_flex_on_blocks` compiled for the tensors of `device` and one kind of mask_mod
+    (`_mask_kind`): Dynamo guards on the mask_mod's code, so A-shape and block-sparse heads
+    sharing one compiled function would take turns evicting each other's variants; apart,
+    only lengths (dynamic after the first change), dtypes and head shapes vary in each."""
+    return torch.compile(per_device_copy(_flex_on_blocks, device, mask_kind))
 
 
-def _variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, options: dict | None) -> tuple:
-    """What a compiled FlexAttention call specialises on besides lengths (a hashable key)."""
+def _mask_kind(block_mask: BlockMask) -> str:
+    """A name for the code of a BlockMask's mask_mod (what Dynamo guards on)."""
     code = getattr(getattr(block_mask, "mask_mod", None), "__code__", None)
-    mask = f"{code.co_name}{code.co_firstlineno}" if code is not None else "nomask"
-    opts = tuple(sorted(options.items())) if options else ()
-    return (mask, str(q.dtype).removeprefix("torch."), q.shape[-1], q.shape[1], k.shape[1],
-            *block_mask.BLOCK_SIZE, int(needs_grad(q, k, v)), *(f"{n}{value}" for n, value in opts))
+    return f"{code.co_name}{code.co_firstlineno}" if code is not None else ""
 
 
 def _run_compiled(fn, *args):
@@ -217,8 +212,7 @@ def flex_attend(
         v = _poison_values(k, v)
     if len(masks) == 1:
         args = (q, k, v, masks[0], scale, enable_gqa, options)
-        out = _flex_on_blocks(*args) if compiling else _run_compiled(
-            _compiled_flex(q.device, _variant(q, k, v, masks[0], options)), *args)
+        out = _flex_on_blocks(*args) if compiling else _run_compiled(_compiled_flex(q.device, _mask_kind(masks[0])), *args)
     else:
         args = (q, k, v, masks, scale, enable_gqa, options)
         out = _flex_key_split(*args) if compiling else _run_compiled(_compiled_flex_key_split(q.device), *args)
