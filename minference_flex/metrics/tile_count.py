@@ -52,6 +52,8 @@ class TileCount:
     names, or DENSE) [computed, causal] summed over calls, batch rows and heads."""
 
     by_kind: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    #: The same per model layer (None: calls outside a patched model's attention).
+    by_layer: dict[int | None, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def computed(self) -> int:
@@ -66,16 +68,23 @@ class TileCount:
         """computed / causal over everything recorded; None when nothing was."""
         return self.computed / self.causal if self.causal else None
 
-    def add(self, kind: str, computed: int, causal: int) -> None:
-        totals = self.by_kind.setdefault(kind, [0, 0])
-        totals[0] += int(computed)
-        totals[1] += int(causal)
+    def fraction_of_layers(self, layers) -> float | None:
+        """computed / causal over the calls of these layers (e.g. a model's full-attention
+        layers); None when none was recorded."""
+        computed = sum(self.by_layer.get(layer, (0, 0))[0] for layer in layers)
+        causal = sum(self.by_layer.get(layer, (0, 0))[1] for layer in layers)
+        return computed / causal if causal else None
+
+    def add(self, kind: str, computed: int, causal: int, layer: int | None = None) -> None:
+        for totals in (self.by_kind.setdefault(kind, [0, 0]), self.by_layer.setdefault(layer, [0, 0])):
+            totals[0] += int(computed)
+            totals[1] += int(causal)
 
     def record(self, call: events.AttentionCall) -> None:
         """Add one attention call: its pattern's tiles, against its heads' dense causal tiles."""
         causal = call.q.shape[0] * len(call.heads) * causal_tiles(call.q.shape[2], call.k.shape[2])
         computed = causal if call.kind == DENSE else get_pattern(call.kind).tiles(call)
-        self.add(call.kind, computed, causal)
+        self.add(call.kind, computed, causal, call.layer)
 
 
 _open: list[TileCount] = []

@@ -212,6 +212,24 @@ def minference_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
+    """transformers attention function (see `_minference_attention`); the events its calls emit
+    name the module's layer."""
+    if events.listening():
+        with events.in_layer(getattr(module, "layer_idx", None)):
+            return _minference_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    return _minference_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+def _minference_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers attention function: query [B, H, q_len, D], key/value [B, Hkv, kv_len, D]
     (after the cache update); returns ([B, q_len, H, D], None)."""
     plan: LayerPlan | None = getattr(module, _PLAN_ATTR, None)

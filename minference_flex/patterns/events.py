@@ -29,7 +29,8 @@ class AttentionCall:
 
     kind: a registered pattern's config name, or DENSE; heads: the query heads whose output this
     group returned; budgets: (a, b) per query head as the group got them ((0, 0) on other
-    heads); index: the pattern's own device-side indices (see each pattern's `tiles`)."""
+    heads); index: the pattern's own device-side indices (see each pattern's `tiles`); layer:
+    the model layer the call ran in (`in_layer`), None outside a patched model's attention."""
 
     kind: str
     q: torch.Tensor
@@ -39,8 +40,10 @@ class AttentionCall:
     budgets: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
     index: dict[str, Any] = field(default_factory=dict)
     dense_fallback: bool = True
+    layer: int | None = field(default_factory=lambda: _layer)
 
 
+_layer: int | None = None
 _listeners: list[Callable[[AttentionCall], None]] = []
 
 
@@ -54,6 +57,18 @@ def listening() -> bool:
 def emit(call: AttentionCall) -> None:
     for listener in list(_listeners):
         listener(call)
+
+
+@contextlib.contextmanager
+def in_layer(layer: int | None) -> Iterator[None]:
+    """Events emitted inside the block name `layer` (a patched model's attention sets it while
+    someone listens)."""
+    global _layer
+    previous, _layer = _layer, layer
+    try:
+        yield
+    finally:
+        _layer = previous
 
 
 @contextlib.contextmanager

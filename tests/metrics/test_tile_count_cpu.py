@@ -186,10 +186,15 @@ def test_a_patched_model_records_every_layer_of_its_prefill():
     assert tiles.by_kind == {VERTICAL_SLASH: [4 * causal] * 2, BLOCK_SPARSE: [6 * causal] * 2,
                              A_SHAPE: [a_shape, 2 * causal]}
     assert tiles.fraction == (10 * causal + a_shape) / (12 * causal)
+    # per layer, as a model of full-attention and other layers needs them counted apart
+    assert tiles.by_layer == {0: [4 * causal] * 2, 1: [4 * causal] * 2, 2: [2 * causal + a_shape, 4 * causal]}
+    assert tiles.fraction_of_layers([2]) == (2 * causal + a_shape) / (4 * causal)
+    assert tiles.fraction_of_layers([0, 1]) == 1.0 and tiles.fraction_of_layers([7]) is None
     # decode steps run dense: every causal tile of their one-row rectangles
     with torch.no_grad(), count_tiles() as tiles:
         model.generate(torch.randint(0, 64, (1, 300)), min_new_tokens=3, max_new_tokens=3, do_sample=False)
     assert tiles.by_kind[tile_count.DENSE] == [12 * causal_tiles(1, 301) + 12 * causal_tiles(1, 302)] * 2
+    assert set(tiles.by_layer) == {0, 1, 2}
     mf.restore(model)
 
 
