@@ -113,7 +113,7 @@ def run_step(step: Step, run: Run, options: list[str]) -> int:
         return 0
     argv = step.argv(run, options)
     if step.command:
-        return subprocess.run([*step.full_command(), *argv], cwd=REPO_ROOT, env=_subprocess_env()).returncode
+        return subprocess.run([*step.command, *argv], cwd=REPO_ROOT, env=_subprocess_env()).returncode
     try:
         importlib.import_module(step.script).main(argv)
     except SystemExit as done:  # argparse errors, "needs a CUDA GPU"

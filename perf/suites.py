@@ -69,16 +69,12 @@ class Step:
         mine = options if self.options else []
         return [*mine, *self.args(run)] if self.options_first else [*self.args(run), *mine]
 
-    def full_command(self) -> tuple[str, ...]:
-        """The command line, as run."""
-        return tuple(self.command)
-
     def target(self) -> str:
         """What the step runs, for messages and the check that options go to one script."""
         if self.name or self.script:
             return self.name or self.script
         if self.command:
-            return " ".join(self._shown(self.full_command()))
+            return " ".join(self._shown(self.command))
         return getattr(self.call, "__name__", "call")
 
     @staticmethod
@@ -91,7 +87,7 @@ class Step:
         if self.script:
             return shlex.join(["python", self.script.replace(".", "/") + ".py", *self.argv(run, options)])
         if self.command:
-            return shlex.join([*self._shown(self.full_command()), *self.argv(run, options)])
+            return shlex.join([*self._shown(self.command), *self.argv(run, options)])
         return f"{self.target()}(): {(self.call.__doc__ or '').strip().splitlines()[0]}"
 
 

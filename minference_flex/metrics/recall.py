@@ -16,7 +16,6 @@ A-shape and block-sparse: `pattern_cost`, which depends only on the budgets and 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +27,9 @@ from custom_ops.vertical_slash import build_vertical_slash_index, head_fractions
 
 from minference_flex.ops import checks
 from minference_flex.ops.attention import DENSE_FALLBACK_FRACTION
-from minference_flex.patterns.base import GroupInputs, get_pattern, registered
-from minference_flex.patterns.config import A_SHAPE, BLOCK_SPARSE, BLOCK_SPARSE_TOPK, VERTICAL_SLASH, HeadPattern
-from minference_flex.ops.estimate import (
-    estimate_vertical_slash,
-)
+from minference_flex.patterns.base import get_pattern, head_mask, registered
+from minference_flex.patterns.config import A_SHAPE, VERTICAL_SLASH, HeadPattern
+from minference_flex.patterns.prefill import LayerPlan
 
 #: Elements of one [group heads x sampled rows x key chunk] fp32 score block (128 MiB).
 _CHUNK_ELEMENTS = 2**25
@@ -177,24 +174,19 @@ def _build_slots(
     rows: _Rows,
     block_size: int,
     last_q: int,
-    block_topk: int,
     cost: torch.Tensor | None = None,
 ) -> list[_SlotMasks]:
     """One `_SlotMasks` per candidate slot. With `cost` ([B, H, C]), also fill in each head's
     cost: vertical-slash heads from the slot's estimated indices (`vertical_slash_cost`), the
-    others from `pattern_cost`."""
+    others from `pattern_cost`. Each slot's groups get what `sparse_prefill` would give them
+    (`LayerPlan.group`), so the indices are the ones the patterns would run on."""
     heads, seq_len = q.shape[1], q.shape[2]
-    device = q.device
     tile_keeps: dict[tuple, torch.Tensor] = {}
-    tile_patterns = {name: get_pattern(name) for name in registered()}
-    if block_topk != tile_patterns[BLOCK_SPARSE].topk:
-        tile_patterns[BLOCK_SPARSE] = copy.copy(tile_patterns[BLOCK_SPARSE])
-        tile_patterns[BLOCK_SPARSE].topk = block_topk
     slots = []
     analytical: dict[HeadPattern, float] = {}
     for c in range(len(head_patterns[0])):
         pats = [head_patterns[h][c] for h in range(heads)]
-        kinds = {p.kind for p in pats}
+        plan = LayerPlan.from_patterns(pats)
         slot = _SlotMasks()
         if cost is not None:
             for h, p in enumerate(pats):
@@ -202,32 +194,26 @@ def _build_slots(
                     if p not in analytical:
                         analytical[p] = pattern_cost(p, seq_len, block_size)
                     cost[:, h, c] = analytical[p]
-        if A_SHAPE in kinds:
-            slot.a_init = torch.tensor([p.a if p.kind == A_SHAPE else 0 for p in pats], device=device)
-            slot.a_local = torch.tensor([p.b if p.kind == A_SHAPE else 0 for p in pats], device=device)
-        if VERTICAL_SLASH in kinds:
-            is_vs = [p.kind == VERTICAL_SLASH for p in pats]
-            verticals = [p.a if vs else 0 for p, vs in zip(pats, is_vs)]
-            slashes = [p.b if vs else 0 for p, vs in zip(pats, is_vs)]
-            v_idx, s_idx = estimate_vertical_slash(q, k, verticals, slashes, last_q, scale)
-            keep = torch.tensor(is_vs, device=device)[None, :, None]
-            v_idx, s_idx = torch.where(keep, v_idx, -1), torch.where(keep, s_idx, -1)
-            if cost is not None:
-                vs_cost = vertical_slash_cost(v_idx, s_idx, seq_len, block_size)
-                cost[:, :, c] = torch.where(keep[..., 0], vs_cost, cost[:, :, c])
-            slot.vs_cols, slot.vs_cover, slot.vs_clamped = _vertical_slash_parts(
-                v_idx, s_idx, seq_len, block_size, rows.tiles
-            )
-        for kind in sorted(kinds - {A_SHAPE, VERTICAL_SLASH}):  # patterns that keep whole tiles
-            group = GroupInputs(tuple(h for h, p in enumerate(pats) if p.kind == kind),
-                                tuple(p.a if p.kind == kind else 0 for p in pats),
-                                tuple(p.b if p.kind == kind else 0 for p in pats), scale, last_q, block_size)
-            key = (kind, group.a, group.b)
-            if key not in tile_keeps:  # e.g. block-sparse: one selection serves every slot
-                tile_keeps[key] = tile_patterns[kind].tile_keep(q, k, group, rows.tiles)
-            on = torch.tensor([p.kind == kind for p in pats], device=device)[None, :, None, None]
-            keep = tile_keeps[key] & on
-            slot.tile_keep = keep if slot.tile_keep is None else slot.tile_keep | keep
+        for kind in dict.fromkeys(plan.kinds):
+            group = plan.group(kind, scale, last_q, block_size, dense_fallback=True, exact_masks=False)
+            on = head_mask(group.heads, heads, q.device)
+            if kind == A_SHAPE:
+                slot.a_init = torch.tensor(group.a, device=q.device)
+                slot.a_local = torch.tensor(group.b, device=q.device)
+            elif kind == VERTICAL_SLASH:
+                v_idx, s_idx = get_pattern(VERTICAL_SLASH).estimate(q, k, group)
+                if cost is not None:
+                    vs_cost = vertical_slash_cost(v_idx, s_idx, seq_len, block_size)
+                    cost[:, :, c] = torch.where(on[None], vs_cost, cost[:, :, c])
+                slot.vs_cols, slot.vs_cover, slot.vs_clamped = _vertical_slash_parts(
+                    v_idx, s_idx, seq_len, block_size, rows.tiles
+                )
+            else:  # patterns that keep whole tiles
+                key = (kind, group.a, group.b)
+                if key not in tile_keeps:  # e.g. block-sparse: one selection serves every slot
+                    tile_keeps[key] = get_pattern(kind).tile_keep(q, k, group, rows.tiles)
+                keep = tile_keeps[key] & on[None, :, None, None]
+                slot.tile_keep = keep if slot.tile_keep is None else slot.tile_keep | keep
         slots.append(slot)
     return slots
 
@@ -270,7 +256,6 @@ def candidate_scores(
     block_size: int = 64,
     num_tiles: int = 32,
     last_q: int = 64,
-    block_topk: int = BLOCK_SPARSE_TOPK,
     with_cost: bool = True,
 ) -> CandidateScores:
     """Recall and kernel cost of several candidate patterns per head, each [B, H, C] float32.
@@ -279,8 +264,8 @@ def candidate_scores(
         q: [B, H, S, D]; k: [B, Hkv, S, D] (dtypes as the estimators take them).
         head_patterns: H sequences of C HeadPatterns; slot c of head h is scored for head h.
         scale: softmax scale, default 1/sqrt(D).
-        block_size, last_q: as the kernels and estimators use them; block_topk: tiles a
-            block-sparse head keeps (MInference's 100).
+        block_size, last_q: as the kernels and estimators use them (block-sparse heads keep
+            the registered pattern's `topk` tiles, MInference's 100).
         num_tiles: query tiles sampled (`sample_query_tiles`).
         with_cost: also compute the costs (builds each vertical-slash candidate's kernel index).
 
@@ -301,7 +286,6 @@ def candidate_scores(
     checks.check_block_size(block_size)
     checks.check_nonnegative_int("num_tiles", num_tiles, minimum=1)
     checks.check_nonnegative_int("last_q", last_q, minimum=1)
-    checks.check_nonnegative_int("block_topk", block_topk, minimum=1)
     if len(head_patterns) != heads:
         raise ValueError(f"head_patterns must have one entry per query head ({heads}), got {len(head_patterns)}")
     widths = {len(p) for p in head_patterns}
@@ -315,7 +299,7 @@ def candidate_scores(
     ncand = len(head_patterns[0])
     rows = _sampled_rows(seq_len, block_size, num_tiles, q.device)
     cost = torch.zeros(bsz, heads, ncand, dtype=torch.float32, device=q.device) if with_cost else None
-    slots = _build_slots(q, k, head_patterns, scale, rows, block_size, last_q, block_topk, cost)
+    slots = _build_slots(q, k, head_patterns, scale, rows, block_size, last_q, cost)
     nrows = rows.pos.shape[0]
     chunk = max(block_size, _CHUNK_ELEMENTS // (group * nrows))
     out = torch.empty(bsz, heads, ncand, dtype=torch.float32, device=q.device)
@@ -360,7 +344,7 @@ def attention_recall(
     config row). Recall = mean over the sampled query rows (`sample_query_tiles`) of the dense
     causal attention probability (fp32 softmax of q k^T * scale) on the keys the head's sparse
     kernel computes, with the real estimators' indices (vertical-slash from the last `last_q`
-    queries, block-sparse top BLOCK_SPARSE_TOPK tiles). K/V are never repeated for GQA and no
+    queries, block-sparse its top `topk` tiles). K/V are never repeated for GQA and no
     S x S tensor is built.
     """
     if not isinstance(patterns, (list, tuple)):

@@ -25,6 +25,7 @@ which gives the same indices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import warnings
 from typing import Any
@@ -149,6 +150,7 @@ def _goes_sparse(q_len: int, kv_len: int, options: Options) -> bool:
     return kv_len >= options.min_sparse_len and q_len >= min(options.min_chunk_len, options.min_sparse_len)
 
 
+@functools.cache
 def _window_plan(heads: int, window: int) -> LayerPlan:
     """A layer's own sliding window as a plan: query p attends key j iff 0 <= p - j < window
     (transformers' semantics), which is A-shape without sink keys, on every head."""
@@ -202,25 +204,16 @@ def _per_row(
     return out
 
 
-def minference_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers attention function (see `_minference_attention`); the events its calls emit
-    name the module's layer."""
+def minference_attention(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention function (arguments: `_attention_of_layer`); the events its
+    calls emit name the module's layer."""
     if events.listening():
         with events.in_layer(getattr(module, "layer_idx", None)):
-            return _minference_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    return _minference_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+            return _attention_of_layer(module, *args, **kwargs)
+    return _attention_of_layer(module, *args, **kwargs)
 
 
-def _minference_attention(
+def _attention_of_layer(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,

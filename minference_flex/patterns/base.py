@@ -88,6 +88,13 @@ class SparsePattern:
         return f"<pattern {self.name}>"
 
 
+def head_mask(heads: tuple[int, ...], num_heads: int, device) -> torch.Tensor:
+    """[H] bool: True on `heads` (a group's heads among a layer's query heads)."""
+    mask = torch.zeros(num_heads, dtype=torch.bool)
+    mask[list(heads)] = True
+    return mask.to(device)
+
+
 _REGISTRY: dict[str, SparsePattern] = {}
 
 

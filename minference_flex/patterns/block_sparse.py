@@ -12,10 +12,9 @@ import torch
 
 from minference_flex.ops.estimate import select_block_sparse_tiles
 from minference_flex.ops.flex import block_sparse_flex
-from minference_flex.patterns.base import GroupInputs, SparsePattern, register
+from minference_flex.patterns.base import GroupInputs, SparsePattern, head_mask, register
 from minference_flex.patterns.events import AttentionCall
 from minference_flex.patterns.tiles import causal_tiles, check_tile
-from minference_flex.patterns.vertical_slash import head_mask
 
 BLOCK_SPARSE = "block_sparse"
 #: Tiles block-sparse heads keep, as MInference does.

@@ -15,20 +15,18 @@ import warnings
 from importlib import resources
 from typing import NamedTuple, Union
 
-from minference_flex.patterns.a_shape import A_SHAPE
+from minference_flex.patterns.a_shape import A_SHAPE  # noqa: F401  (re-exported, as the names below)
 from minference_flex.patterns.base import get_pattern, registered
 from minference_flex.patterns.block_sparse import BLOCK_SPARSE, BLOCK_SPARSE_TOPK  # noqa: F401  (re-exported)
 from minference_flex.patterns.vertical_slash import VERTICAL_SLASH
 
-#: Config names of MInference's three patterns (`registered()` lists every registered one).
-PATTERNS = (VERTICAL_SLASH, A_SHAPE, BLOCK_SPARSE)
 #: What every head of a model without a shipped config gets (MInference's default).
 DEFAULT_PATTERN = (VERTICAL_SLASH, 1000, 6096)
 SEARCH_COMMAND = "python -m minference_flex search --model PATH --out config.json"
 
 
 class HeadPattern(NamedTuple):
-    """One head's pattern: kind in PATTERNS and its two budgets (see the module docstring)."""
+    """One head's pattern: kind, a registered pattern's config name (`patterns.registered()`), and its two budgets (see the module docstring)."""
 
     kind: str
     a: int

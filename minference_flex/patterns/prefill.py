@@ -14,9 +14,8 @@ import torch
 
 from minference_flex.ops import checks
 from minference_flex.patterns import events
-from minference_flex.patterns.base import GroupInputs, get_pattern, registered
+from minference_flex.patterns.base import GroupInputs, get_pattern, head_mask, registered
 from minference_flex.patterns.config import HeadPattern
-from minference_flex.patterns.vertical_slash import head_mask
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,11 @@ class LayerPlan:
     kinds: tuple[str, ...]
     a: tuple[int, ...]
     b: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(registered())
+        if unknown:
+            raise ValueError(f"LayerPlan: unknown pattern {sorted(unknown)}; registered: {', '.join(registered())}")
 
     @classmethod
     def from_patterns(cls, patterns: list[HeadPattern]) -> LayerPlan:
@@ -74,9 +78,6 @@ def sparse_prefill(
     up to rounding, dense cost); the others run as always.
     """
     checks.check_qkv(q, k, v)  # the FlexAttention patterns are not the checked public API
-    unknown = set(plan.kinds) - set(registered())
-    if unknown:
-        raise ValueError(f"sparse_prefill: unknown pattern {sorted(unknown)}; registered: {', '.join(registered())}")
     heads = q.shape[1]
     listening = events.listening()
     outputs: list[tuple[tuple[int, ...], torch.Tensor]] = []

@@ -22,18 +22,11 @@ from minference_flex.ops.attention import (
     vertical_slash_sparse_attention,
 )
 from minference_flex.ops.estimate import FORCED_SLASH, FORCED_VERTICAL, estimate_vertical_slash, vertical_slash_counts
-from minference_flex.patterns.base import GroupInputs, SparsePattern, register
+from minference_flex.patterns.base import GroupInputs, SparsePattern, head_mask, register
 from minference_flex.patterns.events import AttentionCall
 from minference_flex.patterns.tiles import causal_tiles, check_tile
 
 VERTICAL_SLASH = "vertical_and_slash"
-
-
-def head_mask(heads: tuple[int, ...], num_heads: int, device) -> torch.Tensor:
-    """[H] bool: True on `heads`."""
-    mask = torch.zeros(num_heads, dtype=torch.bool)
-    mask[list(heads)] = True
-    return mask.to(device)
 
 
 class VerticalSlash(SparsePattern):

@@ -22,6 +22,7 @@ from minference_flex.metrics.recall import (
     sample_query_tiles,
     vertical_slash_cost,
 )
+from minference_flex.patterns import get_pattern
 from minference_flex.pattern_search.search import parse_candidate, select_patterns, synthetic_prompt
 
 VS = lambda a, b: HeadPattern(VERTICAL_SLASH, a, b)  # noqa: E731
@@ -54,13 +55,14 @@ def test_sample_query_tiles():
     assert tiles == sample_query_tiles(100_000, 64, 32)
 
 
-def test_recall_matches_float64_reference_for_every_pattern():
+def test_recall_matches_float64_reference_for_every_pattern(monkeypatch):
+    monkeypatch.setattr(get_pattern(BLOCK_SPARSE), "topk", 5)  # sparse at this length
     batch, heads, kv_heads, seq_len, dim, bs = 2, 4, 2, 700, 32, 16
     q, k = torch.randn(batch, heads, seq_len, dim), torch.randn(batch, kv_heads, seq_len, dim)
     scale = 0.3
     cands = [A(20, 100), VS(40, 130), BS]
     got = candidate_scores(
-        q, k, [cands] * heads, scale, block_size=bs, num_tiles=8, block_topk=5, with_cost=False
+        q, k, [cands] * heads, scale, block_size=bs, num_tiles=8, with_cost=False
     ).recall
     v_idx, s_idx = mf.estimate_vertical_slash(q, k, 40, 130, 64, scale)
     masks = [
@@ -74,7 +76,8 @@ def test_recall_matches_float64_reference_for_every_pattern():
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
     assert (got < 0.99).all(), "budgets this small must miss attention"
 
-    # one pattern per head (a mixed layer), default tiles of 64 through the public function
+    # one pattern per head (a mixed layer), default tiles of 64 and topk through the public function
+    monkeypatch.undo()
     mixed = [A(8, 64), VS(30, 100), BS, VS(50, 120)]
     got = mf.attention_recall(q, k, mixed, scale)
     v_idx, s_idx = mf.estimate_vertical_slash(q, k, [30, 30, 30, 50], [100, 100, 100, 120], 64, scale)
